@@ -1,0 +1,26 @@
+// Argument checks shared by the ATen-facing entry points (CPU and CUDA bindings).
+// The Python layer validates first and raises ValueError/TypeError naming the
+// argument; these checks guard direct calls into vqfast._C.
+#pragma once
+
+#include <ATen/ATen.h>
+
+namespace vqfast {
+
+inline void check_nearest_code_args(const at::Tensor& z, const at::Tensor& codebook, int64_t k) {
+  TORCH_CHECK(z.dim() == 2, "z must be 2-D (N, D), got shape ", z.sizes());
+  TORCH_CHECK(codebook.dim() == 2, "codebook must be 2-D (K, D), got shape ", codebook.sizes());
+  TORCH_CHECK(z.size(1) == codebook.size(1), "z has D=", z.size(1), " but codebook has D=",
+              codebook.size(1));
+  TORCH_CHECK(codebook.size(0) > 0, "codebook must have at least one code (K=0)");
+  TORCH_CHECK(k >= 1 && k <= codebook.size(0), "k must be in [1, K=", codebook.size(0), "], got ", k);
+  TORCH_CHECK(z.scalar_type() == codebook.scalar_type(), "z and codebook must share a dtype, got ",
+              z.scalar_type(), " and ", codebook.scalar_type());
+  const auto st = z.scalar_type();
+  TORCH_CHECK(st == at::kFloat || st == at::kHalf || st == at::kBFloat16,
+              "z and codebook must be float32, float16 or bfloat16, got ", st);
+  TORCH_CHECK(z.device() == codebook.device(), "z is on ", z.device(), " but codebook is on ",
+              codebook.device());
+}
+
+}  // namespace vqfast

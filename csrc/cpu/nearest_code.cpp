@@ -1,0 +1,358 @@
+// Fused nearest-codebook search on the CPU: distance GEMM + running argmin/top-k in
+// one pass over cache-sized tiles, so the (N, K) distance matrix never exists.
+//
+// Ranking uses ||c - mu||^2 - 2 (z - mu).(c - mu), mu = codebook mean: ||z - mu||^2 is
+// constant per row, and centring keeps the expanded form accurate when the data sit
+// far from the origin. The k winners' distances are then recomputed exactly as
+// sum((z - c)^2) and the k winners re-sorted by (distance, index).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "../checks.h"
+
+namespace vqfast {
+namespace {
+
+// L-lane vectors through GCC/Clang vector extensions: each ISA variant below is
+// compiled with its own target, and the same source maps onto zmm, ymm or xmm/NEON.
+template <int L> struct Vec;
+template <> struct Vec<16> {
+  typedef float f __attribute__((vector_size(64)));
+  typedef int32_t i __attribute__((vector_size(64)));
+};
+template <> struct Vec<8> {
+  typedef float f __attribute__((vector_size(32)));
+  typedef int32_t i __attribute__((vector_size(32)));
+};
+template <> struct Vec<4> {
+  typedef float f __attribute__((vector_size(16)));
+  typedef int32_t i __attribute__((vector_size(16)));
+};
+
+#define VQ_INLINE inline __attribute__((always_inline))
+
+template <typename V> VQ_INLINE V vload(const void* p) {
+  V v;
+  __builtin_memcpy(&v, p, sizeof(V));
+  return v;
+}
+template <typename V> VQ_INLINE void vstore(void* p, V v) { __builtin_memcpy(p, &v, sizeof(V)); }
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+// Packed codebook chunks are sized to stay in a core's L2 while every row tile passes.
+constexpr int64_t kChunkBytes = 256 * 1024;
+// A row block's packed z (rows x D floats) is kept near this size (L1/L2 resident).
+constexpr int64_t kRowBlockFloats = 16384;
+
+struct Problem {
+  const void* z;         // (N, D) contiguous, dtype st
+  const void* codebook;  // (K, D) contiguous, dtype st
+  at::ScalarType st;
+  int64_t N, K, D, k;
+  const float* mu;      // (D,) codebook mean
+  const float* packed;  // (P, D, NR) centred codes, zero padded
+  const float* cnorm;   // (P * NR,) ||c - mu||^2, +inf on padding
+  int64_t P, NR, KC, RB;  // panels, panel width, panels per chunk, rows per block
+  int64_t* out_idx;     // (N, k)
+  float* out_dist;      // (N, k)
+};
+
+template <typename T> void pack_rows_t(const Problem& pr, int64_t row0, int64_t rows, int MR, float* dst) {
+  // dst: (groups, D, MR); rows past N are zero so the microkernel needs no tail case.
+  const T* z = static_cast<const T*>(pr.z);
+  const int64_t D = pr.D, groups = (rows + MR - 1) / MR;
+  for (int64_t g = 0; g < groups; ++g) {
+    float* out = dst + g * D * MR;
+    for (int r = 0; r < MR; ++r) {
+      const int64_t row = row0 + g * MR + r;
+      if (row < pr.N) {
+        const T* src = z + row * D;
+        for (int64_t d = 0; d < D; ++d) out[d * MR + r] = static_cast<float>(src[d]) - pr.mu[d];
+      } else {
+        for (int64_t d = 0; d < D; ++d) out[d * MR + r] = 0.f;
+      }
+    }
+  }
+}
+
+void pack_rows(const Problem& pr, int64_t row0, int64_t rows, int MR, float* dst) {
+  switch (pr.st) {
+    case at::kFloat: return pack_rows_t<float>(pr, row0, rows, MR, dst);
+    case at::kHalf: return pack_rows_t<c10::Half>(pr, row0, rows, MR, dst);
+    default: return pack_rows_t<c10::BFloat16>(pr, row0, rows, MR, dst);
+  }
+}
+
+template <typename T> float exact_sqdist_t(const Problem& pr, int64_t row, int64_t code) {
+  const T* a = static_cast<const T*>(pr.z) + row * pr.D;
+  const T* b = static_cast<const T*>(pr.codebook) + code * pr.D;
+  float s = 0.f;
+  for (int64_t d = 0; d < pr.D; ++d) {
+    const float t = static_cast<float>(a[d]) - static_cast<float>(b[d]);
+    s += t * t;
+  }
+  return s;
+}
+
+float exact_sqdist(const Problem& pr, int64_t row, int64_t code) {
+  switch (pr.st) {
+    case at::kFloat: return exact_sqdist_t<float>(pr, row, code);
+    case at::kHalf: return exact_sqdist_t<c10::Half>(pr, row, code);
+    default: return exact_sqdist_t<c10::BFloat16>(pr, row, code);
+  }
+}
+
+// Writes row's k results: exact distances, sorted by (distance, index).
+void finish_row(const Problem& pr, int64_t row, const int32_t* cand) {
+  const int64_t k = pr.k;
+  int64_t* oi = pr.out_idx + row * k;
+  float* od = pr.out_dist + row * k;
+  for (int64_t j = 0; j < k; ++j) {
+    const int64_t c = cand[j];
+    const float d = exact_sqdist(pr, row, c);
+    int64_t pos = j;  // insertion sort: k is small and the input nearly sorted
+    while (pos > 0 && (od[pos - 1] > d || (od[pos - 1] == d && oi[pos - 1] > c))) {
+      od[pos] = od[pos - 1];
+      oi[pos] = oi[pos - 1];
+      --pos;
+    }
+    od[pos] = d;
+    oi[pos] = c;
+  }
+}
+
+// Inserts (d, c) into a row's ascending top-k list; codes arrive in increasing index
+// order, so an equal distance never displaces an earlier (lower) index.
+VQ_INLINE void topk_insert(float* tv, int32_t* ti, int64_t k, float d, int32_t c) {
+  int64_t pos = k - 1;
+  while (pos > 0 && tv[pos - 1] > d) {
+    tv[pos] = tv[pos - 1];
+    ti[pos] = ti[pos - 1];
+    --pos;
+  }
+  tv[pos] = d;
+  ti[pos] = c;
+}
+
+// Processes row blocks [blk0, blk1). L lanes per vector, MR rows x NV vectors per
+// register tile (MR * NV accumulators), NR = L * NV codes per packed panel.
+template <int L, int MR, int NV> VQ_INLINE void process_blocks(const Problem& pr, int64_t blk0, int64_t blk1) {
+  using VF = typename Vec<L>::f;
+  using VI = typename Vec<L>::i;
+  constexpr int NR = L * NV;
+  const int64_t D = pr.D, RB = pr.RB, k = pr.k;
+
+  std::vector<float> zp(RB * D);
+  std::vector<float> bestv(k == 1 ? RB * L : 0), topv(k > 1 ? RB * k : 0);
+  std::vector<int32_t> besti(k == 1 ? RB * L : 0), topi(k > 1 ? RB * k : 0), cand(k);
+  alignas(64) float tile[MR * NR];
+  VI iota;
+  for (int l = 0; l < L; ++l) iota[l] = l;
+
+  for (int64_t blk = blk0; blk < blk1; ++blk) {
+    const int64_t row0 = blk * RB, rows = std::min(RB, pr.N - row0);
+    const int64_t groups = (rows + MR - 1) / MR;
+    pack_rows(pr, row0, rows, MR, zp.data());
+    if (k == 1) {
+      std::fill(bestv.begin(), bestv.end(), kInf);
+      std::fill(besti.begin(), besti.end(), 0);
+    } else {
+      std::fill(topv.begin(), topv.end(), kInf);
+      std::fill(topi.begin(), topi.end(), 0);
+    }
+
+    for (int64_t c0 = 0; c0 < pr.P; c0 += pr.KC) {
+      const int64_t c1 = std::min(pr.P, c0 + pr.KC);
+      for (int64_t g = 0; g < groups; ++g) {
+        const float* a = zp.data() + g * D * MR;
+        for (int64_t p = c0; p < c1; ++p) {
+          const float* b = pr.packed + p * D * NR;
+          VF acc[MR][NV];
+          for (int r = 0; r < MR; ++r)
+            for (int v = 0; v < NV; ++v) acc[r][v] = VF{};
+          for (int64_t d = 0; d < D; ++d) {
+            VF bb[NV];
+            for (int v = 0; v < NV; ++v) bb[v] = vload<VF>(b + d * NR + v * L);
+            for (int r = 0; r < MR; ++r) {
+              const float ar = a[d * MR + r];
+              for (int v = 0; v < NV; ++v) acc[r][v] += bb[v] * ar;
+            }
+          }
+          const float* cn = pr.cnorm + p * NR;
+          if (k == 1) {
+            for (int r = 0; r < MR; ++r) {
+              float* bvp = bestv.data() + (g * MR + r) * L;
+              int32_t* bip = besti.data() + (g * MR + r) * L;
+              VF best = vload<VF>(bvp);
+              VI bidx = vload<VI>(bip);
+              for (int v = 0; v < NV; ++v) {
+                const VF dist = vload<VF>(cn + v * L) - acc[r][v] * 2.0f;
+                const VI m = dist < best;
+                best = m ? dist : best;
+                bidx = m ? iota + static_cast<int32_t>(p * NR + v * L) : bidx;
+              }
+              vstore(bvp, best);
+              vstore(bip, bidx);
+            }
+          } else {
+            for (int r = 0; r < MR; ++r)
+              for (int v = 0; v < NV; ++v) vstore(tile + r * NR + v * L, vload<VF>(cn + v * L) - acc[r][v] * 2.0f);
+            for (int r = 0; r < MR; ++r) {
+              float* tv = topv.data() + (g * MR + r) * k;
+              int32_t* ti = topi.data() + (g * MR + r) * k;
+              for (int j = 0; j < NR; ++j)
+                if (tile[r * NR + j] < tv[k - 1])
+                  topk_insert(tv, ti, k, tile[r * NR + j], static_cast<int32_t>(p * NR + j));
+            }
+          }
+        }
+      }
+    }
+
+    for (int64_t r = 0; r < rows; ++r) {
+      if (k == 1) {
+        // Lanes hold per-lane winners; the lowest index wins among equal values.
+        const float* bvp = bestv.data() + r * L;
+        const int32_t* bip = besti.data() + r * L;
+        float bv = bvp[0];
+        int32_t bi = bip[0];
+        for (int l = 1; l < L; ++l)
+          if (bvp[l] < bv || (bvp[l] == bv && bip[l] < bi)) {
+            bv = bvp[l];
+            bi = bip[l];
+          }
+        cand[0] = bi;
+      } else {
+        std::copy_n(topi.data() + r * k, k, cand.data());
+      }
+      finish_row(pr, row0 + r, cand.data());
+    }
+  }
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define VQ_HAVE_X86_VARIANTS 1
+// Register tiles: AVX-512 has 32 zmm (16 accumulators), AVX2 16 ymm (12 accumulators).
+__attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,fma"))) void blocks_avx512(const Problem& pr, int64_t b0,
+                                                                                     int64_t b1) {
+  process_blocks<16, 8, 2>(pr, b0, b1);
+}
+__attribute__((target("avx2,fma"))) void blocks_avx2(const Problem& pr, int64_t b0, int64_t b1) {
+  process_blocks<8, 6, 2>(pr, b0, b1);
+}
+#endif
+// Baseline ISA (SSE2 on x86-64, NEON on aarch64).
+void blocks_generic(const Problem& pr, int64_t b0, int64_t b1) { process_blocks<4, 4, 2>(pr, b0, b1); }
+
+struct Variant {
+  const char* name;
+  void (*fn)(const Problem&, int64_t, int64_t);
+  int MR, NR;
+};
+
+std::vector<Variant> supported_variants() {
+  std::vector<Variant> v;
+#ifdef VQ_HAVE_X86_VARIANTS
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
+      __builtin_cpu_supports("avx512bw"))
+    v.push_back({"avx512", blocks_avx512, 8, 32});
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) v.push_back({"avx2", blocks_avx2, 6, 16});
+#endif
+  v.push_back({"generic", blocks_generic, 4, 8});
+  return v;
+}
+
+Variant pick_variant(const std::string& isa) {
+  const auto vs = supported_variants();
+  if (isa == "auto") return vs.front();
+  std::string names;
+  for (const auto& v : vs) {
+    if (isa == v.name) return v;
+    names += std::string(names.empty() ? "" : ", ") + v.name;
+  }
+  TORCH_CHECK(false, "isa='", isa, "' is not available on this CPU; available: ", names);
+}
+
+template <typename T> void pack_codebook_t(const Problem& pr, float* mu, float* packed, float* cnorm) {
+  const T* cb = static_cast<const T*>(pr.codebook);
+  const int64_t K = pr.K, D = pr.D, NR = pr.NR;
+  std::vector<double> sum(D, 0.0);
+  for (int64_t c = 0; c < K; ++c)
+    for (int64_t d = 0; d < D; ++d) sum[d] += static_cast<float>(cb[c * D + d]);
+  for (int64_t d = 0; d < D; ++d) mu[d] = static_cast<float>(sum[d] / K);
+  at::parallel_for(0, pr.P, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p)
+      for (int64_t j = 0; j < NR; ++j) {
+        const int64_t c = p * NR + j;
+        float norm = 0.f;
+        for (int64_t d = 0; d < D; ++d) {
+          const float x = c < K ? static_cast<float>(cb[c * D + d]) - mu[d] : 0.f;
+          packed[(p * D + d) * NR + j] = x;
+          norm += x * x;
+        }
+        cnorm[c] = c < K ? norm : kInf;
+      }
+  });
+}
+
+}  // namespace
+
+std::vector<std::string> cpu_isas() {
+  std::vector<std::string> out;
+  for (const auto& v : supported_variants()) out.emplace_back(v.name);
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> nearest_code_cpu(const at::Tensor& z_in, const at::Tensor& cb_in, int64_t k,
+                                                    const std::string& isa) {
+  check_nearest_code_args(z_in, cb_in, k);
+  TORCH_CHECK(z_in.device().is_cpu(), "nearest_code_cpu needs CPU tensors, got ", z_in.device());
+  TORCH_CHECK(cb_in.size(0) <= std::numeric_limits<int32_t>::max(), "codebook is too large (K >= 2^31)");
+  const at::Tensor z = z_in.contiguous(), cb = cb_in.contiguous();
+  const int64_t N = z.size(0), K = cb.size(0), D = z.size(1);
+  at::Tensor idx = at::empty({N, k}, z.options().dtype(at::kLong));
+  at::Tensor dist = at::empty({N, k}, z.options().dtype(at::kFloat));
+  if (N == 0) return {idx, dist};
+
+  const Variant var = pick_variant(isa);
+  Problem pr{};
+  pr.z = z.data_ptr();
+  pr.codebook = cb.data_ptr();
+  pr.st = z.scalar_type();
+  pr.N = N;
+  pr.K = K;
+  pr.D = D;
+  pr.k = k;
+  pr.NR = var.NR;
+  pr.P = (K + var.NR - 1) / var.NR;
+  pr.KC = std::max<int64_t>(1, kChunkBytes / (D * var.NR * static_cast<int64_t>(sizeof(float))));
+  pr.RB = var.MR * std::clamp<int64_t>(kRowBlockFloats / (D * var.MR), 1, 16);
+
+  const auto f32 = z.options().dtype(at::kFloat);
+  at::Tensor mu = at::empty({D}, f32), packed = at::empty({pr.P, D, var.NR}, f32), cnorm = at::empty({pr.P * var.NR}, f32);
+  pr.out_idx = idx.data_ptr<int64_t>();
+  pr.out_dist = dist.data_ptr<float>();
+  switch (pr.st) {
+    case at::kFloat: pack_codebook_t<float>(pr, mu.data_ptr<float>(), packed.data_ptr<float>(), cnorm.data_ptr<float>()); break;
+    case at::kHalf: pack_codebook_t<c10::Half>(pr, mu.data_ptr<float>(), packed.data_ptr<float>(), cnorm.data_ptr<float>()); break;
+    default: pack_codebook_t<c10::BFloat16>(pr, mu.data_ptr<float>(), packed.data_ptr<float>(), cnorm.data_ptr<float>());
+  }
+  pr.mu = mu.data_ptr<float>();
+  pr.packed = packed.data_ptr<float>();
+  pr.cnorm = cnorm.data_ptr<float>();
+
+  const int64_t blocks = (N + pr.RB - 1) / pr.RB;
+  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) { var.fn(pr, b0, b1); });
+  return {idx, dist};
+}
+
+}  // namespace vqfast

@@ -1,0 +1,24 @@
+// ATen-facing entry points of vqfast._C, one per (op, backend).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <string>
+#include <tuple>
+#include <vector>
+
+namespace vqfast {
+
+// z: (N, D), codebook: (K, D), same float dtype (float32/float16/bfloat16).
+// Returns indices (N, k) int64 and squared L2 distances (N, k) float32, ascending,
+// ties broken by lower index. isa: "auto" or one of cpu_isas().
+std::tuple<at::Tensor, at::Tensor> nearest_code_cpu(const at::Tensor& z, const at::Tensor& codebook, int64_t k,
+                                                    const std::string& isa);
+// CPU instruction-set variants this machine can run, best first.
+std::vector<std::string> cpu_isas();
+
+#ifdef WITH_CUDA
+std::tuple<at::Tensor, at::Tensor> nearest_code_cuda(const at::Tensor& z, const at::Tensor& codebook, int64_t k);
+#endif
+
+}  // namespace vqfast

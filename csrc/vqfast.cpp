@@ -1,0 +1,19 @@
+// The pybind11 module vqfast._C: raw functions only. vqfast/ops/*.py wraps each one
+// as a torch.library custom op with argument checks and backend dispatch.
+#include <torch/extension.h>
+
+#include "ops.h"
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "vqfast native kernels (CPU C++; CUDA when built with it)";
+  m.def("nearest_code_cpu", &vqfast::nearest_code_cpu, "fused nearest-codebook search (CPU)", py::arg("z"),
+        py::arg("codebook"), py::arg("k"), py::arg("isa") = "auto");
+  m.def("cpu_isas", &vqfast::cpu_isas, "CPU instruction-set variants available here, best first");
+#ifdef WITH_CUDA
+  m.def("nearest_code_cuda", &vqfast::nearest_code_cuda, "fused nearest-codebook search (CUDA)", py::arg("z"),
+        py::arg("codebook"), py::arg("k"));
+  m.attr("with_cuda") = true;
+#else
+  m.attr("with_cuda") = false;
+#endif
+}

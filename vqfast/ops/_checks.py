@@ -1,0 +1,28 @@
+"""Argument checks at the op boundary: every message names the argument."""
+
+import torch
+
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def check_tensor(x, name: str, *, ndim: int, layout: str) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in KERNEL_DTYPES:
+        hint = " (cast to float32: kernels accumulate in float32)" if x.dtype == torch.float64 else ""
+        raise TypeError(f"{name} must be float32, float16 or bfloat16, got {x.dtype}{hint}")
+    if x.dim() != ndim:
+        raise ValueError(f"{name} must be {ndim}-D {layout}, got shape {tuple(x.shape)}")
+
+
+def check_same_device(a: torch.Tensor, a_name: str, b: torch.Tensor, b_name: str) -> None:
+    if a.device != b.device:
+        raise ValueError(f"{a_name} is on {a.device} but {b_name} is on {b.device}")
+
+
+def check_finite(x: torch.Tensor, name: str) -> None:
+    """Raises ValueError naming the first row of ``x`` with a NaN or Inf."""
+    finite = torch.isfinite(x)
+    if not bool(finite.all()):
+        row = int((~finite).reshape(x.shape[0], -1).any(1).nonzero()[0, 0])
+        raise ValueError(f"{name} contains NaN or Inf (first at row {row})")
