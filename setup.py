@@ -40,14 +40,14 @@ def _ext_modules():
     sources = _sources("csrc/*.cpp") + _sources("csrc/cpu/*.cpp")
     # -fopenmp: at::parallel_for is an inline `omp parallel`; the extension binds to the
     # libgomp that torch already loaded, so torch.set_num_threads governs our kernels.
-    cxx = ["-O3", "-fopenmp", "-std=c++17"]
+    cxx = ["-O3", "-fopenmp"]
     macros = []
     kwargs = dict(extra_link_args=["-fopenmp"])
     if with_cuda:
         # csrc/cuda/*.cu are raw-pointer kernels; csrc/cuda/*.cpp are their ATen bindings.
         sources += _sources("csrc/cuda/*.cu") + _sources("csrc/cuda/*.cpp")
         macros.append(("WITH_CUDA", None))
-        kwargs["extra_compile_args"] = {"cxx": cxx, "nvcc": ["-O3", "-std=c++17"]}
+        kwargs["extra_compile_args"] = {"cxx": cxx, "nvcc": ["-O3"]}
         ext = CUDAExtension("vqfast._C", sources, define_macros=macros, **kwargs)
     else:
         kwargs["extra_compile_args"] = {"cxx": cxx}

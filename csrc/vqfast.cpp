@@ -3,6 +3,9 @@
 #include <torch/extension.h>
 
 #include "ops.h"
+#ifdef WITH_CUDA
+#include "cuda/nearest_code.h"
+#endif
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "vqfast native kernels (CPU C++; CUDA when built with it)";
@@ -13,6 +16,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("nearest_code_cuda", &vqfast::nearest_code_cuda, "fused nearest-codebook search (CUDA)", py::arg("z"),
         py::arg("codebook"), py::arg("k"));
   m.attr("with_cuda") = true;
+  m.attr("nearest_code_cuda_max_k") = vqfast::cuda::kNearestCodeMaxK;
 #else
   m.attr("with_cuda") = false;
 #endif

@@ -1,10 +1,13 @@
 // Fused nearest-codebook search on the CPU: distance GEMM + running argmin/top-k in
 // one pass over cache-sized tiles, so the (N, K) distance matrix never exists.
 //
-// Ranking uses ||c - mu||^2 - 2 (z - mu).(c - mu), mu = codebook mean: ||z - mu||^2 is
-// constant per row, and centring keeps the expanded form accurate when the data sit
-// far from the origin. The k winners' distances are then recomputed exactly as
-// sum((z - c)^2) and the k winners re-sorted by (distance, index).
+// Ranking uses ||c - mu||^2 - 2 (z - mu).(c - mu) (||z - mu||^2 is constant per row).
+// The centre mu is the codebook mean rounded to a multiple of q, the power of two
+// just above the codebook's RMS spread: a common offset no longer costs precision in
+// the expanded form, while data on a coarse grid (small integers, say) stay exact, so
+// exactly tied distances stay tied and go to the lower index. The k winners'
+// distances are then recomputed exactly as sum((z - c)^2) and re-sorted by
+// (distance, index).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
@@ -282,13 +285,35 @@ Variant pick_variant(const std::string& isa) {
   TORCH_CHECK(false, "isa='", isa, "' is not available on this CPU; available: ", names);
 }
 
+// mu[d] = q * round(mean[d] / q), q = 2^ceil(log2(RMS spread)); see the file comment.
+void centre_from_stats(const std::vector<double>& sum, const std::vector<double>& sumsq, int64_t K, float* mu) {
+  const int64_t D = static_cast<int64_t>(sum.size());
+  double var = 0.0;
+  for (int64_t d = 0; d < D; ++d) {
+    const double m = sum[d] / K;
+    var += std::max(0.0, sumsq[d] / K - m * m);
+  }
+  const double spread = std::sqrt(var / D);
+  int e = 0;
+  std::frexp(spread, &e);
+  const double q = std::ldexp(1.0, e);
+  for (int64_t d = 0; d < D; ++d) {
+    const double m = sum[d] / K;
+    mu[d] = static_cast<float>(spread > 0.0 ? q * std::nearbyint(m / q) : m);
+  }
+}
+
 template <typename T> void pack_codebook_t(const Problem& pr, float* mu, float* packed, float* cnorm) {
   const T* cb = static_cast<const T*>(pr.codebook);
   const int64_t K = pr.K, D = pr.D, NR = pr.NR;
-  std::vector<double> sum(D, 0.0);
+  std::vector<double> sum(D, 0.0), sumsq(D, 0.0);
   for (int64_t c = 0; c < K; ++c)
-    for (int64_t d = 0; d < D; ++d) sum[d] += static_cast<float>(cb[c * D + d]);
-  for (int64_t d = 0; d < D; ++d) mu[d] = static_cast<float>(sum[d] / K);
+    for (int64_t d = 0; d < D; ++d) {
+      const double x = static_cast<float>(cb[c * D + d]);
+      sum[d] += x;
+      sumsq[d] += x * x;
+    }
+  centre_from_stats(sum, sumsq, K, mu);
   at::parallel_for(0, pr.P, 1, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p)
       for (int64_t j = 0; j < NR; ++j) {

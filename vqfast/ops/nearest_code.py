@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from vqfast import _ext, reference
 from vqfast.ops._checks import check_finite, check_same_device, check_tensor
-from vqfast.ops._dispatch import resolve_backend
+from vqfast.ops._dispatch import resolve_backend, triton_unavailable_reason
 
 
 @torch.library.custom_op("vqfast::nearest_code", mutates_args=())
@@ -40,7 +40,8 @@ def nearest_code(z: torch.Tensor, codebook: torch.Tensor, k: int = 1, backend: s
         z: (N, D) float32 / float16 / bfloat16; any strides.
         codebook: (K, D), same device; a different float dtype is promoted
             (``torch.promote_types``) together with ``z``.
-        k: 1 <= k <= K. ``k=1`` is the VQ lookup.
+        k: 1 <= k <= K. ``k=1`` is the VQ lookup. The CUDA kernel keeps up to 64
+            winners per row; "auto" sends larger k on CUDA tensors to Triton.
         backend: "auto" | "cuda" | "triton" | "cpu" | "reference" (see README).
 
     Returns:
@@ -73,10 +74,15 @@ def nearest_code(z: torch.Tensor, codebook: torch.Tensor, k: int = 1, backend: s
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= num_codes:
         raise ValueError(f"k must be an int in [1, K={num_codes}], got {k!r}")
     resolved = resolve_backend("nearest_code", backend, z.device)
+    if resolved == "cuda" and k > _ext._C.nearest_code_cuda_max_k:
+        if backend == "cuda":
+            raise ValueError(f"backend='cuda' supports k <= {_ext._C.nearest_code_cuda_max_k}, got k={k}; use 'auto' or 'triton'")
+        resolved = "triton" if triton_unavailable_reason(z.device) is None else "reference"
     if z.dtype != codebook.dtype:
         common = torch.promote_types(z.dtype, codebook.dtype)
         z, codebook = z.to(common), codebook.to(common)
-    if n == 0:
+    if n == 0:  # a bad codebook is still an error
+        check_finite(codebook, "codebook")
         return z.new_empty((0, k), dtype=torch.int64), z.new_empty((0, k), dtype=torch.float32)
     return _nearest_code_op(z, codebook, k, resolved)
 

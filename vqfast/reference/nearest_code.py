@@ -17,13 +17,15 @@ def nearest_code(z: torch.Tensor, codebook: torch.Tensor, k: int = 1):
 
     Materialises the (N, K) distance matrix by design: it is the plain version.
     Differences are taken directly (no ||z||^2 + ||c||^2 - 2 z.c expansion), so the
-    distances carry no cancellation error.
+    ranking carries no cancellation error; the winners' squared distances are then
+    summed directly rather than squared back from cdist's square root.
     """
     acc = torch.float64 if z.dtype == torch.float64 else torch.float32
-    d = torch.cdist(z.to(acc), codebook.to(acc), compute_mode="donot_use_mm_for_euclid_dist").square()
+    z, codebook = z.to(acc), codebook.to(acc)
+    d = torch.cdist(z, codebook, compute_mode="donot_use_mm_for_euclid_dist")
     if k == 1:
-        dist, idx = d.min(dim=1, keepdim=True)  # first index among equal minima
+        idx = d.argmin(dim=1, keepdim=True)  # first index among equal minima
     else:
-        dist, idx = torch.sort(d, dim=1, stable=True)
-        dist, idx = dist[:, :k], idx[:, :k]
+        idx = torch.sort(d, dim=1, stable=True).indices[:, :k].contiguous()
+    dist = (z.unsqueeze(1) - codebook[idx]).square().sum(-1)
     return idx, dist
