@@ -1,0 +1,43 @@
+"""The `vqfast` command and the promises the README makes about it."""
+
+import json
+import pathlib
+import re
+
+from vqfast import _ext
+from vqfast.cli import main
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_bench_quick_prints_every_provider_and_writes_json(tmp_path, capsys):
+    out_json = tmp_path / "bench.jsonl"
+    assert main(["bench", "--quick", "--repeats", "2", "--device", "cpu", "--json", str(out_json)]) == 0
+    out = capsys.readouterr().out
+    assert "x vs torch cdist+argmin" in out and "x vs torch chunked addmm+topk" in out
+    for provider in ["reference", "torch cdist+argmin", "torch chunked addmm+argmin"]:
+        assert provider in out
+    if _ext.HAS_EXT:
+        assert "vqfast cpu" in out
+    records = [json.loads(line) for line in out_json.read_text().splitlines()]
+    assert [r["k"] for r in records] == [1, 4]
+    assert {t["name"] for t in records[0]["timings"]} >= {"reference", "torch cdist+argmin"}
+    assert all(t["median_s"] > 0 for r in records for t in r["timings"])
+
+
+def test_info(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "C++ extension:" in out and "Triton:" in out
+
+
+def _readme_commands():
+    return re.findall(r"```bash\n(.*?)\n```", (ROOT / "README.md").read_text(), flags=re.S)
+
+
+def test_readme_gives_the_two_fresh_machine_commands_and_ci_runs_the_test_one():
+    blocks = _readme_commands()
+    main_job, tests = blocks[0], blocks[1]
+    assert main_job == "bash .ci/setup && .venv/bin/vqfast bench"
+    assert tests == "bash .ci/setup && .venv/bin/python -m pytest -q"
+    assert tests in (ROOT / ".ci" / "run").read_text()

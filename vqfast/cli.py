@@ -1,0 +1,64 @@
+"""The ``vqfast`` command line: ``vqfast bench`` (the main job for now) and ``vqfast info``."""
+
+import argparse
+import importlib.util
+import sys
+
+import torch
+
+from vqfast import _ext
+
+
+def _info(_args) -> int:
+    print(f"vqfast {__import__('vqfast').__version__}, torch {torch.__version__} (CUDA {torch.version.cuda})")
+    print(f"C++ extension: {'yes' if _ext.HAS_EXT else 'no: ' + _ext.EXT_ERROR}")
+    if _ext.HAS_EXT:
+        print(f"  CPU kernel variants here: {', '.join(_ext._C.cpu_isas())}; threads: {torch.get_num_threads()}")
+    print(f"CUDA kernels: {'yes' if _ext.HAS_CUDA_EXT else 'no: ' + _ext.CUDA_EXT_ERROR}")
+    print(f"CUDA device: {torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'}")
+    print(f"Triton: {'installed' if importlib.util.find_spec('triton') else 'not installed'}")
+    return 0
+
+
+def _bench(args) -> int:
+    from vqfast.bench import NEAREST_CODE_CASES, run_nearest_code
+
+    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("vqfast bench: --device cuda but torch sees no CUDA device", file=sys.stderr)
+        return 2
+    cases = NEAREST_CODE_CASES["quick" if args.quick else device.type]
+    _info(args)
+    print()
+    run_nearest_code(
+        device,
+        cases,
+        repeats=args.repeats,
+        max_time_s=args.max_time,
+        memory=args.memory,
+        json_path=args.json,
+        trace_dir=args.trace,
+    )
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="vqfast", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    bench = sub.add_parser("bench", help="time every available backend of every op against plain-torch baselines")
+    bench.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    bench.add_argument("--quick", action="store_true", help="small shapes (a smoke test, seconds)")
+    bench.add_argument("--repeats", type=int, default=10, help="timed calls per provider (after 2 warm-up calls)")
+    bench.add_argument("--max-time", type=float, default=5.0, help="stop repeating a provider after this many seconds")
+    bench.add_argument("--memory", action="store_true", help="also measure each provider's peak extra memory")
+    bench.add_argument("--json", metavar="PATH", help="append each case's results to PATH as JSON lines")
+    bench.add_argument("--trace", metavar="DIR", help="write a torch.profiler trace of vqfast's auto path per case")
+    bench.set_defaults(func=_bench)
+    info = sub.add_parser("info", help="what this installation can run")
+    info.set_defaults(func=_info)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
