@@ -11,6 +11,7 @@ import triton
 import triton.language as tl
 
 from vqfast.ops._dispatch import triton_interpret
+from vqfast.reference.nearest_code import order_by_distance
 
 _SENTINEL = 0x7FFFFFFF_FFFFFFFF  # above every real key (real high words are <= +inf's bits)
 
@@ -112,9 +113,5 @@ def nearest_code_triton(z: torch.Tensor, codebook: torch.Tensor, k: int):
     )
     keys = torch.sort(keys[:, :k], dim=1).values if k > 1 else keys[:, :1]
     idx = keys & 0xFFFFFFFF
-    # Exact distances of the winners, then order by (distance, index).
     dist = (z.float().unsqueeze(1) - codebook.float()[idx]).square().sum(-1)
-    idx, order = torch.sort(idx, dim=1)
-    dist = dist.gather(1, order)
-    dist, order = torch.sort(dist, dim=1, stable=True)
-    return idx.gather(1, order), dist
+    return order_by_distance(idx, dist)

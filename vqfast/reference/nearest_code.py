@@ -28,4 +28,18 @@ def nearest_code(z: torch.Tensor, codebook: torch.Tensor, k: int = 1):
     else:
         idx = torch.sort(d, dim=1, stable=True).indices[:, :k].contiguous()
     dist = (z.unsqueeze(1) - codebook[idx]).square().sum(-1)
-    return idx, dist
+    return order_by_distance(idx, dist)
+
+
+def order_by_distance(idx: torch.Tensor, dist: torch.Tensor):
+    """Sorts each row's (idx, dist) pairs by distance, ties by lower index.
+
+    Candidates ranked by one formula (cdist's square roots, a kernel's expanded form)
+    and then given exact distances can land out of order by a rounding: this restores
+    the contract's order. idx: (N, k) int64, dist: (N, k).
+    """
+    if idx.shape[1] == 1:
+        return idx, dist
+    idx, order = idx.sort(dim=1)
+    dist, order2 = dist.gather(1, order).sort(dim=1, stable=True)
+    return idx.gather(1, order2), dist
