@@ -12,7 +12,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 def test_bench_quick_prints_every_provider_and_writes_json(tmp_path, capsys):
     out_json = tmp_path / "bench.jsonl"
-    assert main(["bench", "--quick", "--repeats", "2", "--device", "cpu", "--json", str(out_json)]) == 0
+    args = ["bench", "--quick", "--repeats", "2", "--device", "cpu", "--json", str(out_json), "--memory"]
+    assert main(args + ["--trace", str(tmp_path / "traces")]) == 0
     out = capsys.readouterr().out
     assert "x vs torch cdist+argmin" in out and "x vs torch chunked addmm+topk" in out
     for provider in ["reference", "torch cdist+argmin", "torch chunked addmm+argmin"]:
@@ -23,6 +24,11 @@ def test_bench_quick_prints_every_provider_and_writes_json(tmp_path, capsys):
     assert [r["k"] for r in records] == [1, 4]
     assert {t["name"] for t in records[0]["timings"]} >= {"reference", "torch cdist+argmin"}
     assert all(t["median_s"] > 0 for r in records for t in r["timings"])
+    assert "peak extra mem" in out
+    assert sorted(p.name for p in (tmp_path / "traces").iterdir()) == [
+        "nearest_code_1024x16x128_k4.json",
+        "nearest_code_2048x32x256_k1.json",
+    ]
 
 
 def test_info(capsys):

@@ -92,3 +92,51 @@ def test_ops_without_triton_kernel_skip_it(no_extension):
 def test_other_devices_use_the_reference():
     with pytest.warns(RuntimeWarning, match="no kernels for meta tensors"):
         assert resolve_backend("nearest_code", "auto", torch.device("meta")) == "reference"
+
+
+def _run(code: str, env_extra=None):
+    import subprocess
+    import sys
+
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_import_survives_missing_extension_and_triton():
+    """A None entry in sys.modules makes that import raise ImportError, as a missing
+    or ABI-broken build would."""
+    code = (
+        "import sys, warnings\n"
+        "sys.modules['vqfast._C'] = None\n"
+        "sys.modules['triton'] = None\n"
+        "import torch, vqfast\n"
+        "assert not vqfast.HAS_EXT\n"
+        "from vqfast import _ext\n"
+        "assert 'could not be imported' in _ext.EXT_ERROR\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        "    idx, _ = vqfast.nearest_code(torch.eye(3), torch.eye(3))\n"
+        "assert idx[:, 0].tolist() == [0, 1, 2]\n"
+        "assert len(w) == 1 and 'reference implementation' in str(w[0].message)\n"
+        "print('ok')\n"
+    )
+    result = _run(code)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+def test_setup_honours_vqfast_no_ext():
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, "setup.py", "--version"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "VQFAST_NO_EXT": "1"},
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "VQFAST_NO_EXT=1 -> no extension" in result.stdout

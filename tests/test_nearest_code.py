@@ -221,6 +221,24 @@ def test_torch_compile_fullgraph(device_backend, gen):
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
+def test_torch_compile_inductor_auto_path(gen):
+    """The default compiler, once (it costs ~25 s here): the op stays opaque, and
+    quantize's straight-through graph compiles around it."""
+    from vqfast.ops import quantize
+
+    def step(feats, cb):
+        idx, dist = nearest_code(feats.flatten(2).transpose(1, 2).reshape(-1, feats.shape[1]), cb, 2)
+        return idx, dist.sqrt(), quantize(feats, cb).quantized.square().sum()
+
+    feats = torch.randn(2, 6, 5, 5, generator=gen)
+    cb = torch.randn(9, 6, generator=gen)
+    got = torch.compile(step, fullgraph=True)(feats, cb)
+    want = step(feats, cb)
+    assert torch.equal(got[0], want[0])
+    torch.testing.assert_close(got[1], want[1])  # inductor's fused sqrt may differ in the last bit
+    torch.testing.assert_close(got[2], want[2])
+
+
 @pytest.mark.skipif(not _ext.HAS_EXT, reason="C++ extension not built")
 @pytest.mark.parametrize("isa", _ext._C.cpu_isas() if _ext.HAS_EXT else [])
 @pytest.mark.parametrize("n,d,num_codes,k", [(97, 3, 513, 1), (4099, 257, 513, 4), (1, 1, 1, 1), (300, 64, 1024, 3)])
