@@ -1,0 +1,17 @@
+"""Datasets, transforms and the procedural demo data."""
+
+from vqfast.data.datasets import (
+    AnomalyDataset,
+    FrameSequences,
+    ImageFolder,
+    MagneticTile,
+    MVTecAD,
+    Record,
+)
+from vqfast.data.procedural import ProceduralDefects, procedural_splits
+from vqfast.data.transforms import DatasetError, ImageTransform
+
+__all__ = [
+    "AnomalyDataset", "DatasetError", "FrameSequences", "ImageFolder", "ImageTransform", "MagneticTile",
+    "MVTecAD", "ProceduralDefects", "Record", "procedural_splits",
+]

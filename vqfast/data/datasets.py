@@ -1,0 +1,209 @@
+"""Anomaly-detection datasets: MVTec-AD, Magnetic Tile, plain folders, frame sequences.
+
+Every item is a dict: ``image`` (C, H, W) float32, ``mask`` (H, W) bool (all False
+where the image is normal or has no pixel labels), ``label`` int (1 = anomalous),
+``defect`` str and ``path`` str. Every file is decoded once when the dataset is
+built, so an unreadable or truncated image, a missing mask or a size mismatch fails
+at once with the file named; ``skip_bad=True`` skips such images instead, warns with
+the count and keeps the list in ``dataset.skipped``.
+"""
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import torch
+from tqdm import tqdm
+
+from vqfast.data.transforms import DatasetError, ImageTransform
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+@dataclass(frozen=True)
+class Record:
+    image: Path
+    mask: Optional[Path]  # None: no pixel labels (an all-False mask is served)
+    label: int
+    defect: str
+
+
+def list_images(folder: Path) -> List[Path]:
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: folder not found")
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+class AnomalyDataset(torch.utils.data.Dataset):
+    """Records decoded through ``transform``; see the module docstring for items.
+
+    Args:
+        records: what to load, in order.
+        transform: an ImageTransform (default: file size, 3 channels, [0, 1]).
+        skip_bad: skip unreadable images, missing masks and size mismatches (with a
+            warning) instead of raising DatasetError.
+        cache: keep decoded tensors in memory (files are decoded once either way, to
+            check them).
+        name: used in messages.
+    """
+
+    def __init__(self, records: List[Record], transform: Optional[ImageTransform] = None, *,
+                 skip_bad: bool = False, cache: bool = True, name: str = "dataset"):
+        if not records:
+            raise DatasetError(f"{name}: no images found")
+        self.transform = transform or ImageTransform()
+        self.name = name
+        self.skipped: List[Tuple[str, str]] = []
+        self.records: List[Record] = []
+        self._cache = [] if cache else None
+        for record in tqdm(records, desc=f"checking {name}", disable=len(records) < 256, leave=False):
+            try:
+                item = self._load(record)
+            except DatasetError as exc:
+                if not skip_bad:
+                    raise
+                self.skipped.append((str(record.image), str(exc)))
+                continue
+            self.records.append(record)
+            if self._cache is not None:
+                self._cache.append(item)
+        if self.skipped:
+            warnings.warn(f"{name}: skipped {len(self.skipped)} of {len(records)} images (first: {self.skipped[0][1]}); "
+                          "see .skipped", RuntimeWarning, stacklevel=2)
+        if not self.records:
+            raise DatasetError(f"{name}: every image was skipped")
+
+    def _load(self, record: Record) -> dict:
+        image = self.transform.image(record.image)
+        if record.mask is not None and not record.mask.is_file():
+            raise DatasetError(f"{record.image}: its mask {record.mask} is missing")
+        if record.mask is not None:
+            mask = self.transform.mask(record.mask, record.image)
+        else:
+            mask = torch.zeros(image.shape[1:], dtype=torch.bool)
+        return {"image": image, "mask": mask, "label": record.label, "defect": record.defect, "path": str(record.image)}
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> dict:
+        return self._cache[i] if self._cache is not None else self._load(self.records[i])
+
+    @property
+    def labels(self) -> torch.Tensor:
+        """(len,) int64."""
+        return torch.tensor([r.label for r in self.records], dtype=torch.int64)
+
+    @property
+    def has_masks(self) -> bool:
+        """Whether every anomalous image has pixel labels (pixel metrics need them)."""
+        return all(r.mask is not None for r in self.records if r.label == 1)
+
+
+def mvtec_records(root, category: str, split: str) -> List[Record]:
+    """MVTec-AD layout: <cat>/train/good, <cat>/test/<defect>, <cat>/ground_truth/<defect>/<stem>_mask.png."""
+    base = Path(root) / category
+    if split == "train":
+        return [Record(p, None, 0, "good") for p in list_images(base / "train" / "good")]
+    if split != "test":
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    test = base / "test"
+    if not test.is_dir():
+        raise DatasetError(f"{test}: folder not found")
+    records = []
+    for defect_dir in sorted(d for d in test.iterdir() if d.is_dir()):
+        for p in list_images(defect_dir):
+            if defect_dir.name == "good":
+                records.append(Record(p, None, 0, "good"))
+            else:
+                mask = base / "ground_truth" / defect_dir.name / f"{p.stem}_mask.png"
+                records.append(Record(p, mask, 1, defect_dir.name))
+    return records
+
+
+def magnetic_tile_records(root, split: str, split_file=None) -> List[Record]:
+    """Magnetic Tile layout: MT_<class>/Imgs/<name>.jpg with <name>.png masks, and a
+    split.json {"train": {class: [names]}, "test": {class: [names]}}."""
+    root = Path(root)
+    split_file = Path(split_file) if split_file is not None else root / "split.json"
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    try:
+        spec = json.loads(split_file.read_text())[split]
+    except FileNotFoundError as exc:
+        raise DatasetError(f"{split_file}: split file not found") from exc
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise DatasetError(f"{split_file}: not a split file with a {split!r} entry ({exc})") from exc
+    records = []
+    for cls in sorted(spec):
+        for name in spec[cls]:
+            image = root / cls / "Imgs" / f"{name}.jpg"
+            anomalous = cls != "MT_Free"
+            mask = root / cls / "Imgs" / f"{name}.png" if anomalous else None
+            records.append(Record(image, mask, int(anomalous), cls))
+    return records
+
+
+def folder_records(root, label: int = 0, masks_root=None) -> List[Record]:
+    """A plain folder of images, all with ``label``; masks, if given, are
+    <masks_root>/<stem>.png or <stem>_mask.png."""
+    records = []
+    for p in list_images(Path(root)):
+        mask = None
+        if masks_root is not None:
+            candidates = [Path(masks_root) / f"{p.stem}{suffix}.png" for suffix in ("", "_mask")]
+            mask = next((c for c in candidates if c.is_file()), candidates[0])
+        records.append(Record(p, mask, label, "anomalous" if label else "good"))
+    return records
+
+
+def frame_sequence_records(root) -> List[Record]:
+    """Video-surveillance layout: <root>/<seq>/ holds the frames (sorted by name) and
+    labels.txt (one 0/1 per frame); optional pixel masks in <root>/<seq>_gt/, one per
+    frame in the same order."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: folder not found")
+    records = []
+    for seq in sorted(d for d in root.iterdir() if d.is_dir() and not d.name.endswith("_gt")):
+        frames = list_images(seq)
+        labels_file = seq / "labels.txt"
+        try:
+            labels = [int(v) for v in labels_file.read_text().split()]
+        except FileNotFoundError as exc:
+            raise DatasetError(f"{labels_file}: per-frame labels not found") from exc
+        except ValueError as exc:
+            raise DatasetError(f"{labels_file}: labels must be 0 or 1 ({exc})") from exc
+        if len(labels) != len(frames) or any(v not in (0, 1) for v in labels):
+            raise DatasetError(f"{labels_file}: {len(labels)} labels of 0/1 expected one per frame ({len(frames)} frames)")
+        gt = root / f"{seq.name}_gt"
+        masks = list_images(gt) if gt.is_dir() else [None] * len(frames)
+        if len(masks) != len(frames):
+            raise DatasetError(f"{gt}: {len(masks)} masks for {len(frames)} frames in {seq}")
+        records += [Record(f, m, y, seq.name) for f, m, y in zip(frames, masks, labels)]
+    return records
+
+
+class MVTecAD(AnomalyDataset):
+    def __init__(self, root, category: str, split: str = "train", transform=None, *, skip_bad=False, cache=True):
+        super().__init__(mvtec_records(root, category, split), transform, skip_bad=skip_bad, cache=cache,
+                         name=f"MVTec-AD {category}/{split}")
+
+
+class MagneticTile(AnomalyDataset):
+    def __init__(self, root, split: str = "train", transform=None, *, split_file=None, skip_bad=False, cache=True):
+        super().__init__(magnetic_tile_records(root, split, split_file), transform, skip_bad=skip_bad, cache=cache,
+                         name=f"Magnetic Tile/{split}")
+
+
+class ImageFolder(AnomalyDataset):
+    def __init__(self, root, transform=None, *, label: int = 0, masks_root=None, skip_bad=False, cache=True):
+        super().__init__(folder_records(root, label, masks_root), transform, skip_bad=skip_bad, cache=cache,
+                         name=str(root))
+
+
+class FrameSequences(AnomalyDataset):
+    def __init__(self, root, transform=None, *, skip_bad=False, cache=True):
+        super().__init__(frame_sequence_records(root), transform, skip_bad=skip_bad, cache=cache, name=f"frames {root}")
