@@ -31,6 +31,18 @@ def test_bench_quick_prints_every_provider_and_writes_json(tmp_path, capsys):
     ]
 
 
+def test_demo_writes_results_and_resumes(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--epochs", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "image_auroc" in printed and "stage timings" in printed and "encode" in printed
+    results = json.loads((out / "results.json").read_text())
+    assert results["epochs"] == 1 and 0.0 <= results["metrics"]["aupro"] <= 1.0
+    assert main(["demo", "--out", str(out), "--epochs", "2", "--resume"]) == 0
+    assert json.loads((out / "results.json").read_text())["epochs"] == 2
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+
+
 def test_info(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
@@ -44,6 +56,6 @@ def _readme_commands():
 def test_readme_gives_the_two_fresh_machine_commands_and_ci_runs_the_test_one():
     blocks = _readme_commands()
     main_job, tests = blocks[0], blocks[1]
-    assert main_job == "bash .ci/setup && .venv/bin/vqfast bench"
+    assert main_job == "bash .ci/setup && .venv/bin/vqfast demo"
     assert tests == "bash .ci/setup && .venv/bin/python -m pytest -q"
     assert tests in (ROOT / ".ci" / "run").read_text()

@@ -1,4 +1,4 @@
-"""The ``vqfast`` command line: ``vqfast bench`` (the main job for now) and ``vqfast info``."""
+"""The ``vqfast`` command line: ``vqfast demo`` (the main job), ``vqfast bench`` and ``vqfast info``."""
 
 import argparse
 import importlib.util
@@ -42,9 +42,22 @@ def _bench(args) -> int:
     return 0
 
 
+def _demo(args) -> int:
+    from vqfast.demo import run_demo
+
+    run_demo(args.out, epochs=args.epochs, seed=args.seed, resume=args.resume)
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="vqfast", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="train, score and evaluate on the embedded procedural dataset")
+    demo.add_argument("--out", default="vqfast-demo", help="folder for checkpoints, logs and results")
+    demo.add_argument("--epochs", type=int, default=20)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    demo.set_defaults(func=_demo)
     bench = sub.add_parser("bench", help="time every available backend of every op against plain-torch baselines")
     bench.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     bench.add_argument("--quick", action="store_true", help="small shapes (a smoke test, seconds)")

@@ -1,0 +1,127 @@
+"""vqfast.models: the VQ layer's updates and the Performer-paper VQ-VAE."""
+
+import pytest
+import torch
+import torch.nn as nn
+
+from vqfast.models import VQVAE, VectorQuantizer, VQVAEConfig, spectral_loss
+
+TINY = VQVAEConfig(in_channels=3, hidden=16, res_blocks=1, num_codes=8, code_dim=4)
+
+
+def _ready_ema_layer(decay=0.9, eps=1e-5, dead=0.0):
+    vq = VectorQuantizer(3, 2, beta=0.25, ema=True, decay=decay, eps=eps, dead_threshold=dead)
+    vq.codebook.copy_(torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]]))
+    vq.ema_sum.copy_(vq.codebook * 2)
+    vq.ema_count.fill_(2.0)
+    vq.initialized.fill_(True)
+    return vq
+
+
+def test_ema_update_matches_hand_computation():
+    vq = _ready_ema_layer()
+    # four vectors: two near code 0, one near code 1, one near code 0
+    z = torch.tensor([[0.5, 0.0], [9.0, 1.0], [0.0, 0.5], [1.0, 1.0]]).t().reshape(1, 2, 1, 4)
+    out = vq.train()(z)
+    assert out.indices.tolist() == [[[0, 1, 0, 0]]]
+    n = torch.tensor([3.0, 1.0, 0.0])
+    s = torch.tensor([[1.5, 1.5], [9.0, 1.0], [0.0, 0.0]])
+    count = 0.9 * 2.0 + 0.1 * n
+    total = 0.9 * torch.tensor([[0.0, 0.0], [20.0, 0.0], [0.0, 20.0]]) + 0.1 * s
+    smoothed = (count + 1e-5) / (count.sum() + 3 * 1e-5) * count.sum()
+    torch.testing.assert_close(vq.ema_count, count)
+    torch.testing.assert_close(vq.codebook, total / smoothed[:, None])
+    assert out.usage == pytest.approx(2 / 3)
+    p = n / n.sum()
+    expected_perplexity = torch.exp(-(p[p > 0] * p[p > 0].log()).sum())
+    assert out.perplexity == pytest.approx(float(expected_perplexity))
+
+
+def test_dead_codes_restart_at_batch_vectors():
+    vq = _ready_ema_layer(decay=0.5, dead=1.5)
+    z = torch.randn(2, 2, 3, 3) * 0.1  # everything lands on code 0
+    vq.train()(z)
+    flat = z.movedim(1, -1).reshape(-1, 2)
+    for k in (1, 2):  # counts 2 -> 1 < 1.5: restarted
+        assert (flat == vq.codebook[k]).all(1).any()
+        assert vq.ema_count[k] == 1.0
+    assert vq.ema_count[0] > 1.5
+
+
+def test_eval_mode_changes_nothing():
+    vq = _ready_ema_layer()
+    before = {k: v.clone() for k, v in vq.state_dict().items()}
+    vq.eval()(torch.randn(2, 2, 4, 4))
+    assert all(torch.equal(before[k], v) for k, v in vq.state_dict().items())
+
+
+def test_codebook_initialised_from_first_training_batch():
+    z = torch.randn(2, 3, 4, 4) + 7.0
+    flat = z.movedim(1, -1).reshape(-1, 3)
+    vq = VectorQuantizer(5, 3, ema=False)
+    vq.eval()(z)
+    assert not vq.initialized  # eval never initialises
+    vq.train()(z)
+    assert vq.initialized and all((flat == c).all(1).any() for c in vq.codebook.detach())
+    ema = VectorQuantizer(5, 3).train()
+    ema(z)  # initialised, then one EMA step: still at the data's scale, far from the N(0, 1/D) init
+    assert ema.initialized and (ema.codebook > 3).all()
+
+
+def test_gradient_mode_trains_codebook_by_gradient():
+    vq = VectorQuantizer(6, 3, ema=False).train()
+    assert isinstance(vq.codebook, nn.Parameter)
+    z = torch.randn(2, 3, 4, 4, requires_grad=True)
+    out = vq(z)
+    out.loss.backward()
+    assert vq.codebook.grad is not None and vq.codebook.grad.abs().sum() > 0
+    ema = VectorQuantizer(6, 3, ema=True)
+    assert "codebook" not in dict(ema.named_parameters())
+
+
+def test_collapsed_batch_has_perplexity_one():
+    vq = _ready_ema_layer().eval()
+    out = vq(torch.zeros(1, 2, 3, 3))
+    assert out.perplexity == pytest.approx(1.0) and out.usage == pytest.approx(1 / 3)
+
+
+def test_vqvae_shapes_losses_and_architecture():
+    model = VQVAE(TINY)
+    x = torch.rand(2, 3, 32, 24)
+    out = model(x)
+    assert out.reconstruction.shape == x.shape
+    assert out.vq.indices.shape == (2, 4, 3) and out.vq.quantized.shape == (2, 4, 4, 3)
+    terms = model.training_loss(x)
+    assert set(terms) == {"loss", "recon", "spectral", "commitment", "perplexity", "usage"}
+    assert all(torch.isfinite(v) for v in terms.values())
+    expected = terms["recon"] + terms["spectral"] + 0.25 * terms["commitment"]
+    torch.testing.assert_close(terms["loss"], expected)
+    dec = list(model.decoder)
+    assert isinstance(dec[-2], nn.Dropout) and dec[-2].p == 0.05 and isinstance(dec[-1], nn.ConvTranspose2d)
+    downs = [m for m in model.encoder if isinstance(m, nn.Conv2d) and m.stride == (2, 2)]
+    assert len(downs) == 3 and all(m.kernel_size == (4, 4) for m in downs)
+    model.eval()
+    torch.testing.assert_close(model.decode_indices(model(x).vq.indices), model.reconstruct(x))
+
+
+def test_vqvae_rejects_bad_images():
+    with pytest.raises(ValueError, match=r"x must be \(B, 3, H, W\) with H and W multiples of 8"):
+        VQVAE(TINY)(torch.rand(1, 3, 30, 32))
+    with pytest.raises(ValueError, match=r"got \(1, 1, 32, 32\)"):
+        VQVAE(TINY)(torch.rand(1, 1, 32, 32))
+
+
+def test_spectral_losses():
+    x, y = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    manual = ((torch.fft.rfft2(x, norm="ortho").abs() - torch.fft.rfft2(y, norm="ortho").abs()) ** 2).mean()
+    torch.testing.assert_close(spectral_loss(x, y, "fft"), manual)
+    assert spectral_loss(x, x, "stft") == 0 and spectral_loss(x, y, "stft") > 0
+    shifted = torch.roll(x, 3, dims=-1)  # a circular shift keeps whole-image FFT magnitudes
+    assert spectral_loss(x, shifted, "fft") < 1e-10
+    with pytest.raises(ValueError, match="spectral mode"):
+        spectral_loss(x, y, "wavelet")
+
+
+def test_profile_entries():
+    timings = VQVAE(TINY).profile(torch.rand(2, 3, 32, 32), repeats=2)
+    assert [t.name for t in timings] == ["encode", "quantise", "decode"] and all(t.median_s > 0 for t in timings)

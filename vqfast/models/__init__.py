@@ -1,0 +1,10 @@
+"""Models: the VQ layer and the VQ autoencoders."""
+
+from vqfast.models.base import VQAutoencoder
+from vqfast.models.lpips import LPIPS
+from vqfast.models.vq import VectorQuantizer, VQOutput
+from vqfast.models.vqgan import VQGAN, PatchDiscriminator, VQGANConfig, adaptive_weight
+from vqfast.models.vqvae import VQVAE, VQVAEConfig, spectral_loss
+
+__all__ = ["LPIPS", "PatchDiscriminator", "VQAutoencoder", "VQGAN", "VQGANConfig", "VQOutput", "VQVAE",
+           "VQVAEConfig", "VectorQuantizer", "adaptive_weight", "spectral_loss"]

@@ -1,0 +1,100 @@
+"""The vector-quantisation layer shared by every VQ model.
+
+Codebook learning by gradient (VQ-VAE's L_vq) or by exponential moving averages
+(van den Oord et al., appendix; the Performer paper's choice), with Laplace
+smoothing of the counts and optional restart of dead codes; batch perplexity and
+codebook usage are reported for logging.
+"""
+
+from typing import NamedTuple
+
+import torch
+import torch.nn as nn
+
+from vqfast.ops import quantize
+
+
+class VQOutput(NamedTuple):
+    quantized: torch.Tensor  # (B, D, H, W), straight-through
+    indices: torch.Tensor  # (B, H, W) int64
+    loss: torch.Tensor  # scalar to add to the model loss: beta * L_c (+ L_vq without EMA)
+    commitment_loss: torch.Tensor
+    perplexity: torch.Tensor  # exp(entropy) of this batch's code histogram
+    usage: torch.Tensor  # fraction of codes used in this batch
+
+
+class VectorQuantizer(nn.Module):
+    """Args:
+    num_codes, dim: codebook size K and code length D.
+    beta: commitment weight.
+    ema: learn the codebook with EMA updates (else with the gradient of L_vq).
+    decay, eps: EMA decay and Laplace smoothing.
+    dead_threshold: in training with EMA, codes whose smoothed count (in vectors
+        per batch) falls below this are restarted at random encoder outputs of the
+        batch, as in Jukebox (0 disables).
+    backend: nearest_code backend.
+
+    The codebook is initialised from random encoder outputs of the first training
+    batch: a random init far from the encoder's scale collapses onto one code.
+    """
+
+    def __init__(self, num_codes: int, dim: int, beta: float = 0.25, ema: bool = True, decay: float = 0.99,
+                 eps: float = 1e-5, dead_threshold: float = 1.0, backend: str = "auto"):
+        super().__init__()
+        if num_codes < 1 or dim < 1:
+            raise ValueError(f"num_codes and dim must be >= 1, got {num_codes}, {dim}")
+        if not 0 < decay < 1:
+            raise ValueError(f"decay must be in (0, 1), got {decay}")
+        self.num_codes, self.dim, self.beta, self.ema = num_codes, dim, beta, ema
+        self.decay, self.eps, self.dead_threshold, self.backend = decay, eps, dead_threshold, backend
+        init = torch.randn(num_codes, dim) / dim**0.5
+        if ema:
+            self.register_buffer("codebook", init)
+            self.register_buffer("ema_count", torch.ones(num_codes))
+            self.register_buffer("ema_sum", init.clone())
+        else:
+            self.codebook = nn.Parameter(init)
+        self.register_buffer("initialized", torch.tensor(False))
+
+    @torch.no_grad()
+    def _init_from(self, flat: torch.Tensor) -> None:
+        pick = torch.randint(flat.shape[0], (self.num_codes,), device=flat.device)
+        self.codebook.copy_(flat[pick])
+        if self.ema:
+            self.ema_sum.copy_(flat[pick])
+            self.ema_count.fill_(1.0)
+        self.initialized.fill_(True)
+
+    def forward(self, z: torch.Tensor) -> VQOutput:
+        """z: (B, D, H, W) encoder output."""
+        if self.training and not bool(self.initialized):
+            self._init_from(z.detach().movedim(1, -1).reshape(-1, self.dim).float())
+        q = quantize(z, self.codebook, backend=self.backend)
+        counts = torch.bincount(q.indices.reshape(-1), minlength=self.num_codes).to(z.dtype)
+        probs = counts / counts.sum()
+        perplexity = torch.exp(-(probs * torch.log(probs.clamp_min(1e-12))).sum())
+        usage = (counts > 0).float().mean()
+        if self.training and self.ema:
+            self._ema_update(z.detach(), q.indices, counts)
+        loss = self.beta * q.commitment_loss
+        if not self.ema:
+            loss = loss + q.codebook_loss
+        return VQOutput(q.quantized, q.indices, loss, q.commitment_loss, perplexity, usage)
+
+    @torch.no_grad()
+    def _ema_update(self, z: torch.Tensor, indices: torch.Tensor, counts: torch.Tensor) -> None:
+        flat = z.movedim(1, -1).reshape(-1, self.dim).float()
+        sums = torch.zeros_like(self.ema_sum).index_add_(0, indices.reshape(-1), flat)
+        self.ema_count.mul_(self.decay).add_(counts.float(), alpha=1 - self.decay)
+        self.ema_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
+        n = self.ema_count.sum()
+        smoothed = (self.ema_count + self.eps) / (n + self.num_codes * self.eps) * n
+        self.codebook.copy_(self.ema_sum / smoothed.unsqueeze(1))
+        if self.dead_threshold > 0:
+            dead = smoothed < self.dead_threshold
+            n_dead = int(dead.sum())
+            if n_dead:
+                pick = torch.randint(flat.shape[0], (n_dead,), device=flat.device)
+                self.codebook[dead] = flat[pick]
+                self.ema_sum[dead] = flat[pick]
+                self.ema_count[dead] = 1.0

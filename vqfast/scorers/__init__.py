@@ -1,0 +1,6 @@
+"""Anomaly scorers: fit(dataset) where needed, score(images) -> ScoreBatch."""
+
+from vqfast.scorers.base import ScoreBatch, evaluate_scorer, reduce_map, score_dataset
+from vqfast.scorers.regenerative import RegenerativeScorer
+
+__all__ = ["RegenerativeScorer", "ScoreBatch", "evaluate_scorer", "reduce_map", "score_dataset"]

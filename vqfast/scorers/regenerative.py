@@ -1,0 +1,37 @@
+"""Regenerative scoring: the residual between an image and its reconstruction."""
+
+import torch
+
+from vqfast.scorers.base import ScoreBatch, reduce_map
+
+
+class RegenerativeScorer:
+    """anomaly_map = mean over channels of |x - reconstruct(x)|; pred_score = a
+    reduction of the map ("max", "mean" or "topk_mean" over the top ``topk``
+    fraction of pixels).
+
+    model: anything with ``reconstruct(x: (B, C, H, W)) -> (B, C, H, W)``.
+    """
+
+    def __init__(self, model, reduction: str = "topk_mean", topk: float = 0.01):
+        reduce_map(torch.zeros(1, 1, 1), reduction, topk)  # validates the arguments
+        self.model, self.reduction, self.topk = model, reduction, topk
+
+    def fit(self, dataset=None):
+        """Nothing to learn: the model is the whole method."""
+        return self
+
+    @torch.no_grad()
+    def score(self, images: torch.Tensor) -> ScoreBatch:
+        """images: (B, C, H, W) on the model's device."""
+        self.model.eval()
+        residual = (images - self.model.reconstruct(images)).abs().mean(1)
+        return ScoreBatch(reduce_map(residual, self.reduction, self.topk), residual)
+
+    def profile(self, images: torch.Tensor, repeats: int = 5):
+        """Timings of the model's stages plus the whole score call."""
+        from vqfast.profiling import time_callable
+
+        timings = self.model.profile(images, repeats) if hasattr(self.model, "profile") else []
+        return timings + [time_callable(lambda: self.score(images), name="score (total)", device=images.device,
+                                        repeats=repeats)]

@@ -1,0 +1,231 @@
+"""One training loop for every vqfast model.
+
+Adam/AdamW, exponential learning-rate decay, bf16 autocast on CUDA, gradient
+clipping, the papers' early-stopping rule or a fixed budget, tqdm progress, a JSON-
+lines log and an atomic checkpoint after every epoch; ``fit(resume=True)`` continues
+from the last checkpoint exactly (same step, optimiser state, RNG state and data
+order).
+
+The model provides ``training_loss(images) -> {"loss": scalar, ...}`` and
+``config_dict()``. A model with ``discriminator_parameters()`` (a GAN) gets a second
+optimiser for them, stepped on the ``"disc_loss"`` term after the generator step.
+"""
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import torch
+from tqdm import tqdm
+
+from vqfast import checkpoint
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 100
+    batch_size: int = 16
+    lr: float = 1e-4
+    optimizer: str = "adam"  # or "adamw"
+    weight_decay: float = 0.0
+    lr_gamma: float = 1.0  # multiplies the learning rate after every epoch
+    grad_clip: Optional[float] = None  # max global gradient norm
+    amp: bool = True  # bf16 autocast, on CUDA only
+    early_stopping: bool = True
+    patience: int = 5  # stop once validation loss exceeded training loss more than this often
+    check_every: int = 2  # epochs between validation checks
+    max_minutes: Optional[float] = None  # wall-clock budget, checked after each epoch
+    seed: int = 0
+
+
+class EarlyStopping:
+    """The papers' rule: count the checks at which validation loss exceeds training
+    loss; stop once that happened more than ``patience`` times."""
+
+    def __init__(self, patience: int = 5, exceeded: int = 0):
+        self.patience, self.exceeded = patience, exceeded
+
+    def update(self, train_loss: float, val_loss: float) -> bool:
+        if val_loss > train_loss:
+            self.exceeded += 1
+        return self.exceeded > self.patience
+
+
+class Trainer:
+    """Args:
+    model: an nn.Module with training_loss and config_dict.
+    train_set, val_set: datasets of items with an "image" (see vqfast.data).
+    config: TrainConfig.
+    out_dir: where ``checkpoint.safetensors``, ``model.safetensors`` (the weights
+        alone) and ``metrics.jsonl`` go; None keeps nothing on disk (no resume).
+    device: defaults to CUDA when available.
+    loss_fn: (model, images) -> dict with "loss"; default model.training_loss.
+    """
+
+    def __init__(self, model: torch.nn.Module, train_set, val_set=None, config: Optional[TrainConfig] = None, *,
+                 out_dir=None, device=None, loss_fn: Optional[Callable] = None, progress: bool = True):
+        config = config or TrainConfig()
+        if config.optimizer not in ("adam", "adamw"):
+            raise ValueError(f"optimizer must be 'adam' or 'adamw', got {config.optimizer!r}")
+        if len(train_set) == 0:
+            raise ValueError("train_set is empty")
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = model.to(self.device)
+        self.train_set, self.val_set, self.config = train_set, val_set, config
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.loss_fn = loss_fn or (lambda m, x: m.training_loss(x))
+        self.progress = progress
+        opt_cls = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
+        disc = list(model.discriminator_parameters()) if hasattr(model, "discriminator_parameters") else []
+        disc_ids = {id(p) for p in disc}
+        self.params = {"gen": [p for p in self.model.parameters() if p.requires_grad and id(p) not in disc_ids]}
+        if disc:
+            self.params["disc"] = disc
+        self.optimizers = {k: opt_cls(v, lr=config.lr, weight_decay=config.weight_decay) for k, v in self.params.items()}
+        self.schedulers = {k: torch.optim.lr_scheduler.ExponentialLR(o, gamma=config.lr_gamma)
+                           for k, o in self.optimizers.items()}
+        self.epoch = self.step = 0
+        self.stopping = EarlyStopping(config.patience)
+        self.history: List[dict] = []
+
+    # -- one epoch -------------------------------------------------------------
+    def _loader(self, dataset, shuffle: bool):
+        # Seeded per epoch: the data order after a resume is the one it would have been.
+        g = torch.Generator().manual_seed(self.config.seed * 100_003 + self.epoch)
+        return torch.utils.data.DataLoader(dataset, batch_size=self.config.batch_size, shuffle=shuffle, generator=g)
+
+    def _autocast(self):
+        enabled = self.config.amp and self.device.type == "cuda"
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    def _run(self, dataset, train: bool) -> Dict[str, float]:
+        self.model.train(train)
+        sums: Dict[str, float] = {}
+        count = 0
+        bar = tqdm(self._loader(dataset, shuffle=train), desc=f"epoch {self.epoch + 1} {'train' if train else 'val'}",
+                   disable=not self.progress, leave=False)
+        for batch in bar:
+            x = batch["image"].to(self.device, non_blocking=True)
+            with torch.set_grad_enabled(train), self._autocast():
+                terms = self.loss_fn(self.model, x)
+            loss = terms["loss"]
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss {float(loss)} at epoch {self.epoch + 1}, step {self.step}")
+            if train:
+                self._step("gen", loss)
+                if "disc" in self.optimizers and "disc_loss" in terms:
+                    self._step("disc", terms["disc_loss"])  # its graph starts at detached images
+                self.step += 1
+            n = x.shape[0]
+            count += n
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach()) * n
+            bar.set_postfix(loss=f"{sums['loss'] / count:.4g}")
+        return {k: v / count for k, v in sums.items()}
+
+    def _step(self, name: str, loss: torch.Tensor) -> None:
+        for opt in self.optimizers.values():  # the generator loss also reaches the discriminator
+            opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.params[name], self.config.grad_clip)
+        self.optimizers[name].step()
+
+    @torch.no_grad()
+    def evaluate(self, dataset) -> Dict[str, float]:
+        """Mean loss terms over ``dataset`` in eval mode."""
+        return self._run(dataset, train=False)
+
+    # -- the loop --------------------------------------------------------------
+    def fit(self, resume: bool = False) -> List[dict]:
+        """Trains until the epoch budget, the early-stopping rule or the time budget
+        ends it; returns the per-epoch records (also in metrics.jsonl)."""
+        if resume:
+            self._load()
+        start = time.monotonic()
+        stop_reason = None
+        with tqdm(total=self.config.epochs, initial=self.epoch, desc="training", disable=not self.progress) as bar:
+            while self.epoch < self.config.epochs and stop_reason is None:
+                t0 = time.monotonic()
+                train_terms = self._run(self.train_set, train=True)
+                self.epoch += 1
+                for scheduler in self.schedulers.values():
+                    scheduler.step()
+                record = {"epoch": self.epoch, "step": self.step, "lr": self.schedulers["gen"].get_last_lr()[0],
+                          "seconds": time.monotonic() - t0, "train": train_terms, "val": None}
+                checked = self.val_set is not None and (self.epoch % self.config.check_every == 0)
+                if checked:
+                    record["val"] = self.evaluate(self.val_set)
+                    stop = self.stopping.update(train_terms["loss"], record["val"]["loss"])
+                    record["val_exceeded_train"] = self.stopping.exceeded
+                    if stop and self.config.early_stopping:
+                        stop_reason = f"validation loss exceeded training loss {self.stopping.exceeded} times"
+                if self.config.max_minutes is not None and time.monotonic() - start > 60 * self.config.max_minutes:
+                    stop_reason = stop_reason or f"time budget of {self.config.max_minutes} min used"
+                record["stopped"] = stop_reason
+                self.history.append(record)
+                self._save(record)
+                bar.update(1)
+                bar.set_postfix(loss=f"{train_terms['loss']:.4g}", val=record["val"] and f"{record['val']['loss']:.4g}")
+        return self.history
+
+    # -- checkpoints -----------------------------------------------------------
+    def _save(self, record: dict) -> None:
+        if self.out_dir is None:
+            return
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        optims = {k: o.state_dict() for k, o in self.optimizers.items()}
+        for opt_name, optim in optims.items():
+            for pid, state in optim["state"].items():
+                for name, value in state.items():
+                    tensors[f"optim.{opt_name}.{pid}.{name}"] = value if torch.is_tensor(value) else torch.tensor(value)
+        tensors["rng.cpu"] = torch.get_rng_state()
+        if torch.cuda.is_available():
+            for i, s in enumerate(torch.cuda.get_rng_state_all()):
+                tensors[f"rng.cuda.{i}"] = s
+        state = {"epoch": self.epoch, "step": self.step, "exceeded": self.stopping.exceeded, "history": self.history,
+                 "param_groups": {k: o["param_groups"] for k, o in optims.items()},
+                 "schedulers": {k: sch.state_dict() for k, sch in self.schedulers.items()},
+                 "train_config": asdict(self.config)}
+        meta = {"config": json.dumps(self.model.config_dict()), "trainer": json.dumps(state)}
+        checkpoint.write_atomic(self.out_dir / "checkpoint.safetensors", tensors, meta)
+        checkpoint.save_model(self.model, self.out_dir / "model.safetensors")
+        # After the checkpoint: a crash in between loses a log line that resume rewrites.
+        with open(self.out_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def _load(self) -> None:
+        if self.out_dir is None:
+            raise ValueError("resume needs out_dir")
+        path = self.out_dir / "checkpoint.safetensors"
+        tensors, meta = checkpoint.read(path)
+        try:
+            state = json.loads(meta["trainer"])
+        except (KeyError, json.JSONDecodeError) as exc:
+            raise checkpoint.CheckpointError(f"{path}: no trainer state ({exc})") from exc
+        if json.loads(meta["config"]) != json.loads(json.dumps(self.model.config_dict())):
+            raise checkpoint.CheckpointError(f"{path}: was written for another model config")
+        model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+        try:
+            self.model.load_state_dict(model_state, strict=True)
+        except RuntimeError as exc:
+            raise checkpoint.CheckpointError(f"{path}: weights do not fit this model ({exc})") from exc
+        optim_state: Dict[str, Dict[int, dict]] = {k: {} for k in self.optimizers}
+        for k, v in tensors.items():
+            if k.startswith("optim."):
+                _, opt_name, pid, name = k.split(".", 3)
+                optim_state[opt_name].setdefault(int(pid), {})[name] = v.to(self.device)
+        for k, opt in self.optimizers.items():
+            opt.load_state_dict({"state": optim_state[k], "param_groups": state["param_groups"][k]})
+            self.schedulers[k].load_state_dict(state["schedulers"][k])
+        torch.set_rng_state(tensors["rng.cpu"])
+        cuda_states = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
+        if cuda_states and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(cuda_states)
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.stopping.exceeded = state["exceeded"]
+        self.history = state["history"]
+        with open(self.out_dir / "metrics.jsonl", "w") as f:  # the checkpoint's history is authoritative
+            f.writelines(json.dumps(r) + "\n" for r in self.history)
