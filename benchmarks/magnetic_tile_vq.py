@@ -2,7 +2,14 @@
 Regenerative scorer; reproduces the Magnetic Tile rows of benchmarks/RESULTS.md.
 
     python benchmarks/magnetic_tile_vq.py --data ../shared/data/magnetic_tile --out runs/mt_vqvae
+    python benchmarks/magnetic_tile_vq.py --model vqgan --out runs/mt_vqgan
     python benchmarks/magnetic_tile_vq.py ... --resume     # continue an interrupted run
+
+--model vqvae: the Performer paper's VQ-VAE at 128 x 128 (16 x 16 latents).
+--model vqgan: the taming model of tables 1-2 scaled for a CPU budget (64 x 64 input,
+channels 32-64-64-128, 8 x 8 latents of 64-d codes, 128 codes), LPIPS + PatchGAN from
+--disc-start generator steps on. Without VGG16 weights on the machine LPIPS is
+uncalibrated (random VGG features; see vqfast.models.lpips).
 
 The training set's last 10 % (seeded shuffle) is held out for the papers'
 early-stopping rule; training also stops at --minutes. Results go to
@@ -17,7 +24,7 @@ from pathlib import Path
 import torch
 
 from vqfast.data import ImageTransform, MagneticTile
-from vqfast.models import VQVAE, VQVAEConfig
+from vqfast.models import VQGAN, VQVAE, VQGANConfig, VQVAEConfig
 from vqfast.scorers import RegenerativeScorer, reduce_map, score_dataset
 from vqfast import metrics
 from vqfast.training import TrainConfig, Trainer
@@ -26,8 +33,10 @@ from vqfast.training import TrainConfig, Trainer
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "magnetic_tile"))
-    p.add_argument("--out", default="runs/magnetic_tile_vqvae")
-    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--model", choices=["vqvae", "vqgan"], default="vqvae")
+    p.add_argument("--out", default=None, help="default runs/magnetic_tile_<model>")
+    p.add_argument("--size", type=int, default=None, help="default 128 (vqvae) or 64 (vqgan)")
+    p.add_argument("--disc-start", type=int, default=300, help="vqgan: generator steps before the GAN terms")
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--codes", type=int, default=256)
     p.add_argument("--code-dim", type=int, default=32)
@@ -40,6 +49,8 @@ def main(argv=None):
     p.add_argument("--resume", action="store_true")
     args = p.parse_args(argv)
 
+    args.out = args.out or f"runs/magnetic_tile_{args.model}"
+    args.size = args.size or (128 if args.model == "vqvae" else 64)
     torch.manual_seed(args.seed)
     transform = ImageTransform(size=args.size, channels=1)
     full = MagneticTile(args.data, "train", transform)
@@ -49,14 +60,20 @@ def main(argv=None):
     train = torch.utils.data.Subset(full, order[n_val:])
     val = torch.utils.data.Subset(full, order[:n_val])
 
-    model = VQVAE(VQVAEConfig(in_channels=1, hidden=args.hidden, num_codes=args.codes, code_dim=args.code_dim))
+    if args.model == "vqvae":
+        model = VQVAE(VQVAEConfig(in_channels=1, hidden=args.hidden, num_codes=args.codes, code_dim=args.code_dim))
+        name = "VQ-VAE (Performer paper architecture)"
+    else:
+        model = VQGAN(VQGANConfig(in_channels=1, ch=32, ch_mult=(1, 2, 2, 4), resolution=args.size, z_channels=64,
+                                  num_codes=128, disc_start=args.disc_start))
+        name = "VQ-GAN (taming architecture, CPU-sized)"
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lr_gamma=args.lr_gamma,
                          max_minutes=args.minutes, seed=args.seed)
     start = time.monotonic()
     history = Trainer(model, train, val, config, out_dir=args.out).fit(resume=args.resume)
     train_minutes = (time.monotonic() - start) / 60
 
-    results = {"model": "VQ-VAE (Performer paper architecture)", "config": model.config_dict(),
+    results = {"model": name, "config": model.config_dict(),
                "train_config": vars(args), "epochs": history[-1]["epoch"], "stopped": history[-1]["stopped"],
                "train_minutes_this_run": train_minutes, "final_train": history[-1]["train"], "scores": {}}
     scores, maps, labels, masks = score_dataset(RegenerativeScorer(model), test)

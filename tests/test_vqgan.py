@@ -77,6 +77,15 @@ def test_gan_training_steps_both_players(tmp_path, lpips_module):
     assert resumed.epoch == 2 and int(resumed.model.step) == 5
 
 
+def test_trained_as_vqvae(lpips_module):
+    model = VQGAN(tiny(adversarial=False, perceptual_weight=0.0)).train()
+    assert model.discriminator is None and model.lpips is None
+    terms = model.training_loss(torch.rand(2, 3, 16, 16))
+    assert set(terms) == {"loss", "recon", "commitment", "perplexity", "usage"}
+    # L_r + L_vq + beta L_c, where L_vq and L_c have the same value (stop-gradient apart)
+    torch.testing.assert_close(terms["loss"], terms["recon"] + 1.25 * terms["commitment"])
+
+
 def test_vanilla_loss_and_config_errors(lpips_module):
     model = VQGAN(tiny(disc_loss="vanilla"), lpips=lpips_module).train()
     assert torch.isfinite(model.training_loss(torch.rand(2, 3, 16, 16))["disc_loss"])

@@ -1,5 +1,6 @@
 """Built-in benchmarks behind ``vqfast bench``: every available backend of every op,
-side by side with the plain-torch baselines, on fixed shapes.
+side by side with the plain-torch baselines, on fixed shapes; then the stage timings
+of every model and scorer.
 
 benchmarks/bench_<op>.py runs the same providers under pytest-benchmark.
 """
@@ -132,3 +133,39 @@ def run_nearest_code(
             with open(json_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
     return results
+
+
+def model_cases(quick: bool):
+    """(title, model factory, input shape) for every model and scorer timing."""
+    import warnings
+
+    from vqfast.models import VQGAN, VQVAE, VQGANConfig, VQVAEConfig
+
+    def vqgan(cfg):
+        with warnings.catch_warnings():  # LPIPS weights are irrelevant to inference timing
+            warnings.simplefilter("ignore")
+            return VQGAN(cfg)
+
+    if quick:
+        return [
+            ("VQ-VAE (small)", lambda: VQVAE(VQVAEConfig(hidden=16, res_blocks=1, num_codes=32, code_dim=8)), (2, 3, 32, 32)),
+            ("VQ-GAN (small)", lambda: vqgan(VQGANConfig(ch=8, ch_mult=(1, 2), resolution=32, z_channels=8, num_codes=16,
+                                                          perceptual_weight=0.0, adversarial=False)), (2, 3, 32, 32)),
+        ]
+    return [
+        ("VQ-VAE, Performer paper defaults (256 x 32 codebook)", lambda: VQVAE(), (16, 3, 128, 128)),
+        ("VQ-GAN, tables 1-2 defaults (8 x 8 x 256 latents, 128 codes)",
+         lambda: vqgan(VQGANConfig(perceptual_weight=0.0, adversarial=False)), (16, 3, 128, 128)),
+    ]
+
+
+def run_models(device: torch.device, quick: bool = False, repeats: int = 5, echo: Callable[[str], None] = print):
+    """Stage timings (encode / quantise / decode / Regenerative score) per model."""
+    from vqfast.scorers import RegenerativeScorer
+
+    for title, make, shape in model_cases(quick):
+        torch.manual_seed(0)
+        model = make().to(device).eval()
+        x = torch.rand(shape, device=device)
+        timings = RegenerativeScorer(model).profile(x, repeats=repeats)
+        echo(format_table(timings, title=f"{title}: batch {shape[0]} of {shape[2]}x{shape[3]} on {device}") + "\n")

@@ -103,7 +103,7 @@ class Trainer:
     def _run(self, dataset, train: bool) -> Dict[str, float]:
         self.model.train(train)
         sums: Dict[str, float] = {}
-        count = 0
+        counts: Dict[str, int] = {}  # per term: the GAN terms appear from disc_start on
         bar = tqdm(self._loader(dataset, shuffle=train), desc=f"epoch {self.epoch + 1} {'train' if train else 'val'}",
                    disable=not self.progress, leave=False)
         for batch in bar:
@@ -119,11 +119,11 @@ class Trainer:
                     self._step("disc", terms["disc_loss"])  # its graph starts at detached images
                 self.step += 1
             n = x.shape[0]
-            count += n
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach()) * n
-            bar.set_postfix(loss=f"{sums['loss'] / count:.4g}")
-        return {k: v / count for k, v in sums.items()}
+                counts[k] = counts.get(k, 0) + n
+            bar.set_postfix(loss=f"{sums['loss'] / counts['loss']:.4g}")
+        return {k: v / counts[k] for k, v in sums.items()}
 
     def _step(self, name: str, loss: torch.Tensor) -> None:
         for opt in self.optimizers.values():  # the generator loss also reaches the discriminator

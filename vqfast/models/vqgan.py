@@ -88,7 +88,8 @@ class VQGANConfig:
     beta: float = 0.25
     ema: bool = False  # the paper trains the codebook by L_vq
     dropout: float = 0.0
-    adversarial: bool = True  # False: trained as a VQ-VAE (L_r + L_vq + beta L_c)
+    # adversarial=False with perceptual_weight=0 trains the model as a VQ-VAE (L_r + L_vq + beta L_c)
+    adversarial: bool = True
     perceptual_weight: float = 1.0
     disc_weight: float = 1.0  # multiplies the adaptive lambda
     disc_start: int = 10000  # generator steps before the GAN terms switch on
