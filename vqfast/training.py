@@ -112,7 +112,7 @@ class Trainer:
                 terms = self.loss_fn(self.model, x)
             loss = terms["loss"]
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss {float(loss)} at epoch {self.epoch + 1}, step {self.step}")
+                raise FloatingPointError(f"non-finite loss {float(loss.detach())} at epoch {self.epoch + 1}, step {self.step}")
             if train:
                 self._step("gen", loss)
                 if "disc" in self.optimizers and "disc_loss" in terms:
