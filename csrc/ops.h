@@ -14,6 +14,11 @@ namespace vqfast {
 // ties broken by lower index. isa: "auto" or one of cpu_isas().
 std::tuple<at::Tensor, at::Tensor> nearest_code_cpu(const at::Tensor& z, const at::Tensor& codebook, int64_t k,
                                                     const std::string& isa);
+// Batch OMP in Gram space. gram: (N, N), xty: (B, N), y_norm_sq: (B,), float32 or
+// float64; tol < 0 means none. Returns coef (B, N), support (B, n_nonzero) int64
+// (-1 after an early stop) and residual_norm_sq (B,).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> omp_cpu(const at::Tensor& gram, const at::Tensor& xty,
+                                                       int64_t n_nonzero, double tol, const at::Tensor& y_norm_sq);
 // CPU instruction-set variants this machine can run, best first.
 std::vector<std::string> cpu_isas();
 

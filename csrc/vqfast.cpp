@@ -11,6 +11,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "vqfast native kernels (CPU C++; CUDA when built with it)";
   m.def("nearest_code_cpu", &vqfast::nearest_code_cpu, "fused nearest-codebook search (CPU)", py::arg("z"),
         py::arg("codebook"), py::arg("k"), py::arg("isa") = "auto");
+  m.def("omp_cpu", &vqfast::omp_cpu, "batched orthogonal matching pursuit in Gram space (CPU)", py::arg("gram"),
+        py::arg("xty"), py::arg("n_nonzero"), py::arg("tol"), py::arg("y_norm_sq"));
   m.def("cpu_isas", &vqfast::cpu_isas, "CPU instruction-set variants available here, best first");
 #ifdef WITH_CUDA
   m.def("nearest_code_cuda", &vqfast::nearest_code_cuda, "fused nearest-codebook search (CUDA)", py::arg("z"),

@@ -25,6 +25,7 @@ def test_bench_quick_prints_every_provider_and_writes_json(tmp_path, capsys):
     assert {t["name"] for t in records[0]["timings"]} >= {"reference", "torch cdist+argmin"}
     assert all(t["median_s"] > 0 for r in records for t in r["timings"])
     assert "peak extra mem" in out
+    assert "omp  B=256" in out and "x vs sklearn orthogonal_mp_gram" in out
     assert "VQ-VAE (small)" in out and "VQ-GAN (small)" in out and "score (total)" in out
     assert sorted(p.name for p in (tmp_path / "traces").iterdir()) == [
         "nearest_code_1024x16x128_k4.json",

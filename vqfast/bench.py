@@ -135,6 +135,69 @@ def run_nearest_code(
     return results
 
 
+@dataclass(frozen=True)
+class OmpCase:
+    label: str
+    b: int  # targets
+    n: int  # atoms
+    d: int  # feature dimension
+    s: int  # atoms per target
+    dtype: str = "float64"
+
+    @property
+    def title(self) -> str:
+        return f"omp  B={self.b} N={self.n} D={self.d} s={self.s} {self.dtype}  ({self.label})"
+
+    def inputs(self, device) -> tuple:
+        g = torch.Generator().manual_seed(0)
+        X = torch.randn(self.d, self.n, generator=g, dtype=torch.float64)
+        X = (X / X.norm(dim=0)).to(device, getattr(torch, self.dtype))
+        Y = torch.randn(self.b, self.d, generator=g, dtype=torch.float64).to(device, getattr(torch, self.dtype))
+        return X.T @ X, Y @ X, Y.square().sum(1)
+
+
+OMP_CASES = {
+    "full": [OmpCase("issue target: CPU >= 10x sklearn", 4096, 1024, 256, 17),
+             OmpCase("same in float32", 4096, 1024, 256, 17, "float32")],
+    "quick": [OmpCase("smoke test", 256, 128, 64, 8)],
+}
+
+
+def omp_providers(device: torch.device, case: OmpCase) -> Dict[str, Callable]:
+    """name -> fn(gram, xty, y_norm_sq)."""
+    from vqfast.ops import omp
+
+    providers = {}
+    if device.type == "cpu":
+        from sklearn.linear_model import orthogonal_mp_gram
+
+        providers["sklearn orthogonal_mp_gram"] = lambda G, XY, yn: orthogonal_mp_gram(
+            G.numpy(), XY.numpy().T, n_nonzero_coefs=case.s)
+    providers["reference"] = lambda G, XY, yn: omp(G, XY, case.s, y_norm_sq=yn, backend="reference")
+    for backend in ("cpu", "cuda", "triton"):
+        try:
+            resolve_backend("omp", backend, device, has_triton=False)
+        except RuntimeError:
+            continue
+        providers[f"vqfast {backend}"] = lambda G, XY, yn, b=backend: omp(G, XY, case.s, y_norm_sq=yn, backend=b)
+    return providers
+
+
+def run_omp(device: torch.device, quick: bool = False, repeats: int = 5, max_time_s: float = 20.0,
+            echo: Callable[[str], None] = print) -> None:
+    import warnings
+
+    for case in OMP_CASES["quick" if quick else "full"]:
+        G, XY, yn = case.inputs(device)
+        timings = []
+        for name, fn in omp_providers(device, case).items():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the reference's fallback warning on CUDA
+                timings.append(time_callable(lambda: fn(G, XY, yn), name=name, device=device, warmup=1,
+                                             repeats=repeats, max_time_s=max_time_s))
+        echo(format_table(timings, ["sklearn orthogonal_mp_gram", "reference"], title=f"{case.title} on {device}") + "\n")
+
+
 def model_cases(quick: bool):
     """(title, model factory, input shape) for every model and scorer timing."""
     import warnings

@@ -2,5 +2,6 @@
 
 from vqfast.ops._dispatch import BACKENDS, resolve_backend
 from vqfast.ops.nearest_code import QuantizeOutput, nearest_code, quantize
+from vqfast.ops.omp import omp, omp_dictionary
 
-__all__ = ["BACKENDS", "QuantizeOutput", "nearest_code", "quantize", "resolve_backend"]
+__all__ = ["BACKENDS", "QuantizeOutput", "nearest_code", "omp", "omp_dictionary", "quantize", "resolve_backend"]

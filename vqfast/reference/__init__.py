@@ -2,5 +2,6 @@
 the fallback when no kernel is available."""
 
 from vqfast.reference.nearest_code import nearest_code
+from vqfast.reference.omp import omp
 
-__all__ = ["nearest_code"]
+__all__ = ["nearest_code", "omp"]

@@ -1,0 +1,105 @@
+"""Batched orthogonal matching pursuit (subspace-guided feature reconstruction, Algorithm 1)."""
+
+from typing import Optional, Tuple
+
+import torch
+
+from vqfast import _ext, reference
+from vqfast.ops._checks import check_finite, check_same_device
+from vqfast.ops._dispatch import resolve_backend
+
+OMP_DTYPES = (torch.float32, torch.float64)
+
+
+@torch.library.custom_op("vqfast::omp", mutates_args=())
+def _omp_op(gram: torch.Tensor, xty: torch.Tensor, n_nonzero: int, tol: float, y_norm_sq: torch.Tensor,
+            backend: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    check_finite(gram, "gram")
+    check_finite(xty, "xty")
+    check_finite(y_norm_sq.unsqueeze(1), "y_norm_sq")
+    if backend == "cpu":
+        return _ext._C.omp_cpu(gram, xty, n_nonzero, tol, y_norm_sq)
+    coef, support, residual = reference.omp(gram, xty, n_nonzero, tol if tol >= 0 else None, y_norm_sq)
+    return coef, support, residual
+
+
+@_omp_op.register_fake
+def _(gram, xty, n_nonzero, tol, y_norm_sq, backend):
+    b, n = xty.shape
+    return xty.new_empty((b, n)), xty.new_empty((b, n_nonzero), dtype=torch.int64), xty.new_empty((b,))
+
+
+def _check(x, name, ndim, layout):
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in OMP_DTYPES:
+        raise TypeError(f"{name} must be float32 or float64, got {x.dtype}")
+    if x.dim() != ndim:
+        raise ValueError(f"{name} must be {ndim}-D {layout}, got shape {tuple(x.shape)}")
+
+
+def omp(gram: torch.Tensor, xty: torch.Tensor, n_nonzero: int, tol: Optional[float] = None,
+        y_norm_sq: Optional[torch.Tensor] = None, backend: str = "auto"):
+    """Sparse codes of B targets over N atoms, all targets at once (Batch-OMP).
+
+    For each target: repeatedly add the atom with the largest |x_j^T e| (ties: lowest
+    index; the paper writes x_j^T e, the usual OMP takes the magnitude), refit on the
+    support, update the residual e; stop after ``n_nonzero`` atoms, once
+    ||e||^2 <= ``tol``, or early when no atom can be added: the residual is orthogonal
+    to every atom left, or the next atom depends linearly on the support (zero or
+    duplicate columns). Early stops leave -1 in ``support``.
+
+    Args:
+        gram: (N, N) X^T X, float32 or float64.
+        xty: (B, N) Y X (row b is X^T y_b), same dtype and device.
+        n_nonzero: 1 <= n_nonzero <= N.
+        tol: stop once the squared residual norm is <= tol (needs ``y_norm_sq``).
+        y_norm_sq: (B,) ||y_b||^2; omitted, it counts as 0, so residual_norm_sq is
+            then minus the explained energy ||X c||^2.
+        backend: "auto" | "cpu" | "reference" (CUDA and Triton kernels: not yet; CUDA
+            tensors use the reference with a warning).
+
+    Returns:
+        coef (B, N), support (B, n_nonzero) int64 in selection order, residual_norm_sq (B,).
+    """
+    _check(gram, "gram", 2, "(N, N)")
+    _check(xty, "xty", 2, "(B, N)")
+    check_same_device(gram, "gram", xty, "xty")
+    n = gram.shape[0]
+    if gram.shape[1] != n:
+        raise ValueError(f"gram must be square (N, N), got {tuple(gram.shape)}")
+    if xty.shape[1] != n:
+        raise ValueError(f"xty has {xty.shape[1]} columns but gram has N={n} atoms")
+    if xty.dtype != gram.dtype:
+        raise TypeError(f"gram is {gram.dtype} but xty is {xty.dtype}")
+    if n == 0:
+        raise ValueError("gram has no atoms (N=0)")
+    if isinstance(n_nonzero, bool) or not isinstance(n_nonzero, int) or not 1 <= n_nonzero <= n:
+        raise ValueError(f"n_nonzero must be an int in [1, N={n}], got {n_nonzero!r}")
+    if tol is not None:
+        if tol < 0:
+            raise ValueError(f"tol must be >= 0, got {tol}")
+        if y_norm_sq is None:
+            raise ValueError("tol needs y_norm_sq (the targets' squared norms)")
+    if y_norm_sq is None:
+        y_norm_sq = xty.new_zeros(xty.shape[0])
+    else:
+        _check(y_norm_sq, "y_norm_sq", 1, "(B,)")
+        check_same_device(y_norm_sq, "y_norm_sq", xty, "xty")
+        if y_norm_sq.shape[0] != xty.shape[0] or y_norm_sq.dtype != xty.dtype:
+            raise ValueError(f"y_norm_sq must be ({xty.shape[0]},) {xty.dtype}, got {tuple(y_norm_sq.shape)} {y_norm_sq.dtype}")
+    resolved = resolve_backend("omp", backend, xty.device, has_triton=False)
+    if xty.shape[0] == 0:
+        return xty.new_zeros((0, n)), xty.new_zeros((0, n_nonzero), dtype=torch.int64), xty.new_zeros((0,))
+    return _omp_op(gram, xty, n_nonzero, -1.0 if tol is None else float(tol), y_norm_sq, resolved)
+
+
+def omp_dictionary(X: torch.Tensor, Y: torch.Tensor, n_nonzero: int, tol: Optional[float] = None,
+                   backend: str = "auto"):
+    """OMP of targets Y (B, D) over the columns of X (D, N): one GEMM for X^T X, one
+    for Y X, then ``omp``. Returns coef (B, N), support, residual_norm_sq (B,)."""
+    _check(X, "X", 2, "(D, N)")
+    _check(Y, "Y", 2, "(B, D)")
+    if Y.shape[1] != X.shape[0]:
+        raise ValueError(f"Y has D={Y.shape[1]} but X has D={X.shape[0]} rows")
+    return omp(X.T @ X, Y @ X, n_nonzero, tol, Y.square().sum(1), backend)
