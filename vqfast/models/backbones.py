@@ -1,0 +1,154 @@
+"""Frozen ImageNet backbones for feature-reconstruction methods, without torchvision.
+
+ResNet-18, ResNet-50 and WideResNet-50-2 defined with torchvision's module names, so a
+torchvision checkpoint loads by state dict: from ``weights=PATH``, or from
+``$TORCH_HOME/hub/checkpoints/<torchvision file name>`` when present. Without one
+the network stays randomly initialised and a warning says so. Files are read with
+``torch.load(weights_only=True)``.
+"""
+
+import os
+import warnings
+from pathlib import Path
+from typing import Dict, Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+# name -> (block, blocks per layer, width per group, torchvision file name)
+ARCHS = {
+    "resnet18": ("basic", (2, 2, 2, 2), 64, "resnet18-f37072fd.pth"),
+    "resnet50": ("bottleneck", (3, 4, 6, 3), 64, "resnet50-0676ba61.pth"),
+    "wide_resnet50_2": ("bottleneck", (3, 4, 6, 3), 128, "wide_resnet50_2-95faca4d.pth"),
+}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, c_in: int, planes: int, stride: int, width: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = _downsample(c_in, planes, stride)
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + (self.downsample(x) if self.downsample is not None else x))
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, c_in: int, planes: int, stride: int, width: int):
+        super().__init__()
+        mid = planes * width // 64
+        self.conv1 = nn.Conv2d(c_in, mid, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(mid)
+        self.conv2 = nn.Conv2d(mid, mid, 3, stride, 1, bias=False)  # stride on the 3x3, as torchvision (v1.5)
+        self.bn2 = nn.BatchNorm2d(mid)
+        self.conv3 = nn.Conv2d(mid, planes * 4, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * 4)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = _downsample(c_in, planes * 4, stride)
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + (self.downsample(x) if self.downsample is not None else x))
+
+
+def _downsample(c_in: int, c_out: int, stride: int):
+    if stride == 1 and c_in == c_out:
+        return None
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+
+def default_weights_file(name: str) -> Optional[Path]:
+    home = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch"))
+    path = home / "hub" / "checkpoints" / ARCHS[name][3]
+    return path if path.is_file() else None
+
+
+class Backbone(nn.Module):
+    """Frozen feature extractor returning the outputs of the requested layers.
+
+    Args:
+        name: "resnet18", "resnet50" or "wide_resnet50_2".
+        layers: which of layer1..layer4 to return, e.g. (1, 2, 3).
+        weights: a torchvision-format state-dict file; default: $TORCH_HOME's copy if any.
+        normalize: the input is (B, 1 or 3, H, W) in [0, 1]; grey is replicated and
+            ImageNet mean/std applied. False: the input is already normalised RGB.
+
+    forward(x) -> {layer: (B, C_l, H / 2^(l+1), W / 2^(l+1))}. Eval mode always; on CUDA,
+    channels-last and bf16 autocast, features returned as float32.
+    """
+
+    def __init__(self, name: str = "wide_resnet50_2", layers: Sequence[int] = (1, 2, 3), weights=None,
+                 normalize: bool = True):
+        super().__init__()
+        if name not in ARCHS:
+            raise ValueError(f"name must be one of {sorted(ARCHS)}, got {name!r}")
+        if not layers or any(layer not in (1, 2, 3, 4) for layer in layers):
+            raise ValueError(f"layers must be a non-empty subset of 1..4, got {tuple(layers)}")
+        kind, counts, width, _ = ARCHS[name]
+        block = BasicBlock if kind == "basic" else Bottleneck
+        self.name, self.layers, self.normalize = name, tuple(sorted(set(layers))), normalize
+        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        c = 64
+        for i, (planes, n) in enumerate(zip((64, 128, 256, 512), counts), start=1):
+            blocks = []
+            for j in range(n):
+                blocks.append(block(c, planes, 2 if (j == 0 and i > 1) else 1, width))
+                c = planes * block.expansion
+            setattr(self, f"layer{i}", nn.Sequential(*blocks))
+        self.fc = nn.Linear(c, 1000)
+        self.channels = {i: 64 * 2 ** (i - 1) * block.expansion for i in range(1, 5)}
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+        path = Path(weights) if weights is not None else default_weights_file(name)
+        self.pretrained = path is not None
+        if path is not None:
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+                self.load_state_dict(state, strict=True)
+            except (RuntimeError, OSError, AttributeError) as exc:
+                raise ValueError(f"{path}: not a torchvision {name} state dict ({exc})") from exc
+        else:
+            warnings.warn(f"{name}: no pretrained weights (pass weights= or put {ARCHS[name][3]} in "
+                          "$TORCH_HOME/hub/checkpoints); features come from a random network", RuntimeWarning,
+                          stacklevel=2)
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True):
+        return super().train(False)  # frozen: BatchNorm statistics never move
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> Dict[int, torch.Tensor]:
+        if x.dim() != 4 or x.shape[1] not in (1, 3):
+            raise ValueError(f"x must be (B, 1 or 3, H, W), got {tuple(x.shape)}")
+        if self.normalize:
+            x = (x.expand(-1, 3, -1, -1) - self.mean) / self.std
+        cuda = x.device.type == "cuda"
+        if cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        out = {}
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=cuda):
+            x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+            for i in range(1, max(self.layers) + 1):
+                x = getattr(self, f"layer{i}")(x)
+                if i in self.layers:
+                    out[i] = x.float()
+        return out
