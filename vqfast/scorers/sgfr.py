@@ -1,0 +1,124 @@
+"""Subspace-guided feature reconstruction (SGFR): Algorithm 1, eqs. 2-7, section 3.3.
+
+Each image's feature map at level l, flattened, is one vector x_{n,l} in R^{w h c}; the
+nominal training images are the dictionary columns. For a test image:
+1. sampling (eqs. 6-7): OMP of y_ref over all N training images at level l_ref picks
+   M_S, the s_ref images whose span holds the test image's subspace;
+2. at every level l, OMP over the columns in M_S (at most s atoms, or until the
+   residual's squared norm is <= eps) gives the anomalous term e_l = y_l - X_l c_l;
+3. the map is the per-pixel L2 norm of e_l over channels, bilinearly resized to the
+   image, summed over levels, smoothed with a Gaussian of sigma = 4; the image score
+   is the map's maximum.
+"""
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from vqfast.models.backbones import Backbone
+from vqfast.ops import omp
+from vqfast.scorers.base import ScoreBatch, reduce_map
+
+
+def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """(B, H, W) separable Gaussian smoothing, kernel radius 4 sigma, reflected borders."""
+    if sigma <= 0:
+        return maps
+    radius = max(1, int(4 * sigma + 0.5))
+    t = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = k / k.sum()
+    x = maps.unsqueeze(1)
+    pad_h, pad_w = min(radius, x.shape[2] - 1), min(radius, x.shape[3] - 1)
+    x = F.pad(x, (pad_w, pad_w, 0, 0), mode="reflect" if pad_w else "replicate")
+    x = F.conv2d(x, k[radius - pad_w : radius + pad_w + 1].view(1, 1, 1, -1))
+    x = F.pad(x, (0, 0, pad_h, pad_h), mode="reflect" if pad_h else "replicate")
+    x = F.conv2d(x, k[radius - pad_h : radius + pad_h + 1].view(1, 1, -1, 1))
+    return x.squeeze(1)
+
+
+class SGFRScorer:
+    """Args:
+    backbone: a Backbone returning (at least) ``levels`` and ``ref_level``.
+    levels: reconstruction levels (the paper: 2 and 3).
+    ref_level: sampling level l_ref (the paper: l + 1); None: max(levels) + 1, capped at 4.
+    s_ref, s: sampled bank size and atoms per reconstruction (Magnetic Tile: 10 and 7).
+    eps: stop a reconstruction once ||e_l||^2 <= eps (None: only s bounds it).
+    sampling: False reconstructs over the whole bank (the ablation of Figure 4).
+    sigma: Gaussian smoothing of the map.
+    """
+
+    def __init__(self, backbone: Backbone, levels: Sequence[int] = (2, 3), ref_level: Optional[int] = None,
+                 s_ref: int = 10, s: int = 7, eps: Optional[float] = None, sampling: bool = True,
+                 sigma: float = 4.0, batch_size: int = 16):
+        self.ref_level = ref_level if ref_level is not None else min(max(levels) + 1, 4)
+        needed = set(levels) | {self.ref_level}
+        if not needed <= set(backbone.layers):
+            raise ValueError(f"backbone returns layers {backbone.layers} but levels {tuple(levels)} and ref_level "
+                             f"{self.ref_level} are needed")
+        if s_ref < 1 or s < 1:
+            raise ValueError(f"s_ref and s must be >= 1, got {s_ref}, {s}")
+        self.backbone, self.levels = backbone, tuple(levels)
+        self.s_ref, self.s, self.eps, self.sampling, self.sigma = s_ref, s, eps, sampling, sigma
+        self.batch_size = batch_size
+        self.bank = None  # {level: (N, w h c) float64}
+
+    def _features(self, images: torch.Tensor):
+        feats = self.backbone(images)
+        return {lvl: f.double() for lvl, f in feats.items() if lvl in self.levels or lvl == self.ref_level}
+
+    @torch.no_grad()
+    def fit(self, dataset):
+        """Stores every nominal image's flattened features per level (the memory bank)
+        and the reference level's Gram matrix, once, on the backbone's device."""
+        device = next(self.backbone.parameters()).device
+        loader = torch.utils.data.DataLoader(dataset, batch_size=self.batch_size, shuffle=False)
+        parts = {}
+        for batch in loader:
+            for lvl, f in self._features(batch["image"].to(device)).items():
+                parts.setdefault(lvl, []).append(f.flatten(1))
+        self.bank = {lvl: torch.cat(p) for lvl, p in parts.items()}
+        ref = self.bank[self.ref_level]
+        self.ref_gram = ref @ ref.T
+        if self.s_ref > ref.shape[0]:
+            raise ValueError(f"s_ref={self.s_ref} exceeds the {ref.shape[0]} training images")
+        return self
+
+    @torch.no_grad()
+    def sample(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, s_ref) indices of the sampled memory bank M_S per image (-1 where OMP
+        stopped early); all N when sampling is off."""
+        y = self._features(images)[self.ref_level].flatten(1)
+        return self._sample(y)
+
+    def _sample(self, y_ref: torch.Tensor) -> torch.Tensor:
+        n = self.bank[self.ref_level].shape[0]
+        if not self.sampling:
+            return torch.arange(n, device=y_ref.device).expand(y_ref.shape[0], n)
+        xty = y_ref @ self.bank[self.ref_level].T
+        return omp(self.ref_gram, xty, self.s_ref, y_norm_sq=y_ref.square().sum(1))[1]
+
+    @torch.no_grad()
+    def score(self, images: torch.Tensor) -> ScoreBatch:
+        """images: (B, C, H, W) -> ScoreBatch with (B, H, W) maps (max as image score)."""
+        if self.bank is None:
+            raise RuntimeError("call fit(dataset) first")
+        feats = self._features(images)
+        support = self._sample(feats[self.ref_level].flatten(1))
+        h, w = images.shape[-2:]
+        total = torch.zeros(images.shape[0], h, w, dtype=torch.float64, device=images.device)
+        for lvl in self.levels:
+            f = feats[lvl]
+            y = f.flatten(1)
+            for b in range(y.shape[0]):
+                idx = support[b][support[b] >= 0]
+                atoms = self.bank[lvl][idx]  # (|M_S|, D)
+                k = min(self.s, atoms.shape[0])
+                coef, _, _ = omp(atoms @ atoms.T, (atoms @ y[b]).unsqueeze(0), k, tol=self.eps,
+                                 y_norm_sq=y[b].square().sum().unsqueeze(0))
+                residual = (y[b] - coef[0] @ atoms).view(f.shape[1:])
+                per_pixel = residual.norm(dim=0)[None, None]
+                total[b] += F.interpolate(per_pixel, size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+        maps = gaussian_blur(total, self.sigma).float()
+        return ScoreBatch(reduce_map(maps, "max", 0.0), maps)
