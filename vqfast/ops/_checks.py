@@ -5,12 +5,13 @@ import torch
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-def check_tensor(x, name: str, *, ndim: int, layout: str) -> None:
+def check_tensor(x, name: str, *, ndim: int, layout: str, dtypes=KERNEL_DTYPES) -> None:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in KERNEL_DTYPES:
+    if x.dtype not in dtypes:
+        allowed = " or ".join(", ".join(str(d).replace("torch.", "") for d in dtypes).rsplit(", ", 1))
         hint = " (cast to float32: kernels accumulate in float32)" if x.dtype == torch.float64 else ""
-        raise TypeError(f"{name} must be float32, float16 or bfloat16, got {x.dtype}{hint}")
+        raise TypeError(f"{name} must be {allowed}, got {x.dtype}{hint}")
     if x.dim() != ndim:
         raise ValueError(f"{name} must be {ndim}-D {layout}, got shape {tuple(x.shape)}")
 

@@ -5,7 +5,7 @@ from typing import Optional, Tuple
 import torch
 
 from vqfast import _ext, reference
-from vqfast.ops._checks import check_finite, check_same_device
+from vqfast.ops._checks import check_finite, check_same_device, check_tensor
 from vqfast.ops._dispatch import resolve_backend
 
 OMP_DTYPES = (torch.float32, torch.float64)
@@ -19,23 +19,13 @@ def _omp_op(gram: torch.Tensor, xty: torch.Tensor, n_nonzero: int, tol: float, y
     check_finite(y_norm_sq.unsqueeze(1), "y_norm_sq")
     if backend == "cpu":
         return _ext._C.omp_cpu(gram, xty, n_nonzero, tol, y_norm_sq)
-    coef, support, residual = reference.omp(gram, xty, n_nonzero, tol if tol >= 0 else None, y_norm_sq)
-    return coef, support, residual
+    return reference.omp(gram, xty, n_nonzero, tol if tol >= 0 else None, y_norm_sq)
 
 
 @_omp_op.register_fake
 def _(gram, xty, n_nonzero, tol, y_norm_sq, backend):
     b, n = xty.shape
     return xty.new_empty((b, n)), xty.new_empty((b, n_nonzero), dtype=torch.int64), xty.new_empty((b,))
-
-
-def _check(x, name, ndim, layout):
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in OMP_DTYPES:
-        raise TypeError(f"{name} must be float32 or float64, got {x.dtype}")
-    if x.dim() != ndim:
-        raise ValueError(f"{name} must be {ndim}-D {layout}, got shape {tuple(x.shape)}")
 
 
 def omp(gram: torch.Tensor, xty: torch.Tensor, n_nonzero: int, tol: Optional[float] = None,
@@ -62,8 +52,8 @@ def omp(gram: torch.Tensor, xty: torch.Tensor, n_nonzero: int, tol: Optional[flo
     Returns:
         coef (B, N), support (B, n_nonzero) int64 in selection order, residual_norm_sq (B,).
     """
-    _check(gram, "gram", 2, "(N, N)")
-    _check(xty, "xty", 2, "(B, N)")
+    check_tensor(gram, "gram", ndim=2, layout="(N, N)", dtypes=OMP_DTYPES)
+    check_tensor(xty, "xty", ndim=2, layout="(B, N)", dtypes=OMP_DTYPES)
     check_same_device(gram, "gram", xty, "xty")
     n = gram.shape[0]
     if gram.shape[1] != n:
@@ -84,7 +74,7 @@ def omp(gram: torch.Tensor, xty: torch.Tensor, n_nonzero: int, tol: Optional[flo
     if y_norm_sq is None:
         y_norm_sq = xty.new_zeros(xty.shape[0])
     else:
-        _check(y_norm_sq, "y_norm_sq", 1, "(B,)")
+        check_tensor(y_norm_sq, "y_norm_sq", ndim=1, layout="(B,)", dtypes=OMP_DTYPES)
         check_same_device(y_norm_sq, "y_norm_sq", xty, "xty")
         if y_norm_sq.shape[0] != xty.shape[0] or y_norm_sq.dtype != xty.dtype:
             raise ValueError(f"y_norm_sq must be ({xty.shape[0]},) {xty.dtype}, got {tuple(y_norm_sq.shape)} {y_norm_sq.dtype}")
@@ -98,8 +88,8 @@ def omp_dictionary(X: torch.Tensor, Y: torch.Tensor, n_nonzero: int, tol: Option
                    backend: str = "auto"):
     """OMP of targets Y (B, D) over the columns of X (D, N): one GEMM for X^T X, one
     for Y X, then ``omp``. Returns coef (B, N), support, residual_norm_sq (B,)."""
-    _check(X, "X", 2, "(D, N)")
-    _check(Y, "Y", 2, "(B, D)")
+    check_tensor(X, "X", ndim=2, layout="(D, N)", dtypes=OMP_DTYPES)
+    check_tensor(Y, "Y", ndim=2, layout="(B, D)", dtypes=OMP_DTYPES)
     if Y.shape[1] != X.shape[0]:
         raise ValueError(f"Y has D={Y.shape[1]} but X has D={X.shape[0]} rows")
     return omp(X.T @ X, Y @ X, n_nonzero, tol, Y.square().sum(1), backend)

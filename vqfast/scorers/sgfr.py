@@ -71,7 +71,7 @@ class SGFRScorer:
     @torch.no_grad()
     def fit(self, dataset):
         """Stores every nominal image's flattened features per level (the memory bank)
-        and the reference level's Gram matrix, once, on the backbone's device."""
+        and each level's Gram matrix, once, on the backbone's device."""
         device = next(self.backbone.parameters()).device
         loader = torch.utils.data.DataLoader(dataset, batch_size=self.batch_size, shuffle=False)
         parts = {}
@@ -79,10 +79,10 @@ class SGFRScorer:
             for lvl, f in self._features(batch["image"].to(device)).items():
                 parts.setdefault(lvl, []).append(f.flatten(1))
         self.bank = {lvl: torch.cat(p) for lvl, p in parts.items()}
-        ref = self.bank[self.ref_level]
-        self.ref_gram = ref @ ref.T
-        if self.s_ref > ref.shape[0]:
-            raise ValueError(f"s_ref={self.s_ref} exceeds the {ref.shape[0]} training images")
+        self.gram = {lvl: x @ x.T for lvl, x in self.bank.items()}  # sub-banks' Grams are slices of these
+        n = self.bank[self.ref_level].shape[0]
+        if self.s_ref > n:
+            raise ValueError(f"s_ref={self.s_ref} exceeds the {n} training images")
         return self
 
     @torch.no_grad()
@@ -97,7 +97,7 @@ class SGFRScorer:
         if not self.sampling:
             return torch.arange(n, device=y_ref.device).expand(y_ref.shape[0], n)
         xty = y_ref @ self.bank[self.ref_level].T
-        return omp(self.ref_gram, xty, self.s_ref, y_norm_sq=y_ref.square().sum(1))[1]
+        return omp(self.gram[self.ref_level], xty, self.s_ref, y_norm_sq=y_ref.square().sum(1))[1]
 
     @torch.no_grad()
     def score(self, images: torch.Tensor) -> ScoreBatch:
@@ -115,7 +115,7 @@ class SGFRScorer:
                 idx = support[b][support[b] >= 0]
                 atoms = self.bank[lvl][idx]  # (|M_S|, D)
                 k = min(self.s, atoms.shape[0])
-                coef, _, _ = omp(atoms @ atoms.T, (atoms @ y[b]).unsqueeze(0), k, tol=self.eps,
+                coef, _, _ = omp(self.gram[lvl][idx][:, idx], (atoms @ y[b]).unsqueeze(0), k, tol=self.eps,
                                  y_norm_sq=y[b].square().sum().unsqueeze(0))
                 residual = (y[b] - coef[0] @ atoms).view(f.shape[1:])
                 per_pixel = residual.norm(dim=0)[None, None]
