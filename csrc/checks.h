@@ -23,4 +23,20 @@ inline void check_nearest_code_args(const at::Tensor& z, const at::Tensor& codeb
               codebook.device());
 }
 
+inline void check_omp_args(const at::Tensor& gram, const at::Tensor& xty, int64_t n_nonzero,
+                           const at::Tensor& y_norm_sq) {
+  TORCH_CHECK(gram.dim() == 2 && gram.size(0) == gram.size(1), "gram must be (N, N), got ", gram.sizes());
+  TORCH_CHECK(xty.dim() == 2 && xty.size(1) == gram.size(0), "xty must be (B, N=", gram.size(0), "), got ",
+              xty.sizes());
+  TORCH_CHECK(y_norm_sq.dim() == 1 && y_norm_sq.size(0) == xty.size(0), "y_norm_sq must be (B,), got ",
+              y_norm_sq.sizes());
+  TORCH_CHECK(n_nonzero >= 1 && n_nonzero <= gram.size(0), "n_nonzero must be in [1, N=", gram.size(0), "], got ",
+              n_nonzero);
+  const auto st = gram.scalar_type();
+  TORCH_CHECK((st == at::kFloat || st == at::kDouble) && xty.scalar_type() == st && y_norm_sq.scalar_type() == st,
+              "gram, xty and y_norm_sq must share a dtype, float32 or float64");
+  TORCH_CHECK(gram.device() == xty.device() && xty.device() == y_norm_sq.device(),
+              "gram, xty and y_norm_sq must be on one device");
+}
+
 }  // namespace vqfast

@@ -24,6 +24,8 @@ std::vector<std::string> cpu_isas();
 
 #ifdef WITH_CUDA
 std::tuple<at::Tensor, at::Tensor> nearest_code_cuda(const at::Tensor& z, const at::Tensor& codebook, int64_t k);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> omp_cuda(const at::Tensor& gram, const at::Tensor& xty,
+                                                        int64_t n_nonzero, double tol, const at::Tensor& y_norm_sq);
 #endif
 
 }  // namespace vqfast

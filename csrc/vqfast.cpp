@@ -5,6 +5,7 @@
 #include "ops.h"
 #ifdef WITH_CUDA
 #include "cuda/nearest_code.h"
+#include "cuda/omp.h"
 #endif
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -17,8 +18,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #ifdef WITH_CUDA
   m.def("nearest_code_cuda", &vqfast::nearest_code_cuda, "fused nearest-codebook search (CUDA)", py::arg("z"),
         py::arg("codebook"), py::arg("k"));
+  m.def("omp_cuda", &vqfast::omp_cuda, "batched orthogonal matching pursuit in Gram space (CUDA)", py::arg("gram"),
+        py::arg("xty"), py::arg("n_nonzero"), py::arg("tol"), py::arg("y_norm_sq"));
   m.attr("with_cuda") = true;
   m.attr("nearest_code_cuda_max_k") = vqfast::cuda::kNearestCodeMaxK;
+  m.attr("omp_cuda_max_nonzero") = vqfast::cuda::kOmpMaxNonzero;
 #else
   m.attr("with_cuda") = false;
 #endif

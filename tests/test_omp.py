@@ -9,15 +9,21 @@ from sklearn.linear_model import orthogonal_mp_gram
 
 from vqfast import reference
 from vqfast.ops import omp, omp_dictionary
-from conftest import require_backend
-
-BACKENDS = ["cpu", "reference"]
+from conftest import DEVICE_BACKENDS, require_backend
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=DEVICE_BACKENDS)
 def backend(request):
-    require_backend("omp", "cpu", request.param)
+    """(device, backend); the inputs are built on the CPU and moved."""
+    require_backend("omp", *request.param)
     return request.param
+
+
+def _omp(backend, G, XY, n_nonzero, tol=None, yn=None):
+    device, name = backend
+    move = (lambda t: None if t is None else t.to(device))
+    out = omp(move(G), move(XY), n_nonzero, tol, move(yn), backend=name)
+    return tuple(t.cpu() for t in out)
 
 
 def _problem(gen, d, n, b, dtype=torch.float64):
@@ -39,7 +45,7 @@ def _sklearn(G, XY, yn, n_nonzero=None, tol=None):
 def test_matches_sklearn_without_tol(backend, gen, d, n, b, s):
     X, Y = _problem(gen, d, n, b)
     G, XY, yn = X.T @ X, Y @ X, Y.square().sum(1)
-    coef, support, residual = omp(G, XY, s, y_norm_sq=yn, backend=backend)
+    coef, support, residual = _omp(backend, G, XY, s, yn=yn)
     expected = _sklearn(G, XY, yn, n_nonzero=s)
     assert np.array_equal(coef.numpy() != 0, expected != 0)  # identical supports
     np.testing.assert_allclose(coef.numpy(), expected, rtol=1e-6, atol=1e-12)
@@ -55,7 +61,7 @@ def test_matches_sklearn_with_tol(backend, gen, fraction):
     X, Y = _problem(gen, 48, 200, 20)
     G, XY, yn = X.T @ X, Y @ X, Y.square().sum(1)
     tol = float(yn.min()) * (1 - fraction)  # stop once `fraction` of the energy is explained
-    coef, support, residual = omp(G, XY, 200, tol=tol, y_norm_sq=yn, backend=backend)
+    coef, support, residual = _omp(backend, G, XY, 200, tol, yn)
     expected = _sklearn(G, XY, yn, tol=tol)
     assert np.array_equal(coef.numpy() != 0, expected != 0)
     np.testing.assert_allclose(coef.numpy(), expected, rtol=1e-6, atol=1e-12)
@@ -67,15 +73,14 @@ def test_matches_sklearn_with_tol(backend, gen, fraction):
 def test_n_nonzero_and_tol_together(backend, gen):
     X, Y = _problem(gen, 48, 100, 6)
     G, XY, yn = X.T @ X, Y @ X, Y.square().sum(1)
-    _, support, _ = omp(G, XY, 3, tol=1e-12, y_norm_sq=yn, backend=backend)
+    _, support, _ = _omp(backend, G, XY, 3, 1e-12, yn)
     assert ((support >= 0).sum(1) == 3).all()  # the atom budget ends first
 
 
-def test_cpu_equals_reference_float32(gen):
-    require_backend("omp", "cpu", "cpu")
+def test_equals_reference_float32(backend, gen):
     X, Y = _problem(gen, 97, 513, 64, torch.float32)
     G, XY, yn = X.T @ X, Y @ X, Y.square().sum(1)
-    fast = omp(G, XY, 9, y_norm_sq=yn, backend="cpu")
+    fast = _omp(backend, G, XY, 9, yn=yn)
     ref = reference.omp(G.double(), XY.double(), 9, None, yn.double())
     # float32 accumulation: supports equal where the choice is not a near tie
     assert (fast[1] == ref[1]).all(1).float().mean() > 0.95
@@ -89,7 +94,7 @@ def test_degenerate_atoms_stop_early(backend, gen):
     X, Y = _problem(gen, 8, 6, 4)
     X = torch.cat([X, torch.zeros(8, 1), X[:, :2]], 1)  # atom 6 zero, atoms 7-8 copies of 0-1
     G, XY, yn = X.T @ X, Y @ X, Y.square().sum(1)
-    coef, support, residual = omp(G, XY, 9, y_norm_sq=yn, backend=backend)
+    coef, support, residual = _omp(backend, G, XY, 9, yn=yn)
     for t in range(4):
         chosen = support[t][support[t] >= 0].tolist()
         assert 6 not in chosen and not ({0, 7} <= set(chosen)) and not ({1, 8} <= set(chosen))
@@ -104,7 +109,8 @@ def test_exact_sparse_recovery(backend, gen):
         idx = torch.randperm(128, generator=gen)[:4]
         truth[t, idx] = torch.randn(4, generator=gen, dtype=torch.float64).sign() * (1 + torch.rand(4, generator=gen))
     Y = truth @ X.T
-    coef, support, residual = omp_dictionary(X, Y, 10, tol=1e-10, backend=backend)
+    coef, support, residual = (t.cpu() for t in omp_dictionary(X.to(backend[0]), Y.to(backend[0]), 10, tol=1e-10,
+                                                               backend=backend[1]))
     torch.testing.assert_close(coef, truth, rtol=1e-8, atol=1e-10)
     assert ((support >= 0).sum(1) == 4).all()  # stops as soon as the 4 true atoms explain y
     assert (residual.abs() < 1e-12 * Y.square().sum(1)).all()
@@ -112,8 +118,9 @@ def test_exact_sparse_recovery(backend, gen):
 
 def test_omp_dictionary_equals_gram_form(backend, gen):
     X, Y = _problem(gen, 30, 50, 8)
-    a = omp_dictionary(X, Y, 6, backend=backend)
-    b = omp(X.T @ X, Y @ X, 6, y_norm_sq=Y.square().sum(1), backend=backend)
+    X, Y = X.to(backend[0]), Y.to(backend[0])
+    a = omp_dictionary(X, Y, 6, backend=backend[1])
+    b = omp(X.T @ X, Y @ X, 6, y_norm_sq=Y.square().sum(1), backend=backend[1])
     assert torch.equal(a[1], b[1])
     torch.testing.assert_close(a[0], b[0], rtol=1e-12, atol=1e-14)
 
@@ -140,8 +147,24 @@ def test_bad_input():
 
 def test_empty_batch_and_opcheck(backend, gen):
     G = torch.eye(5, dtype=torch.float64)
-    coef, support, residual = omp(G, torch.zeros(0, 5, dtype=torch.float64), 2, backend=backend)
+    coef, support, residual = _omp(backend, G, torch.zeros(0, 5, dtype=torch.float64), 2)
     assert coef.shape == (0, 5) and support.shape == (0, 2) and residual.shape == (0,)
     X, Y = _problem(gen, 12, 9, 4)
-    args = (X.T @ X, Y @ X, 3, -1.0, Y.square().sum(1), backend)
+    X, Y = X.to(backend[0]), Y.to(backend[0])
+    args = (X.T @ X, Y @ X, 3, -1.0, Y.square().sum(1), backend[1])
     torch.library.opcheck(torch.ops.vqfast.omp.default, args)
+
+
+@pytest.mark.cuda
+def test_cuda_routes_large_n_nonzero(gen):
+    require_backend("omp", "cuda", "cuda")
+    from vqfast import _ext
+
+    limit = _ext._C.omp_cuda_max_nonzero
+    X, Y = _problem(gen, limit + 40, limit + 8, 2)
+    G, XY = (X.T @ X).cuda(), (Y @ X).cuda()
+    with pytest.raises(ValueError, match=f"supports n_nonzero <= {limit}"):
+        omp(G, XY, limit + 1, backend="cuda")
+    coef, support, _ = omp(G, XY, limit + 1, backend="auto")  # Triton takes it
+    ref = reference.omp(G.cpu(), XY.cpu(), limit + 1)
+    assert torch.equal(support.cpu(), ref[1])

@@ -10,7 +10,8 @@ from scipy import ndimage
 from vqfast.data import procedural_splits
 from vqfast.models.backbones import Backbone
 from vqfast.scorers import evaluate_scorer
-from vqfast.scorers.sgfr import SGFRScorer, gaussian_blur
+from vqfast.scorers.base import gaussian_blur
+from vqfast.scorers.sgfr import SGFRScorer
 
 
 @pytest.fixture(scope="module")

@@ -167,16 +167,15 @@ def omp_providers(device: torch.device, case: OmpCase) -> Dict[str, Callable]:
     """name -> fn(gram, xty, y_norm_sq)."""
     from vqfast.ops import omp
 
-    providers = {}
-    if device.type == "cpu":
-        from sklearn.linear_model import orthogonal_mp_gram
+    from sklearn.linear_model import orthogonal_mp_gram
 
-        providers["sklearn orthogonal_mp_gram"] = lambda G, XY, yn: orthogonal_mp_gram(
-            G.numpy(), XY.numpy().T, n_nonzero_coefs=case.s)
+    # The baseline of the GPU targets too: on CUDA it includes copying G and XY to the host.
+    providers = {"sklearn orthogonal_mp_gram": lambda G, XY, yn: orthogonal_mp_gram(
+        G.cpu().numpy(), XY.cpu().numpy().T, n_nonzero_coefs=case.s)}
     providers["reference"] = lambda G, XY, yn: omp(G, XY, case.s, y_norm_sq=yn, backend="reference")
     for backend in ("cpu", "cuda", "triton"):
         try:
-            resolve_backend("omp", backend, device, has_triton=False)
+            resolve_backend("omp", backend, device)
         except RuntimeError:
             continue
         providers[f"vqfast {backend}"] = lambda G, XY, yn, b=backend: omp(G, XY, case.s, y_norm_sq=yn, backend=b)

@@ -9,6 +9,8 @@
 #include <tuple>
 #include <vector>
 
+#include "../checks.h"
+
 namespace vqfast {
 namespace {
 
@@ -108,21 +110,14 @@ VQ_OMP_CLONES void omp_rows(const float* G, const float* xty, const float* ynorm
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> omp_cpu(const at::Tensor& gram_in, const at::Tensor& xty_in,
                                                        int64_t n_nonzero, double tol, const at::Tensor& ynorm_in) {
-  TORCH_CHECK(gram_in.dim() == 2 && gram_in.size(0) == gram_in.size(1), "gram must be (N, N), got ", gram_in.sizes());
-  TORCH_CHECK(xty_in.dim() == 2 && xty_in.size(1) == gram_in.size(0), "xty must be (B, N=", gram_in.size(0), "), got ",
-              xty_in.sizes());
-  TORCH_CHECK(ynorm_in.dim() == 1 && ynorm_in.size(0) == xty_in.size(0), "y_norm_sq must be (B,)");
-  TORCH_CHECK(n_nonzero >= 1 && n_nonzero <= gram_in.size(0), "n_nonzero must be in [1, N]");
-  const auto st = gram_in.scalar_type();
-  TORCH_CHECK((st == at::kFloat || st == at::kDouble) && xty_in.scalar_type() == st && ynorm_in.scalar_type() == st,
-              "gram, xty and y_norm_sq must share a dtype, float32 or float64");
+  check_omp_args(gram_in, xty_in, n_nonzero, ynorm_in);
   const at::Tensor G = gram_in.contiguous(), xty = xty_in.contiguous(), ynorm = ynorm_in.contiguous();
   const int64_t B = xty.size(0), N = G.size(0);
   at::Tensor coef = at::empty({B, N}, xty.options());
   at::Tensor support = at::empty({B, n_nonzero}, xty.options().dtype(at::kLong));
   at::Tensor residual = at::empty({B}, xty.options());
   const bool use_tol = tol >= 0;
-  AT_DISPATCH_FLOATING_TYPES(st, "omp_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES(xty.scalar_type(), "omp_cpu", [&] {
     at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
       omp_rows(G.data_ptr<scalar_t>(), xty.data_ptr<scalar_t>(), ynorm.data_ptr<scalar_t>(), N, n_nonzero,
                          static_cast<scalar_t>(tol), use_tol, b0, b1, coef.data_ptr<scalar_t>(),

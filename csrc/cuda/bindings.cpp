@@ -8,6 +8,7 @@
 #include "../checks.h"
 #include "../ops.h"
 #include "nearest_code.h"
+#include "omp.h"
 
 namespace vqfast {
 
@@ -33,6 +34,28 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_cuda(const at::Tensor& z_in, con
                          idx.data_ptr<int64_t>(), dist.data_ptr<float>(), c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "nearest_code CUDA kernel failed: ", cudaGetErrorString(err));
   return {idx, dist};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> omp_cuda(const at::Tensor& gram_in, const at::Tensor& xty_in,
+                                                        int64_t n_nonzero, double tol, const at::Tensor& ynorm_in) {
+  check_omp_args(gram_in, xty_in, n_nonzero, ynorm_in);
+  TORCH_CHECK(xty_in.is_cuda(), "omp_cuda needs CUDA tensors, got ", xty_in.device());
+  TORCH_CHECK(n_nonzero <= cuda::kOmpMaxNonzero, "the CUDA kernel supports n_nonzero <= ", cuda::kOmpMaxNonzero,
+              ", got ", n_nonzero);
+  const c10::cuda::CUDAGuard guard(xty_in.device());
+  const at::Tensor G = gram_in.contiguous(), xty = xty_in.contiguous(), ynorm = ynorm_in.contiguous();
+  const int64_t B = xty.size(0), N = G.size(0);
+  at::Tensor coef = at::empty({B, N}, xty.options());
+  at::Tensor support = at::empty({B, n_nonzero}, xty.options().dtype(at::kLong));
+  at::Tensor residual = at::empty({B}, xty.options());
+  if (B == 0) return {coef, support, residual};
+  at::Tensor ws = at::empty({cuda::omp_workspace_elems(B, n_nonzero)}, xty.options());
+  const auto dtype = xty.scalar_type() == at::kDouble ? cuda::OmpDType::kFloat64 : cuda::OmpDType::kFloat32;
+  const cudaError_t err = cuda::omp(G.data_ptr(), xty.data_ptr(), ynorm.data_ptr(), dtype, B, N, n_nonzero, tol,
+                                    ws.data_ptr(), coef.data_ptr(), support.data_ptr<int64_t>(), residual.data_ptr(),
+                                    c10::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(err == cudaSuccess, "omp CUDA kernel failed: ", cudaGetErrorString(err));
+  return {coef, support, residual};
 }
 
 }  // namespace vqfast

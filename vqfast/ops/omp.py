@@ -6,7 +6,7 @@ import torch
 
 from vqfast import _ext, reference
 from vqfast.ops._checks import check_finite, check_same_device, check_tensor
-from vqfast.ops._dispatch import resolve_backend
+from vqfast.ops._dispatch import resolve_backend, triton_unavailable_reason
 
 OMP_DTYPES = (torch.float32, torch.float64)
 
@@ -19,6 +19,12 @@ def _omp_op(gram: torch.Tensor, xty: torch.Tensor, n_nonzero: int, tol: float, y
     check_finite(y_norm_sq.unsqueeze(1), "y_norm_sq")
     if backend == "cpu":
         return _ext._C.omp_cpu(gram, xty, n_nonzero, tol, y_norm_sq)
+    if backend == "cuda":
+        return _ext._C.omp_cuda(gram, xty, n_nonzero, tol, y_norm_sq)
+    if backend == "triton":
+        from vqfast.kernels.omp_triton import omp_triton
+
+        return omp_triton(gram, xty, n_nonzero, tol, y_norm_sq)
     return reference.omp(gram, xty, n_nonzero, tol if tol >= 0 else None, y_norm_sq)
 
 
@@ -46,8 +52,9 @@ def omp(gram: torch.Tensor, xty: torch.Tensor, n_nonzero: int, tol: Optional[flo
         tol: stop once the squared residual norm is <= tol (needs ``y_norm_sq``).
         y_norm_sq: (B,) ||y_b||^2; omitted, it counts as 0, so residual_norm_sq is
             then minus the explained energy ||X c||^2.
-        backend: "auto" | "cpu" | "reference" (CUDA and Triton kernels: not yet; CUDA
-            tensors use the reference with a warning).
+        backend: "auto" | "cuda" | "triton" | "cpu" | "reference" (see README). The
+            CUDA kernel takes n_nonzero <= ``vqfast._C.omp_cuda_max_nonzero`` (1024);
+            "auto" sends larger requests to Triton.
 
     Returns:
         coef (B, N), support (B, n_nonzero) int64 in selection order, residual_norm_sq (B,).
@@ -78,7 +85,12 @@ def omp(gram: torch.Tensor, xty: torch.Tensor, n_nonzero: int, tol: Optional[flo
         check_same_device(y_norm_sq, "y_norm_sq", xty, "xty")
         if y_norm_sq.shape[0] != xty.shape[0] or y_norm_sq.dtype != xty.dtype:
             raise ValueError(f"y_norm_sq must be ({xty.shape[0]},) {xty.dtype}, got {tuple(y_norm_sq.shape)} {y_norm_sq.dtype}")
-    resolved = resolve_backend("omp", backend, xty.device, has_triton=False)
+    resolved = resolve_backend("omp", backend, xty.device)
+    if resolved == "cuda" and n_nonzero > _ext._C.omp_cuda_max_nonzero:
+        if backend == "cuda":
+            raise ValueError(f"backend='cuda' supports n_nonzero <= {_ext._C.omp_cuda_max_nonzero}, got {n_nonzero}; "
+                             "use 'auto' or 'triton'")
+        resolved = "triton" if triton_unavailable_reason(xty.device) is None else "reference"
     if xty.shape[0] == 0:
         return xty.new_zeros((0, n)), xty.new_zeros((0, n_nonzero), dtype=torch.int64), xty.new_zeros((0,))
     return _omp_op(gram, xty, n_nonzero, -1.0 if tol is None else float(tol), y_norm_sq, resolved)

@@ -7,6 +7,7 @@ A scorer has ``fit(dataset)`` (a no-op where nothing is learnt) and
 from typing import Dict, NamedTuple, Tuple
 
 import torch
+import torch.nn.functional as F
 
 from vqfast import metrics
 
@@ -28,6 +29,23 @@ def reduce_map(anomaly_map: torch.Tensor, reduction: str, topk: float) -> torch.
         k = max(1, int(round(topk * flat.shape[1])))
         return flat.topk(k, dim=1).values.mean(1)
     raise ValueError(f"reduction must be 'max', 'mean' or 'topk_mean', got {reduction!r}")
+
+
+def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """(B, H, W) separable Gaussian smoothing, kernel radius 4 sigma, reflected borders."""
+    if sigma <= 0:
+        return maps
+    radius = max(1, int(4 * sigma + 0.5))
+    t = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = k / k.sum()
+    x = maps.unsqueeze(1)
+    pad_h, pad_w = min(radius, x.shape[2] - 1), min(radius, x.shape[3] - 1)
+    x = F.pad(x, (pad_w, pad_w, 0, 0), mode="reflect" if pad_w else "replicate")
+    x = F.conv2d(x, k[radius - pad_w : radius + pad_w + 1].view(1, 1, 1, -1))
+    x = F.pad(x, (0, 0, pad_h, pad_h), mode="reflect" if pad_h else "replicate")
+    x = F.conv2d(x, k[radius - pad_h : radius + pad_h + 1].view(1, 1, -1, 1))
+    return x.squeeze(1)
 
 
 @torch.no_grad()

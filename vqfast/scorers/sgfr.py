@@ -18,24 +18,7 @@ import torch.nn.functional as F
 
 from vqfast.models.backbones import Backbone
 from vqfast.ops import omp
-from vqfast.scorers.base import ScoreBatch, reduce_map
-
-
-def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
-    """(B, H, W) separable Gaussian smoothing, kernel radius 4 sigma, reflected borders."""
-    if sigma <= 0:
-        return maps
-    radius = max(1, int(4 * sigma + 0.5))
-    t = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = k / k.sum()
-    x = maps.unsqueeze(1)
-    pad_h, pad_w = min(radius, x.shape[2] - 1), min(radius, x.shape[3] - 1)
-    x = F.pad(x, (pad_w, pad_w, 0, 0), mode="reflect" if pad_w else "replicate")
-    x = F.conv2d(x, k[radius - pad_w : radius + pad_w + 1].view(1, 1, 1, -1))
-    x = F.pad(x, (0, 0, pad_h, pad_h), mode="reflect" if pad_h else "replicate")
-    x = F.conv2d(x, k[radius - pad_h : radius + pad_h + 1].view(1, 1, -1, 1))
-    return x.squeeze(1)
+from vqfast.scorers.base import ScoreBatch, gaussian_blur, reduce_map
 
 
 class SGFRScorer:
