@@ -25,10 +25,11 @@ class CheckpointError(ValueError):
 
 
 def _model_registry():
+    from vqfast.models.feature_ae import FeatureAE, FeatureAEConfig
     from vqfast.models.vqgan import VQGAN, VQGANConfig
     from vqfast.models.vqvae import VQVAE, VQVAEConfig
 
-    return {"VQVAE": (VQVAE, VQVAEConfig), "VQGAN": (VQGAN, VQGANConfig)}
+    return {"VQVAE": (VQVAE, VQVAEConfig), "VQGAN": (VQGAN, VQGANConfig), "FeatureAE": (FeatureAE, FeatureAEConfig)}
 
 
 def write_atomic(path: PathLike, tensors: Dict[str, torch.Tensor], metadata: Dict[str, str]) -> None:

@@ -1,6 +1,6 @@
 """One training loop for every vqfast model.
 
-Adam/AdamW, exponential learning-rate decay, bf16 autocast on CUDA, gradient
+Adam/AdamW/SGD with momentum, exponential learning-rate decay, bf16 autocast on CUDA, gradient
 clipping, the papers' early-stopping rule or a fixed budget, tqdm progress, a JSON-
 lines log and an atomic checkpoint after every epoch; ``fit(resume=True)`` continues
 from the last checkpoint exactly (same step, optimiser state, RNG state and data
@@ -11,6 +11,7 @@ The model provides ``training_loss(images) -> {"loss": scalar, ...}`` and
 optimiser for them, stepped on the ``"disc_loss"`` term after the generator step.
 """
 
+import functools
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -28,7 +29,8 @@ class TrainConfig:
     epochs: int = 100
     batch_size: int = 16
     lr: float = 1e-4
-    optimizer: str = "adam"  # or "adamw"
+    optimizer: str = "adam"  # or "adamw", or "sgd" (with momentum)
+    momentum: float = 0.9  # sgd only
     weight_decay: float = 0.0
     lr_gamma: float = 1.0  # multiplies the learning rate after every epoch
     grad_clip: Optional[float] = None  # max global gradient norm
@@ -67,8 +69,8 @@ class Trainer:
     def __init__(self, model: torch.nn.Module, train_set, val_set=None, config: Optional[TrainConfig] = None, *,
                  out_dir=None, device=None, loss_fn: Optional[Callable] = None, progress: bool = True):
         config = config or TrainConfig()
-        if config.optimizer not in ("adam", "adamw"):
-            raise ValueError(f"optimizer must be 'adam' or 'adamw', got {config.optimizer!r}")
+        if config.optimizer not in ("adam", "adamw", "sgd"):
+            raise ValueError(f"optimizer must be 'adam', 'adamw' or 'sgd', got {config.optimizer!r}")
         if len(train_set) == 0:
             raise ValueError("train_set is empty")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -77,7 +79,10 @@ class Trainer:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.loss_fn = loss_fn or (lambda m, x: m.training_loss(x))
         self.progress = progress
-        opt_cls = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
+        if config.optimizer == "sgd":
+            opt_cls = functools.partial(torch.optim.SGD, momentum=config.momentum)
+        else:
+            opt_cls = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
         disc = list(model.discriminator_parameters()) if hasattr(model, "discriminator_parameters") else []
         disc_ids = {id(p) for p in disc}
         self.params = {"gen": [p for p in self.model.parameters() if p.requires_grad and id(p) not in disc_ids]}
