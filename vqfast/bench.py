@@ -221,8 +221,36 @@ def model_cases(quick: bool):
     ]
 
 
+def feature_scorer_cases(quick: bool):
+    """(title, scorer factory (device) -> fitted scorer, input shape) for the
+    feature-reconstruction scorers, on random backbones (timing does not need weights)."""
+    import warnings
+
+    from vqfast.data import ProceduralDefects
+    from vqfast.models import Backbone, FeatureAE, FeatureAEConfig
+    from vqfast.scorers import FeatureAEScorer, SGFRScorer
+
+    name, size, n_bank = ("resnet18", 64, 16) if quick else ("wide_resnet50_2", 256, 64)
+
+    def quiet(fn):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # random backbone: no weights here
+            return fn()
+
+    def feature_ae(device):
+        return FeatureAEScorer(quiet(lambda: FeatureAE(FeatureAEConfig(backbone=name))).to(device))
+
+    def sgfr(device):
+        backbone = quiet(lambda: Backbone(name, layers=(2, 3, 4))).to(device)
+        return SGFRScorer(backbone).fit(ProceduralDefects(n_bank, 0, size=size))
+
+    return [(f"Feature AE ({name})", feature_ae, (4, 3, size, size)),
+            (f"SGFR ({name}, bank of {n_bank}, s_ref 10, s 7)", sgfr, (4, 3, size, size))]
+
+
 def run_models(device: torch.device, quick: bool = False, repeats: int = 5, echo: Callable[[str], None] = print):
-    """Stage timings (encode / quantise / decode / Regenerative score) per model."""
+    """Stage timings per model and scorer: encode / quantise / decode / Regenerative
+    score for the VQ models, then the feature-reconstruction scorers."""
     from vqfast.scorers import RegenerativeScorer
 
     for title, make, shape in model_cases(quick):
@@ -230,4 +258,9 @@ def run_models(device: torch.device, quick: bool = False, repeats: int = 5, echo
         model = make().to(device).eval()
         x = torch.rand(shape, device=device)
         timings = RegenerativeScorer(model).profile(x, repeats=repeats)
+        echo(format_table(timings, title=f"{title}: batch {shape[0]} of {shape[2]}x{shape[3]} on {device}") + "\n")
+    for title, make, shape in feature_scorer_cases(quick):
+        torch.manual_seed(0)
+        x = torch.rand(shape, device=device)
+        timings = make(device).profile(x, repeats=repeats)
         echo(format_table(timings, title=f"{title}: batch {shape[0]} of {shape[2]}x{shape[3]} on {device}") + "\n")

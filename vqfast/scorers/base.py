@@ -4,12 +4,14 @@ A scorer has ``fit(dataset)`` (a no-op where nothing is learnt) and
 ``score(images) -> ScoreBatch`` with anomalib-style fields.
 """
 
+from pathlib import Path
 from typing import Dict, NamedTuple, Tuple
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
-from vqfast import metrics
+from vqfast import checkpoint, metrics
 
 
 class ScoreBatch(NamedTuple):
@@ -49,18 +51,36 @@ def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 @torch.no_grad()
-def score_dataset(scorer, dataset, batch_size: int = 32, device=None) -> Tuple[torch.Tensor, ...]:
-    """(scores (N,), maps (N, H, W), labels (N,), masks (N, H, W)) on the CPU."""
+def score_dataset(scorer, dataset, batch_size: int = 32, device=None, out_dir=None, resume: bool = False,
+                  progress: bool = False) -> Tuple[torch.Tensor, ...]:
+    """(scores (N,), maps (N, H, W), labels (N,), masks (N, H, W)) on the CPU.
+
+    out_dir: each batch's results go to ``<out_dir>/batch_<i>.safetensors`` as soon as
+    they exist (atomically), so a crash loses at most one batch; ``resume=True`` reads
+    the batches already there instead of scoring them again (same dataset order and
+    batch_size, checked by the file's metadata).
+    """
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    scores, maps, labels, masks = [], [], [], []
-    for batch in loader:
+    parts = []
+    for i, batch in enumerate(tqdm(loader, desc="scoring", disable=not progress)):
+        path = Path(out_dir) / f"batch_{i:05d}.safetensors" if out_dir is not None else None
+        stamp = {"batch_size": str(batch_size), "n_items": str(len(dataset))}
+        if resume and path is not None and path.is_file():
+            tensors, meta = checkpoint.read(path)
+            if {k: meta.get(k) for k in stamp} != stamp:
+                raise checkpoint.CheckpointError(f"{path}: written for another dataset size or batch size {meta}")
+            parts.append(tensors)
+            continue
         x = batch["image"] if device is None else batch["image"].to(device)
         out = scorer.score(x)
-        scores.append(out.pred_score.float().cpu())
-        maps.append(out.anomaly_map.float().cpu())
-        labels.append(torch.as_tensor(batch["label"]))
-        masks.append(batch["mask"])
-    return torch.cat(scores), torch.cat(maps), torch.cat(labels), torch.cat(masks)
+        part = {"scores": out.pred_score.float().cpu(), "maps": out.anomaly_map.float().cpu(),
+                "labels": torch.as_tensor(batch["label"]), "masks": batch["mask"]}
+        if path is not None:
+            checkpoint.write_atomic(path, part, stamp)
+        parts.append(part)
+    if not parts:
+        raise ValueError("dataset is empty")
+    return tuple(torch.cat([p[k] for p in parts]) for k in ("scores", "maps", "labels", "masks"))
 
 
 def evaluate_scorer(scorer, dataset, batch_size: int = 32, device=None) -> Dict[str, float]:

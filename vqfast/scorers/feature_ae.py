@@ -41,3 +41,15 @@ class FeatureAEScorer:
             total = up if total is None else total + up
         maps = gaussian_blur(total, self.sigma)
         return ScoreBatch(reduce_map(maps, self.reduction, self.topk), maps)
+
+    @torch.no_grad()
+    def profile(self, images: torch.Tensor, repeats: int = 5):
+        """Timings of encode (frozen backbone), decode, and the whole score call."""
+        from vqfast.profiling import time_callable
+
+        self.model.eval()
+        enc = self.model.encode(images)
+        dev = images.device
+        return [time_callable(lambda: self.model.encode(images), name="encode (backbone)", device=dev, repeats=repeats),
+                time_callable(lambda: self.model.decode(enc), name="decode", device=dev, repeats=repeats),
+                time_callable(lambda: self.score(images), name="score (total)", device=dev, repeats=repeats)]

@@ -105,3 +105,16 @@ class SGFRScorer:
                 total[b] += F.interpolate(per_pixel, size=(h, w), mode="bilinear", align_corners=False)[0, 0]
         maps = gaussian_blur(total, self.sigma).float()
         return ScoreBatch(reduce_map(maps, "max", 0.0), maps)
+
+    @torch.no_grad()
+    def profile(self, images: torch.Tensor, repeats: int = 5):
+        """Timings of feature extraction, subspace sampling, and the whole score call."""
+        from vqfast.profiling import time_callable
+
+        feats = self._features(images)
+        y_ref = feats[self.ref_level].flatten(1)
+        dev = images.device
+        return [time_callable(lambda: self._features(images), name="features (backbone)", device=dev, repeats=repeats),
+                time_callable(lambda: self._sample(y_ref), name="sampling (OMP over the bank)", device=dev,
+                              repeats=repeats),
+                time_callable(lambda: self.score(images), name="score (total)", device=dev, repeats=repeats)]
