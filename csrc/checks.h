@@ -39,4 +39,30 @@ inline void check_omp_args(const at::Tensor& gram, const at::Tensor& xty, int64_
               "gram, xty and y_norm_sq must be on one device");
 }
 
+inline void check_restore_step_args(const at::Tensor& logits, const at::Tensor& current, const at::Tensor& seeds,
+                                    double temperature) {
+  TORCH_CHECK(logits.dim() == 2 && logits.size(1) >= 1, "logits must be (M, V) with V >= 1, got ", logits.sizes());
+  TORCH_CHECK(current.dim() == 1 && current.size(0) == logits.size(0), "current must be (M=", logits.size(0),
+              ",), got ", current.sizes());
+  TORCH_CHECK(seeds.dim() == 1 && seeds.size(0) == logits.size(0), "seeds must be (M=", logits.size(0), ",), got ",
+              seeds.sizes());
+  TORCH_CHECK(current.scalar_type() == at::kLong && seeds.scalar_type() == at::kLong, "current and seeds must be int64");
+  TORCH_CHECK(temperature > 0, "temperature must be > 0, got ", temperature);
+  TORCH_CHECK(logits.device() == current.device() && logits.device() == seeds.device(),
+              "logits, current and seeds must be on one device");
+}
+
+inline void check_decode_attention_args(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                                        int64_t length) {
+  TORCH_CHECK(q.dim() == 3, "q must be (M, H, d), got ", q.sizes());
+  TORCH_CHECK(k_cache.dim() == 4 && k_cache.sizes() == v_cache.sizes(), "k_cache and v_cache must be (M, H, T, d), got ",
+              k_cache.sizes(), " and ", v_cache.sizes());
+  TORCH_CHECK(k_cache.size(0) == q.size(0) && k_cache.size(1) == q.size(1) && k_cache.size(3) == q.size(2),
+              "k_cache ", k_cache.sizes(), " does not match q ", q.sizes());
+  TORCH_CHECK(length >= 1 && length <= k_cache.size(2), "length must be in [1, T=", k_cache.size(2), "], got ", length);
+  TORCH_CHECK(q.scalar_type() == k_cache.scalar_type() && q.scalar_type() == v_cache.scalar_type(),
+              "q, k_cache and v_cache must share a dtype");
+  TORCH_CHECK(q.device() == k_cache.device() && q.device() == v_cache.device(), "q and the caches must be on one device");
+}
+
 }  // namespace vqfast

@@ -19,10 +19,24 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_cpu(const at::Tensor& z, const a
 // (-1 after an early stop) and residual_norm_sq (B,).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> omp_cpu(const at::Tensor& gram, const at::Tensor& xty,
                                                        int64_t n_nonzero, double tol, const at::Tensor& y_norm_sq);
+// One restoration step: logits (M, V) float32/float64, current and seeds (M,) int64.
+// Returns tokens (M,) int64 and nll (M,) in the logits' dtype.
+std::tuple<at::Tensor, at::Tensor> restore_step_cpu(const at::Tensor& logits, const at::Tensor& current,
+                                                    double threshold, const at::Tensor& seeds, int64_t position,
+                                                    double temperature);
+// Single-query attention: q (M, H, d), caches (M, H, T, d) of which the first `length`
+// positions count. Returns (M, H, d).
+at::Tensor decode_attention_cpu(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                                int64_t length, double scale);
 // CPU instruction-set variants this machine can run, best first.
 std::vector<std::string> cpu_isas();
 
 #ifdef WITH_CUDA
+std::tuple<at::Tensor, at::Tensor> restore_step_cuda(const at::Tensor& logits, const at::Tensor& current,
+                                                     double threshold, const at::Tensor& seeds, int64_t position,
+                                                     double temperature);
+at::Tensor decode_attention_cuda(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                                 int64_t length, double scale);
 std::tuple<at::Tensor, at::Tensor> nearest_code_cuda(const at::Tensor& z, const at::Tensor& codebook, int64_t k);
 std::tuple<at::Tensor, at::Tensor, at::Tensor> omp_cuda(const at::Tensor& gram, const at::Tensor& xty,
                                                         int64_t n_nonzero, double tol, const at::Tensor& y_norm_sq);

@@ -9,6 +9,7 @@
 #include "../ops.h"
 #include "nearest_code.h"
 #include "omp.h"
+#include "restore.h"
 
 namespace vqfast {
 
@@ -56,6 +57,61 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> omp_cuda(const at::Tensor& gram_i
                                     c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "omp CUDA kernel failed: ", cudaGetErrorString(err));
   return {coef, support, residual};
+}
+
+namespace {
+cuda::FloatType float_type(at::ScalarType st) {
+  switch (st) {
+    case at::kDouble:
+      return cuda::FloatType::kFloat64;
+    case at::kHalf:
+      return cuda::FloatType::kFloat16;
+    case at::kBFloat16:
+      return cuda::FloatType::kBFloat16;
+    default:
+      TORCH_CHECK(st == at::kFloat, "expected a float32/float64/float16/bfloat16 tensor, got ", st);
+      return cuda::FloatType::kFloat32;
+  }
+}
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> restore_step_cuda(const at::Tensor& logits_in, const at::Tensor& current_in,
+                                                     double threshold, const at::Tensor& seeds_in, int64_t position,
+                                                     double temperature) {
+  check_restore_step_args(logits_in, current_in, seeds_in, temperature);
+  TORCH_CHECK(logits_in.is_cuda(), "restore_step_cuda needs CUDA tensors, got ", logits_in.device());
+  const c10::cuda::CUDAGuard guard(logits_in.device());
+  const at::Tensor logits = logits_in.contiguous(), current = current_in.contiguous(), seeds = seeds_in.contiguous();
+  const int64_t M = logits.size(0), V = logits.size(1);
+  at::Tensor tokens = at::empty({M}, current.options());
+  at::Tensor nll = at::empty({M}, logits.options().dtype(logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat));
+  if (M == 0) return {tokens, nll};
+  const cudaError_t err = cuda::restore_step(logits.data_ptr(), float_type(logits.scalar_type()),
+                                             current.data_ptr<int64_t>(), seeds.data_ptr<int64_t>(), M, V, threshold,
+                                             position, temperature, tokens.data_ptr<int64_t>(), nll.data_ptr(),
+                                             c10::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(err == cudaSuccess, "restore_step CUDA kernel failed: ", cudaGetErrorString(err));
+  return {tokens, nll};
+}
+
+at::Tensor decode_attention_cuda(const at::Tensor& q_in, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                                 int64_t length, double scale) {
+  check_decode_attention_args(q_in, k_cache, v_cache, length);
+  TORCH_CHECK(q_in.is_cuda(), "decode_attention_cuda needs CUDA tensors, got ", q_in.device());
+  TORCH_CHECK(q_in.size(2) <= cuda::kDecodeAttentionMaxD, "the CUDA kernel supports head size d <= ",
+              cuda::kDecodeAttentionMaxD, ", got ", q_in.size(2));
+  TORCH_CHECK(k_cache.strides() == v_cache.strides() && k_cache.stride(3) == 1 && k_cache.stride(2) == k_cache.size(3),
+              "k_cache and v_cache need equal strides and contiguous (T, d) blocks per (m, h)");
+  const c10::cuda::CUDAGuard guard(q_in.device());
+  const at::Tensor q = q_in.contiguous();
+  at::Tensor out = at::empty_like(q);
+  if (q.numel() == 0) return out;
+  const cudaError_t err =
+      cuda::decode_attention(q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), float_type(q.scalar_type()),
+                             q.size(0), q.size(1), q.size(2), k_cache.stride(0), k_cache.stride(1), length, scale,
+                             out.data_ptr(), c10::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(err == cudaSuccess, "decode_attention CUDA kernel failed: ", cudaGetErrorString(err));
+  return out;
 }
 
 }  // namespace vqfast

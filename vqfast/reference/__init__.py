@@ -1,7 +1,9 @@
 """Plain, faithful PyTorch versions of every fast path: the ground truth in tests and
 the fallback when no kernel is available."""
 
+from vqfast.reference.decode_attention import decode_attention
 from vqfast.reference.nearest_code import nearest_code
 from vqfast.reference.omp import omp
+from vqfast.reference.restore_step import counter_uniform, restore_step, stream_seeds
 
-__all__ = ["nearest_code", "omp"]
+__all__ = ["counter_uniform", "decode_attention", "nearest_code", "omp", "restore_step", "stream_seeds"]

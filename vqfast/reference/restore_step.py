@@ -1,0 +1,62 @@
+"""Reference restoration step: the counter-based uniform, the NLL test and the
+inverse-CDF sample, in plain PyTorch.
+
+The uniform for a row is a pure function of (seed, position): three rounds of the
+`lowbias32` integer hash (Wellons) over the seed's two 32-bit halves and the position,
+top 24 bits scaled to [0, 1). Reference and fast paths, on any device, draw the same
+number for the same counter, so they pick the same tokens.
+"""
+
+import torch
+
+_M32 = 0xFFFFFFFF
+_SEED_MIX = 0x9E3779B9
+
+
+def _lowbias32(x: torch.Tensor) -> torch.Tensor:
+    # int64 holds the uint32 state; products wrap mod 2^64, whose low 32 bits are the uint32 product.
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _M32
+    x = x ^ (x >> 15)
+    x = (x * 0x846CA68B) & _M32
+    return x ^ (x >> 16)
+
+
+def counter_uniform(seeds: torch.Tensor, position) -> torch.Tensor:
+    """seeds (M,) int64, position int or (M,) int64 -> (M,) float64 in [0, 1), multiples of 2^-24."""
+    seeds = seeds.to(torch.int64)
+    h = _lowbias32((seeds & _M32) ^ _SEED_MIX)
+    h = _lowbias32(h ^ ((seeds >> 32) & _M32))
+    h = _lowbias32(h ^ (torch.as_tensor(position, dtype=torch.int64, device=seeds.device) & _M32))
+    return (h >> 8).to(torch.float64) * 2.0**-24
+
+
+def stream_seeds(image_seeds: torch.Tensor, restorations: int) -> torch.Tensor:
+    """(B,) int64 image seeds -> (B, S) int64 row seeds, one random stream per
+    (image, restoration j): image_seed * 2^20 + j (S < 2^20)."""
+    if not 1 <= restorations < 2**20:
+        raise ValueError(f"restorations must be in [1, 2^20), got {restorations}")
+    j = torch.arange(restorations, dtype=torch.int64, device=image_seeds.device)
+    return image_seeds.to(torch.int64)[:, None] * 2**20 + j[None, :]
+
+
+def restore_step(logits: torch.Tensor, current: torch.Tensor, threshold: float, seeds: torch.Tensor, position,
+                 temperature: float = 1.0):
+    """One position of the restoration pass for M sequences.
+
+    nll = -log softmax(logits)[current] (temperature 1: the model's likelihood); where
+    nll > threshold the token is replaced by the first v with cumsum(e)[v] > u * sum(e),
+    e = exp((logits - max) / temperature), u = counter_uniform(seeds, position).
+
+    Args: logits (M, V) float; current (M,) int64; seeds (M,) int64; position int.
+    Returns: tokens (M,) int64, nll (M,) float32 (float64 for float64 logits).
+    """
+    work = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    x = logits.to(work)
+    top = x.max(dim=1, keepdim=True).values
+    nll = (top[:, 0] + (x - top).exp().sum(1).log()) - x.gather(1, current[:, None])[:, 0]
+    e = ((x - top) / temperature).exp()
+    c = e.cumsum(1)
+    target = counter_uniform(seeds, position).to(work) * c[:, -1]
+    sample = (c <= target[:, None]).sum(1).clamp(max=x.shape[1] - 1)
+    return torch.where(nll > threshold, sample, current), nll
