@@ -1,0 +1,173 @@
+"""GPT-2 prior over VQ token grids, and vqfast's own fast inference for it.
+
+Training and the reference path use ``transformers.GPT2LMHeadModel`` as it is: a
+token grid (h, w) is read in raster order after a start token (index K, the codebook
+size), and the logits at sequence position i predict grid token i. Only the K code
+classes count: the start class is dropped from every distribution (its probability
+is ~0 after training).
+
+``FastGPT2`` holds the same weights, a static, preallocated KV cache (layers, 2, M, H,
+T, d) and runs one position for M sequences per ``step``: the attention of the new
+query against the cache is ``vqfast.ops.decode_attention``.
+"""
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vqfast.ops import decode_attention, restore_step
+
+
+@dataclass
+class GPT2PriorConfig:
+    num_codes: int = 256  # K; the start token is index K
+    height: int = 16  # token grid
+    width: int = 16
+    n_layer: int = 4
+    n_embd: int = 256
+    n_head: int = 8
+    dropout: float = 0.1
+
+    @property
+    def length(self) -> int:
+        return self.height * self.width
+
+
+def gpt2_medium_config(num_codes: int, height: int, width: int) -> GPT2PriorConfig:
+    """The gpt2-medium size (24 layers, 1024 wide, 16 heads), for GPUs."""
+    return GPT2PriorConfig(num_codes, height, width, n_layer=24, n_embd=1024, n_head=16)
+
+
+class GPT2Prior(nn.Module):
+    """p(z_i | z_<i) over a (height, width) grid of K codes, raster order."""
+
+    def __init__(self, config: Optional[GPT2PriorConfig] = None):
+        super().__init__()
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        self.config = cfg = config or GPT2PriorConfig()
+        if cfg.n_embd % cfg.n_head:
+            raise ValueError(f"n_embd={cfg.n_embd} must be divisible by n_head={cfg.n_head}")
+        self.model = GPT2LMHeadModel(GPT2Config(
+            vocab_size=cfg.num_codes + 1, n_positions=cfg.length, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
+            n_head=cfg.n_head, resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout,
+            bos_token_id=cfg.num_codes, eos_token_id=cfg.num_codes))
+
+    @property
+    def start_token(self) -> int:
+        return self.config.num_codes
+
+    def _inputs(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(M, h, w) or (M, T) grid -> (M, T) model inputs: start, z_0 .. z_{T-2}."""
+        flat = tokens.reshape(tokens.shape[0], -1)
+        if flat.shape[1] != self.config.length:
+            raise ValueError(f"tokens must hold {self.config.height}x{self.config.width} = {self.config.length} "
+                             f"positions, got shape {tuple(tokens.shape)}")
+        start = flat.new_full((flat.shape[0], 1), self.start_token)
+        return torch.cat([start, flat[:, :-1]], 1)
+
+    def logits(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Full forward: (M, h, w) or (M, T) int64 -> (M, T, K) logits of every grid
+        token given the ones before it."""
+        return self.model(input_ids=self._inputs(tokens)).logits[..., : self.config.num_codes]
+
+    def nll(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(M, h, w) -> (M, h, w) negative log-likelihood of each token under its prefix."""
+        logits = self.logits(tokens).float()
+        flat = tokens.reshape(tokens.shape[0], -1)
+        return F.cross_entropy(logits.transpose(1, 2), flat, reduction="none").view(tokens.shape)
+
+    def training_loss(self, tokens: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Mean NLL per token (nats) of a batch of (B, h, w) grids."""
+        loss = self.nll(tokens).mean()
+        return {"loss": loss, "bits_per_token": loss / math.log(2)}
+
+    def config_dict(self) -> dict:
+        return {"model": "GPT2Prior", **asdict(self.config)}
+
+    def fast(self) -> "FastGPT2":
+        """A FastGPT2 on this prior's weights (shared, not copied), in eval mode."""
+        return FastGPT2(self)
+
+
+class FastGPT2(nn.Module):
+    """Incremental inference for a GPT2Prior with a static KV cache.
+
+    ``reset(M)`` preallocates the cache for M sequences of the prior's length;
+    ``step(inputs (M,), position) -> (M, K)`` feeds one input token per sequence at
+    ``position`` and returns the logits of the grid token there.
+    """
+
+    def __init__(self, prior: GPT2Prior, backend: str = "auto"):
+        super().__init__()
+        self.prior, self.backend = prior, backend
+        hf = prior.model.config
+        self.n_layer, self.n_head, self.n_embd = hf.n_layer, hf.n_head, hf.n_embd
+        self.head_dim = hf.n_embd // hf.n_head
+        self.eps = hf.layer_norm_epsilon
+        self.cache: Optional[torch.Tensor] = None
+        self.length = prior.config.length
+        self.num_codes = prior.config.num_codes
+
+    def reset(self, m: int) -> None:
+        w = self.prior.model.transformer.wte.weight
+        shape = (self.n_layer, 2, m, self.n_head, self.length, self.head_dim)
+        if self.cache is None or self.cache.shape != shape or self.cache.dtype != w.dtype or self.cache.device != w.device:
+            self.cache = torch.zeros(shape, dtype=w.dtype, device=w.device)
+
+    @torch.no_grad()
+    def step(self, inputs: torch.Tensor, position: int) -> torch.Tensor:
+        tr = self.prior.model.transformer
+        m = inputs.shape[0]
+        x = tr.wte.weight[inputs] + tr.wpe.weight[position]
+        for i, block in enumerate(tr.h):
+            a = F.layer_norm(x, (self.n_embd,), block.ln_1.weight, block.ln_1.bias, self.eps)
+            qkv = torch.addmm(block.attn.c_attn.bias, a, block.attn.c_attn.weight)
+            q, k, v = qkv.view(m, 3, self.n_head, self.head_dim).unbind(1)
+            self.cache[i, 0, :, :, position] = k
+            self.cache[i, 1, :, :, position] = v
+            o = decode_attention(q, self.cache[i, 0], self.cache[i, 1], position + 1, backend=self.backend)
+            x = x + torch.addmm(block.attn.c_proj.bias, o.reshape(m, self.n_embd), block.attn.c_proj.weight)
+            a = F.layer_norm(x, (self.n_embd,), block.ln_2.weight, block.ln_2.bias, self.eps)
+            hmid = F.gelu(torch.addmm(block.mlp.c_fc.bias, a, block.mlp.c_fc.weight), approximate="tanh")
+            x = x + torch.addmm(block.mlp.c_proj.bias, hmid, block.mlp.c_proj.weight)
+        x = F.layer_norm(x, (self.n_embd,), tr.ln_f.weight, tr.ln_f.bias, self.eps)
+        return x @ tr.wte.weight[: self.num_codes].T
+
+    @torch.no_grad()
+    def logits(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Every position step by step: (M, h, w) -> (M, T, K), equal to GPT2Prior.logits."""
+        inputs = self.prior._inputs(tokens)
+        self.reset(inputs.shape[0])
+        return torch.stack([self.step(inputs[:, i], i) for i in range(self.length)], 1)
+
+    @torch.no_grad()
+    def restore(self, tokens: torch.Tensor, threshold: float, seeds: torch.Tensor, temperature: float = 1.0,
+                op_backend: str = "auto") -> Tuple[torch.Tensor, torch.Tensor]:
+        """One left-to-right Pixel-wise restoration pass for M grids at once.
+
+        Position i is tested under the already restored prefix and, when its NLL
+        exceeds ``threshold``, resampled (vqfast.ops.restore_step with counter (seeds[m], i));
+        the next step's input is the token kept. Equal to the reference loop that
+        recomputes the whole prior after every restored token, because the prior is causal.
+
+        Returns restored tokens (M, h, w) and each position's NLL under its restored prefix (M, h, w).
+        """
+        flat = tokens.reshape(tokens.shape[0], -1).clone()
+        m = flat.shape[0]
+        self.reset(m)
+        nll = torch.empty(flat.shape, dtype=torch.float64 if self.cache.dtype == torch.float64 else torch.float32,
+                          device=flat.device)
+        prev = flat.new_full((m,), self.prior.start_token)
+        for i in range(self.length):
+            logits = self.step(prev, i)
+            flat[:, i], nll[:, i] = restore_step(logits, flat[:, i], threshold, seeds, i, temperature,
+                                                 backend=op_backend, validate=False)
+            prev = flat[:, i]
+        if not bool(torch.isfinite(nll).all()):
+            raise FloatingPointError("the prior produced NaN/Inf logits during restoration")
+        return flat.view(tokens.shape), nll.view(tokens.shape)

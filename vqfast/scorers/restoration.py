@@ -1,0 +1,170 @@
+"""Density and restoration scorers over VQ token grids (the paper's eqs. 9-12, 3.5).
+
+- SampleWiseScorer: AS = sum_i NLL_i [NLL_i > lambda_S] under the prior (eqs. 9-10).
+- PixelWiseScorer: S restorations per image, each position tested under the already
+  restored prefix and resampled when its NLL exceeds lambda_P; residuals |Y - X_j|
+  weighted by softmax_j(k / sum_pixels |Y - X_j|) (eq. 11), each weighted residual
+  smoothed by a 3x3 min-pool then a 7x7 average pool, summed (eq. 12).
+- LightPixelWiseScorer: likelihoods once, every token over lambda_LP replaced by a
+  sample from its original conditional; the same residual map.
+
+``fast=True`` (default) runs all B x S restorations of a batch at once with the
+prior's KV-cached pass; ``fast=False`` runs vqfast.reference.restoration's loops. Both
+draw the same counter-based uniforms, so they restore the same tokens.
+"""
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from vqfast.ops import restore_step
+from vqfast.reference import restoration as ref
+from vqfast.reference.restore_step import stream_seeds
+from vqfast.scorers.base import ScoreBatch, reduce_map
+
+
+@torch.no_grad()
+def encode_tokens(vq_model, images: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) images -> (B, h, w) int64 code indices of a VQ autoencoder."""
+    return vq_model.vq(vq_model.encode(images)).indices
+
+
+@torch.no_grad()
+def nll_threshold(prior, tokens: torch.Tensor, percentile: float, batch_size: int = 64) -> float:
+    """The ``percentile`` (0-100) of the prior's per-token NLLs over grids (N, h, w),
+    e.g. of training or validation tokens, as the paper sets lambda_S, lambda_P, lambda_LP."""
+    if not 0 <= percentile <= 100:
+        raise ValueError(f"percentile must be in [0, 100], got {percentile}")
+    prior.eval()
+    values = torch.cat([prior.nll(tokens[i : i + batch_size]).flatten().float().cpu()
+                        for i in range(0, tokens.shape[0], batch_size)])
+    return float(torch.quantile(values.double(), percentile / 100))
+
+
+def smooth_residual(residual: torch.Tensor) -> torch.Tensor:
+    """(N, H, W): 3x3 min-pool then 7x7 average pool, stride 1, size kept (borders
+    average over the pixels inside)."""
+    x = -F.max_pool2d(-residual.unsqueeze(1), 3, stride=1, padding=1)
+    return F.avg_pool2d(x, 7, stride=1, padding=3, count_include_pad=False).squeeze(1)
+
+
+def weighted_residual_map(images: torch.Tensor, restored: torch.Tensor, k: Optional[float] = None) -> torch.Tensor:
+    """images (B, C, H, W), restored (B, S, C, H, W) decodings -> (B, H, W) eq. 12 map.
+
+    k: the softmax temperature of eq. 11 (the paper leaves its value open); None
+    uses the pixel count H W, so k / sum|Y - X_j| is one over the mean residual."""
+    residual = (images.unsqueeze(1) - restored).abs().mean(2)  # (B, S, H, W)
+    b, s, h, w = residual.shape
+    k = float(h * w) if k is None else k
+    weights = (k / residual.flatten(2).sum(2).clamp_min(1e-12)).softmax(1)  # (B, S)
+    smoothed = smooth_residual((weights[:, :, None, None] * residual).view(b * s, h, w)).view(b, s, h, w)
+    return smoothed.sum(1)
+
+
+class _TokenScorer:
+    def __init__(self, vq_model, prior, threshold: float, reduction: str, topk: float):
+        reduce_map(torch.zeros(1, 1, 1), reduction, topk)  # validates the arguments
+        self.vq_model, self.prior, self.threshold = vq_model, prior, float(threshold)
+        self.reduction, self.topk = reduction, topk
+
+    def fit(self, dataset=None):
+        """Nothing to fit here: train the prior with vqfast.training.Trainer and set the
+        threshold with nll_threshold."""
+        return self
+
+    def _eval(self):
+        self.vq_model.eval()
+        self.prior.eval()
+
+
+class SampleWiseScorer(_TokenScorer):
+    """pred_score = sum of the NLLs over lambda_S (eq. 9); anomaly_map = those
+    thresholded NLLs bilinearly resized to the image."""
+
+    def __init__(self, vq_model, prior, threshold: float, reduction: str = "max", topk: float = 0.01):
+        super().__init__(vq_model, prior, threshold, reduction, topk)
+
+    @torch.no_grad()
+    def score(self, images: torch.Tensor) -> ScoreBatch:
+        self._eval()
+        nll = self.prior.nll(encode_tokens(self.vq_model, images)).float()
+        xi = torch.where(nll > self.threshold, nll, torch.zeros_like(nll))
+        maps = F.interpolate(xi.unsqueeze(1), size=images.shape[-2:], mode="bilinear", align_corners=False)
+        return ScoreBatch(xi.flatten(1).sum(1), maps.squeeze(1))
+
+
+class _RestorationScorer(_TokenScorer):
+    def __init__(self, vq_model, prior, threshold: float, restorations: int = 5, temperature: float = 1.0,
+                 k: Optional[float] = None, reduction: str = "max", topk: float = 0.01, fast: bool = True,
+                 op_backend: str = "auto", seed: int = 0):
+        super().__init__(vq_model, prior, threshold, reduction, topk)
+        if restorations < 1:
+            raise ValueError(f"restorations must be >= 1, got {restorations}")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.restorations, self.temperature, self.k = restorations, temperature, k
+        self.fast, self.op_backend, self.seed = fast, op_backend, seed
+        self._calls = 0
+
+    def _image_seeds(self, b: int, device) -> torch.Tensor:
+        # A new seed per image per call, reproducible from `seed`: image n of call c.
+        seeds = torch.arange(b, dtype=torch.int64, device=device) + (self.seed * 2**20 + self._calls) * 2**12
+        self._calls += 1
+        return seeds
+
+    def restore(self, tokens: torch.Tensor, image_seeds: torch.Tensor) -> torch.Tensor:
+        """tokens (B, h, w), image_seeds (B,) -> restored (B, S, h, w)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def score(self, images: torch.Tensor, image_seeds: Optional[torch.Tensor] = None) -> ScoreBatch:
+        """images (B, C, H, W); image_seeds (B,) int64 fixes the random streams (default:
+        derived from the scorer's seed and a call counter)."""
+        self._eval()
+        b = images.shape[0]
+        if image_seeds is None:
+            image_seeds = self._image_seeds(b, images.device)
+        tokens = encode_tokens(self.vq_model, images)
+        restored = self.restore(tokens, image_seeds)
+        decoded = self.vq_model.decode_indices(restored.flatten(0, 1)).clamp(0, 1)
+        maps = weighted_residual_map(images, decoded.view(b, self.restorations, *decoded.shape[1:]), self.k)
+        return ScoreBatch(reduce_map(maps, self.reduction, self.topk), maps)
+
+
+class PixelWiseScorer(_RestorationScorer):
+    """Pixel-wise restoration (eqs. 11-12); args as _RestorationScorer: threshold
+    lambda_P, restorations S, temperature of the samples, k of eq. 11, reduction of the
+    map to the image score, fast (KV-cached batched pass) or the reference loop."""
+
+    def restore(self, tokens: torch.Tensor, image_seeds: torch.Tensor) -> torch.Tensor:
+        b, s = tokens.shape[0], self.restorations
+        seeds = stream_seeds(image_seeds, s)  # (B, S)
+        if self.fast:
+            grids = tokens.repeat_interleave(s, 0)
+            restored, _ = self.prior.fast().restore(grids, self.threshold, seeds.flatten(), self.temperature,
+                                                    op_backend=self.op_backend)
+            return restored.view(b, s, *tokens.shape[1:])
+        return torch.stack([torch.stack([ref.pixelwise_restore(self.prior, tokens[n], self.threshold,
+                                                               int(seeds[n, j]), self.temperature)[0]
+                                         for j in range(s)]) for n in range(b)])
+
+
+class LightPixelWiseScorer(_RestorationScorer):
+    """Light-Pixel-wise restoration (section 3.5): the prior runs once per image."""
+
+    def restore(self, tokens: torch.Tensor, image_seeds: torch.Tensor) -> torch.Tensor:
+        b, s = tokens.shape[0], self.restorations
+        seeds = stream_seeds(image_seeds, s)
+        if not self.fast:
+            return torch.stack([torch.stack([ref.light_restore(self.prior, tokens[n], self.threshold, int(seeds[n, j]),
+                                                               self.temperature)[0]
+                                             for j in range(s)]) for n in range(b)])
+        logits = self.prior.logits(tokens)  # (B, T, K): once for all S restorations
+        flat = tokens.reshape(b, -1)
+        rows_seeds = seeds.flatten()
+        out = flat.repeat_interleave(s, 0)
+        for i in range(flat.shape[1]):
+            out[:, i], _ = restore_step(logits[:, i].repeat_interleave(s, 0), out[:, i], self.threshold, rows_seeds, i,
+                                        self.temperature, backend=self.op_backend, validate=False)
+        return out.view(b, s, *tokens.shape[1:])
