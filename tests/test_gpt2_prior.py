@@ -1,0 +1,76 @@
+"""GPT-2 prior: transformers' model for training and reference, FastGPT2 equal to it."""
+
+import pytest
+import torch
+
+from vqfast.models.gpt2_prior import GPT2Prior, GPT2PriorConfig, gpt2_medium_config
+from conftest import DEVICE_BACKENDS, require_backend
+
+SMALL = GPT2PriorConfig(num_codes=37, height=5, width=7, n_layer=2, n_embd=48, n_head=4)
+
+
+@pytest.fixture(params=DEVICE_BACKENDS)
+def backend(request):
+    require_backend("decode_attention", *request.param)
+    return request.param
+
+
+def _prior(dtype=torch.float64):
+    torch.manual_seed(0)
+    return GPT2Prior(SMALL).to(dtype).eval()
+
+
+def test_fast_logits_equal_transformers(backend, gen):
+    device, name = backend
+    prior = _prior().to(device)
+    tokens = torch.randint(0, 37, (3, 5, 7), generator=gen).to(device)
+    expected = prior.logits(tokens)  # transformers' full forward
+    assert expected.shape == (3, 35, 37)
+    fast = prior.fast()
+    fast.backend = name
+    torch.testing.assert_close(fast.logits(tokens), expected, rtol=1e-10, atol=1e-10)
+    # step by step against transformers' forward of each prefix
+    fast.reset(3)
+    inputs = prior._inputs(tokens)
+    for i in range(35):
+        step = fast.step(inputs[:, i], i)
+        if i in (0, 6, 34):
+            torch.testing.assert_close(step, prior.model(input_ids=inputs[:, : i + 1]).logits[:, -1, :37], rtol=1e-10,
+                                       atol=1e-10)
+
+
+def test_nll_and_training_loss(gen):
+    prior = _prior(torch.float32)
+    tokens = torch.randint(0, 37, (4, 5, 7), generator=gen)
+    nll = prior.nll(tokens)
+    logits = prior.logits(tokens)
+    expected = -logits.log_softmax(-1).gather(2, tokens.view(4, 35, 1))[..., 0]
+    torch.testing.assert_close(nll.view(4, 35), expected)
+    prior.train()
+    out = prior.training_loss(tokens)
+    out["loss"].backward()
+    assert prior.model.transformer.wte.weight.grad is not None
+
+
+def test_learns_a_deterministic_grid(gen):
+    """A prior trained on one repeated grid drives its NLL towards zero."""
+    prior = GPT2Prior(GPT2PriorConfig(num_codes=8, height=3, width=3, n_layer=1, n_embd=32, n_head=2, dropout=0.0))
+    grid = torch.randint(0, 8, (1, 3, 3), generator=gen).repeat(8, 1, 1)
+    opt = torch.optim.Adam(prior.parameters(), lr=3e-3)
+    first = float(prior.training_loss(grid)["loss"].detach())
+    for _ in range(150):
+        opt.zero_grad()
+        loss = prior.training_loss(grid)["loss"]
+        loss.backward()
+        opt.step()
+    assert float(loss.detach()) < 0.05 * first
+
+
+def test_config_checks():
+    with pytest.raises(ValueError, match="divisible by n_head"):
+        GPT2Prior(GPT2PriorConfig(n_embd=50, n_head=8))
+    prior = _prior()
+    with pytest.raises(ValueError, match="must hold 5x7 = 35 positions"):
+        prior.logits(torch.zeros(2, 4, 7, dtype=torch.int64))
+    medium = gpt2_medium_config(512, 8, 8)
+    assert (medium.n_layer, medium.n_embd, medium.n_head) == (24, 1024, 16)
