@@ -74,3 +74,26 @@ def test_config_checks():
         prior.logits(torch.zeros(2, 4, 7, dtype=torch.int64))
     medium = gpt2_medium_config(512, 8, 8)
     assert (medium.n_layer, medium.n_embd, medium.n_head) == (24, 1024, 16)
+
+
+def test_trains_on_cached_tokens_through_the_engine(tmp_path, gen):
+    """Token grids of a VQ model, cached once, train the prior via the shared Trainer;
+    the checkpoint reloads into an equal prior."""
+    from vqfast import checkpoint
+    from vqfast.data import ProceduralDefects, TokenGrids, encode_dataset
+    from vqfast.models import VQVAE, VQVAEConfig
+    from vqfast.training import TrainConfig, Trainer
+
+    vq = VQVAE(VQVAEConfig(hidden=16, res_blocks=1, num_codes=16, code_dim=8, downsamples=2))
+    tokens = encode_dataset(vq, ProceduralDefects(24, size=16), batch_size=8)
+    assert tokens.shape == (24, 4, 4) and tokens.dtype == torch.int64
+    prior = GPT2Prior(GPT2PriorConfig(num_codes=16, height=4, width=4, n_layer=1, n_embd=32, n_head=2))
+    config = TrainConfig(epochs=3, batch_size=8, lr=3e-3, early_stopping=False)
+    history = Trainer(prior, TokenGrids(tokens), config=config, out_dir=tmp_path, device="cpu", progress=False,
+                      input_key="tokens").fit()
+    assert history[-1]["train"]["loss"] < history[0]["train"]["loss"]
+    again = checkpoint.load_model(tmp_path / "model.safetensors", expected="GPT2Prior").eval()
+    prior.eval()
+    torch.testing.assert_close(again.logits(tokens[:2]), prior.logits(tokens[:2]))
+    with pytest.raises(ValueError, match=r"tokens must be \(N, h, w\) int64"):
+        TokenGrids(tokens.float())

@@ -264,3 +264,99 @@ def run_models(device: torch.device, quick: bool = False, repeats: int = 5, echo
         x = torch.rand(shape, device=device)
         timings = make(device).profile(x, repeats=repeats)
         echo(format_table(timings, title=f"{title}: batch {shape[0]} of {shape[2]}x{shape[3]} on {device}") + "\n")
+
+
+@dataclass(frozen=True)
+class RestorationCase:
+    label: str
+    n_layer: int
+    n_embd: int
+    n_head: int
+    grid: int  # token grid side
+    num_codes: int
+    batch: int  # images
+    restorations: int
+    restored: float = 0.2  # threshold: this quantile from the top of the NLLs of prior-sampled grids
+    dtype: str = "float32"
+
+    @property
+    def title(self) -> str:
+        return (f"Pixel-wise restoration  GPT-2 {self.n_layer}L/{self.n_embd}/{self.n_head}h  {self.grid}x{self.grid} "
+                f"grid  K={self.num_codes}  B={self.batch} S={self.restorations}  {self.dtype}  ({self.label}; the "
+                "reference loop runs the full prior after every restored token)")
+
+    def build(self, device):
+        """(prior, tokens (B, g, g), threshold, image_seeds (B,)): a random prior in eval
+        mode, grids sampled from it (a restoration pass with threshold -1 is ancestral
+        sampling), and the threshold over which ``restored`` of their tokens lie."""
+        from vqfast.models.gpt2_prior import GPT2Prior, GPT2PriorConfig
+
+        torch.manual_seed(0)
+        cfg = GPT2PriorConfig(self.num_codes, self.grid, self.grid, self.n_layer, self.n_embd, self.n_head)
+        prior = GPT2Prior(cfg).to(device, getattr(torch, self.dtype)).eval()
+        seeds = torch.arange(self.batch, dtype=torch.int64, device=device)
+        start = torch.zeros(self.batch, self.grid, self.grid, dtype=torch.int64, device=device)
+        tokens, _ = prior.fast().restore(start, -1.0, seeds + 10**6)
+        with torch.no_grad():
+            nll = prior.nll(tokens).flatten().float()
+        threshold = float(torch.quantile(nll.cpu().double(), 1 - self.restored))
+        return prior, tokens, threshold, seeds
+
+
+RESTORATION_CASES = {
+    "cpu": [RestorationCase("issue target: fast >= 30x reference, identical tokens", 4, 256, 8, 16, 512, 8, 5)],
+    "cuda": [RestorationCase("issue target: <= 10 ms per image", 24, 1024, 16, 8, 512, 32, 5),
+             RestorationCase("CPU target shape", 4, 256, 8, 16, 512, 8, 5)],
+    "quick": [RestorationCase("smoke test", 2, 64, 4, 6, 64, 2, 2)],
+}
+
+
+def restoration_providers(case: RestorationCase, prior, threshold: float) -> Dict[str, Callable]:
+    """name -> fn(tokens, image_seeds) -> restored (B, S, g, g): the reference loop and
+    the fast pass with every available restore_step/decode_attention backend."""
+    from vqfast.reference.restoration import pixelwise_restore
+    from vqfast.reference.restore_step import stream_seeds
+
+    def ref(tokens, image_seeds):
+        seeds = stream_seeds(image_seeds, case.restorations)
+        return torch.stack([torch.stack([pixelwise_restore(prior, tokens[n], threshold, int(seeds[n, j]))[0]
+                                         for j in range(case.restorations)]) for n in range(tokens.shape[0])])
+
+    def fast(backend):
+        def run(tokens, image_seeds):
+            seeds = stream_seeds(image_seeds, case.restorations).flatten()
+            f = prior.fast()
+            f.backend = backend
+            out, _ = f.restore(tokens.repeat_interleave(case.restorations, 0), threshold, seeds, op_backend=backend)
+            return out.view(tokens.shape[0], case.restorations, *tokens.shape[1:])
+        return run
+
+    device = next(prior.parameters()).device
+    providers = {"reference loop": ref}
+    for backend in ("cpu", "cuda", "triton"):
+        try:
+            resolve_backend("restore_step", backend, device)
+        except RuntimeError:
+            continue
+        if backend == "triton" and device.type == "cpu":
+            continue  # the interpreter is a correctness tool, not a speed path
+        providers[f"vqfast fast pass ({backend})"] = fast(backend)
+    return providers
+
+
+def run_restoration(device: torch.device, quick: bool = False, repeats: int = 3, echo: Callable[[str], None] = print):
+    """Reference vs fast Pixel-wise restoration, one table per case, with the fraction
+    of tokens restored and whether the token grids are identical."""
+    for case in RESTORATION_CASES["quick" if quick else device.type if device.type in ("cpu", "cuda") else "cpu"]:
+        prior, tokens, threshold, seeds = case.build(device)
+        results, timings = {}, []
+        for name, fn in restoration_providers(case, prior, threshold).items():
+            results[name] = fn(tokens, seeds)
+            slow = name.startswith("reference")
+            timings.append(time_callable(lambda: fn(tokens, seeds), name=name, device=device, warmup=0 if slow else 1,
+                                         repeats=1 if slow else repeats))
+        first = next(iter(results.values()))
+        same = all(torch.equal(first, r) for r in results.values())
+        restored = float((first != tokens[:, None]).float().mean())
+        echo(format_table(timings, baselines=[timings[0].name], title=f"{case.title} on {device}") +
+             f"\n  tokens restored: {restored:.1%}; identical token grids across providers: {same}\n")

@@ -21,7 +21,7 @@ def _info(_args) -> int:
 
 
 def _bench(args) -> int:
-    from vqfast.bench import NEAREST_CODE_CASES, run_models, run_nearest_code, run_omp
+    from vqfast.bench import NEAREST_CODE_CASES, run_models, run_nearest_code, run_omp, run_restoration
 
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -40,6 +40,7 @@ def _bench(args) -> int:
         trace_dir=args.trace,
     )
     run_omp(device, quick=args.quick, repeats=min(args.repeats, 5), max_time_s=args.max_time * 4)
+    run_restoration(device, quick=args.quick, repeats=min(args.repeats, 3))
     run_models(device, quick=args.quick, repeats=min(args.repeats, 5))
     return 0
 

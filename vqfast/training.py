@@ -64,10 +64,13 @@ class Trainer:
         alone) and ``metrics.jsonl`` go; None keeps nothing on disk (no resume).
     device: defaults to CUDA when available.
     loss_fn: (model, images) -> dict with "loss"; default model.training_loss.
+    input_key: the item field fed to the model ("image"; "tokens" for priors over
+        vqfast.data.TokenGrids).
     """
 
     def __init__(self, model: torch.nn.Module, train_set, val_set=None, config: Optional[TrainConfig] = None, *,
-                 out_dir=None, device=None, loss_fn: Optional[Callable] = None, progress: bool = True):
+                 out_dir=None, device=None, loss_fn: Optional[Callable] = None, progress: bool = True,
+                 input_key: str = "image"):
         config = config or TrainConfig()
         if config.optimizer not in ("adam", "adamw", "sgd"):
             raise ValueError(f"optimizer must be 'adam', 'adamw' or 'sgd', got {config.optimizer!r}")
@@ -78,7 +81,7 @@ class Trainer:
         self.train_set, self.val_set, self.config = train_set, val_set, config
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.loss_fn = loss_fn or (lambda m, x: m.training_loss(x))
-        self.progress = progress
+        self.progress, self.input_key = progress, input_key
         if config.optimizer == "sgd":
             opt_cls = functools.partial(torch.optim.SGD, momentum=config.momentum)
         else:
@@ -112,7 +115,7 @@ class Trainer:
         bar = tqdm(self._loader(dataset, shuffle=train), desc=f"epoch {self.epoch + 1} {'train' if train else 'val'}",
                    disable=not self.progress, leave=False)
         for batch in bar:
-            x = batch["image"].to(self.device, non_blocking=True)
+            x = batch[self.input_key].to(self.device, non_blocking=True)
             with torch.set_grad_enabled(train), self._autocast():
                 terms = self.loss_fn(self.model, x)
             loss = terms["loss"]

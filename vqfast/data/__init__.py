@@ -9,9 +9,10 @@ from vqfast.data.datasets import (
     Record,
 )
 from vqfast.data.procedural import ProceduralDefects, procedural_splits
+from vqfast.data.tokens import TokenGrids, encode_dataset
 from vqfast.data.transforms import DatasetError, ImageTransform
 
 __all__ = [
     "AnomalyDataset", "DatasetError", "FrameSequences", "ImageFolder", "ImageTransform", "MagneticTile",
-    "MVTecAD", "ProceduralDefects", "Record", "procedural_splits",
+    "MVTecAD", "ProceduralDefects", "Record", "TokenGrids", "encode_dataset", "procedural_splits",
 ]

@@ -42,6 +42,16 @@ def gpt2_medium_config(num_codes: int, height: int, width: int) -> GPT2PriorConf
     return GPT2PriorConfig(num_codes, height, width, n_layer=24, n_embd=1024, n_head=16)
 
 
+def _drop_tied_head(module, state_dict, prefix, local_metadata):
+    state_dict.pop(prefix + "model.lm_head.weight", None)
+
+
+def _restore_tied_head(module, state_dict, prefix, *args):
+    wte = prefix + "model.transformer.wte.weight"
+    if wte in state_dict:
+        state_dict.setdefault(prefix + "model.lm_head.weight", state_dict[wte])
+
+
 class GPT2Prior(nn.Module):
     """p(z_i | z_<i) over a (height, width) grid of K codes, raster order."""
 
@@ -56,6 +66,10 @@ class GPT2Prior(nn.Module):
             vocab_size=cfg.num_codes + 1, n_positions=cfg.length, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
             n_head=cfg.n_head, resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout,
             bos_token_id=cfg.num_codes, eos_token_id=cfg.num_codes))
+        # lm_head is tied to the token embedding: keep one copy in state dicts (safetensors
+        # refuses shared storage), re-tie on load.
+        self.register_state_dict_post_hook(_drop_tied_head)
+        self.register_load_state_dict_pre_hook(_restore_tied_head)
 
     @property
     def start_token(self) -> int:
