@@ -6,7 +6,8 @@
 #ifdef WITH_CUDA
 #include "cuda/nearest_code.h"
 #include "cuda/omp.h"
-#include "cuda/restore.h"
+#include "cuda/decode_attention.h"
+#include "cuda/restore_step.h"
 #endif
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

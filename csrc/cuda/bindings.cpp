@@ -9,7 +9,8 @@
 #include "../ops.h"
 #include "nearest_code.h"
 #include "omp.h"
-#include "restore.h"
+#include "decode_attention.h"
+#include "restore_step.h"
 
 namespace vqfast {
 

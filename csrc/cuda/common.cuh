@@ -25,6 +25,59 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
+// Loads as the accumulation type: double stays double, every other float becomes float.
+__device__ __forceinline__ double load_as(const double* p, int64_t i) { return p[i]; }
+template <typename In>
+__device__ __forceinline__ float load_as(const In* p, int64_t i) { return to_float(p[i]); }
+
+template <typename A>
+__device__ __forceinline__ A warp_max(A v) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) v = fmax(v, __shfl_xor_sync(0xffffffffu, v, off));
+  return v;
+}
+
+template <typename A>
+__device__ __forceinline__ A warp_add(A v) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+  return v;
+}
+
+// Block-wide reductions; every thread gets the result. `scratch` holds one value per warp.
+template <typename A, bool kMax>
+__device__ __forceinline__ A block_reduce(A v, A* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  v = kMax ? warp_max(v) : warp_add(v);
+  __syncthreads();  // scratch may still be read by a previous reduction
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  A r = scratch[0];
+  for (int w = 1; w < warps; ++w) r = kMax ? fmax(r, scratch[w]) : r + scratch[w];
+  return r;
+}
+
+// Inclusive scan over the block in thread order; returns this thread's prefix and the tile total.
+template <typename A>
+__device__ __forceinline__ A block_scan(A v, A* scratch, A& total) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+#pragma unroll
+  for (int off = 1; off < 32; off <<= 1) {
+    const A o = __shfl_up_sync(0xffffffffu, v, off);
+    if (lane >= off) v += o;
+  }
+  __syncthreads();
+  if (lane == 31) scratch[warp] = v;
+  __syncthreads();
+  A before = 0;
+  total = 0;
+  for (int w = 0; w < warps; ++w) {
+    if (w < warp) before += scratch[w];
+    total += scratch[w];
+  }
+  return before + v;
+}
+
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 }  // namespace cuda
