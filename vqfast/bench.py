@@ -360,3 +360,36 @@ def run_restoration(device: torch.device, quick: bool = False, repeats: int = 3,
         restored = float((first != tokens[:, None]).float().mean())
         echo(format_table(timings, baselines=[timings[0].name], title=f"{case.title} on {device}") +
              f"\n  tokens restored: {restored:.1%}; identical token grids across providers: {same}\n")
+    run_token_scorers(device, quick, echo)
+
+
+def run_token_scorers(device: torch.device, quick: bool = False, echo: Callable[[str], None] = print):
+    """Stage timings of the Sample-, Pixel- (fast), Light-Pixel-wise and Regenerative
+    scorers on one batch: a Performer-paper VQ-VAE (128 x 128 images, 16 x 16 tokens,
+    256 codes) and the CPU-target GPT-2 prior (4 layers, 256 wide, 8 heads), random
+    weights, thresholds at the 80th NLL percentile of the batch."""
+    from vqfast.models import VQVAE, VQVAEConfig
+    from vqfast.models.gpt2_prior import GPT2Prior, GPT2PriorConfig
+    from vqfast.scorers import RegenerativeScorer
+    from vqfast.scorers.restoration import (LightPixelWiseScorer, PixelWiseScorer, SampleWiseScorer, encode_tokens,
+                                            nll_threshold)
+
+    torch.manual_seed(0)
+    if quick:
+        vq_cfg, size, prior_cfg, batch = VQVAEConfig(hidden=16, res_blocks=1, num_codes=32, code_dim=8), 32, \
+            GPT2PriorConfig(32, 4, 4, 1, 32, 2), 2
+    else:
+        vq_cfg, size, prior_cfg, batch = VQVAEConfig(), 128, GPT2PriorConfig(256, 16, 16, 4, 256, 8), 8
+    vq_model = VQVAE(vq_cfg).to(device).eval()
+    prior = GPT2Prior(prior_cfg).to(device).eval()
+    images = torch.rand(batch, 3, size, size, device=device)
+    lam = nll_threshold(prior, encode_tokens(vq_model, images), 80)
+    scorers = {"Sample-wise": SampleWiseScorer(vq_model, prior, lam),
+               "Pixel-wise (fast, S=5)": PixelWiseScorer(vq_model, prior, lam),
+               "Light-Pixel-wise (fast, S=5)": LightPixelWiseScorer(vq_model, prior, lam),
+               "Regenerative": RegenerativeScorer(vq_model)}
+    for name, scorer in scorers.items():
+        timings = scorer.profile(images, repeats=3)
+        total = timings[-1].median_s / batch
+        echo(format_table(timings, title=f"{name}: batch {batch} of {size}x{size} on {device} "
+                                         f"({total * 1e3:.1f} ms per image)") + "\n")

@@ -93,6 +93,19 @@ class SampleWiseScorer(_TokenScorer):
         maps = F.interpolate(xi.unsqueeze(1), size=images.shape[-2:], mode="bilinear", align_corners=False)
         return ScoreBatch(xi.flatten(1).sum(1), maps.squeeze(1))
 
+    @torch.no_grad()
+    def profile(self, images: torch.Tensor, repeats: int = 5):
+        """Timings of encode (VQ), the prior's NLLs, and the whole score call."""
+        from vqfast.profiling import time_callable
+
+        self._eval()
+        tokens = encode_tokens(self.vq_model, images)
+        dev = images.device
+        return [time_callable(lambda: encode_tokens(self.vq_model, images), name="encode (VQ)", device=dev,
+                              repeats=repeats),
+                time_callable(lambda: self.prior.nll(tokens), name="prior (NLLs)", device=dev, repeats=repeats),
+                time_callable(lambda: self.score(images), name="score (total)", device=dev, repeats=repeats)]
+
 
 class _RestorationScorer(_TokenScorer):
     def __init__(self, vq_model, prior, threshold: float, restorations: int = 5, temperature: float = 1.0,
@@ -130,6 +143,31 @@ class _RestorationScorer(_TokenScorer):
         decoded = self.vq_model.decode_indices(restored.flatten(0, 1)).clamp(0, 1)
         maps = weighted_residual_map(images, decoded.view(b, self.restorations, *decoded.shape[1:]), self.k)
         return ScoreBatch(reduce_map(maps, self.reduction, self.topk), maps)
+
+    @torch.no_grad()
+    def profile(self, images: torch.Tensor, repeats: int = 3):
+        """Timings of each stage: encode (VQ), restoration (prior + sampling), decode
+        (VQ), residual map (eqs. 11-12, smoothing included), and the whole score call."""
+        from vqfast.profiling import time_callable
+
+        self._eval()
+        b, dev = images.shape[0], images.device
+        seeds = self._image_seeds(b, dev)
+        tokens = encode_tokens(self.vq_model, images)
+        restored = self.restore(tokens, seeds)
+        decoded = self.vq_model.decode_indices(restored.flatten(0, 1)).clamp(0, 1)
+        stacked = decoded.view(b, self.restorations, *decoded.shape[1:])
+        return [
+            time_callable(lambda: encode_tokens(self.vq_model, images), name="encode (VQ)", device=dev, repeats=repeats),
+            time_callable(lambda: self.restore(tokens, seeds), name="restore (prior + sampling)", device=dev,
+                          repeats=repeats, warmup=1),
+            time_callable(lambda: self.vq_model.decode_indices(restored.flatten(0, 1)), name="decode (VQ)", device=dev,
+                          repeats=repeats),
+            time_callable(lambda: weighted_residual_map(images, stacked, self.k), name="residual map + smoothing",
+                          device=dev, repeats=repeats),
+            time_callable(lambda: self.score(images, seeds), name="score (total)", device=dev, repeats=repeats,
+                          warmup=1),
+        ]
 
 
 class PixelWiseScorer(_RestorationScorer):

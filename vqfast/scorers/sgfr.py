@@ -15,6 +15,7 @@ from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from vqfast.models.backbones import Backbone
 from vqfast.ops import omp
@@ -52,13 +53,13 @@ class SGFRScorer:
         return {lvl: f.double() for lvl, f in feats.items() if lvl in self.levels or lvl == self.ref_level}
 
     @torch.no_grad()
-    def fit(self, dataset):
+    def fit(self, dataset, progress: bool = False):
         """Stores every nominal image's flattened features per level (the memory bank)
         and each level's Gram matrix, once, on the backbone's device."""
         device = next(self.backbone.parameters()).device
         loader = torch.utils.data.DataLoader(dataset, batch_size=self.batch_size, shuffle=False)
         parts = {}
-        for batch in loader:
+        for batch in tqdm(loader, desc="SGFR memory bank", disable=not progress):
             for lvl, f in self._features(batch["image"].to(device)).items():
                 parts.setdefault(lvl, []).append(f.flatten(1))
         self.bank = {lvl: torch.cat(p) for lvl, p in parts.items()}
