@@ -5,22 +5,29 @@ import torch
 
 from vqfast.models import VQVAE, VQVAEConfig
 from vqfast.models.gpt2_prior import GPT2Prior, GPT2PriorConfig
+from vqfast.models.pixelsnail import PixelSNAIL, PixelSNAILConfig
 from vqfast.scorers.restoration import (LightPixelWiseScorer, PixelWiseScorer, SampleWiseScorer, encode_tokens,
                                         nll_threshold, weighted_residual_map)
 
 
-@pytest.fixture(scope="module")
-def models():
+def _priors():
+    return {"gpt2": GPT2Prior(GPT2PriorConfig(num_codes=16, height=6, width=6, n_layer=2, n_embd=32, n_head=4)),
+            "pixelsnail": PixelSNAIL(PixelSNAILConfig(num_codes=16, height=6, width=6, channels=16, blocks=2,
+                                                      res_blocks=2, attn_heads=2))}
+
+
+@pytest.fixture(scope="module", params=["gpt2", "pixelsnail"])
+def models(request):
     torch.manual_seed(0)
     vq = VQVAE(VQVAEConfig(hidden=16, res_blocks=1, num_codes=16, code_dim=8, downsamples=2)).eval()
-    prior = GPT2Prior(GPT2PriorConfig(num_codes=16, height=6, width=6, n_layer=2, n_embd=32, n_head=4)).double().eval()
-    return vq, prior
+    return vq, _priors()[request.param].double().eval()
 
 
 @pytest.mark.parametrize("cls", [PixelWiseScorer, LightPixelWiseScorer])
 @pytest.mark.parametrize("percentile", [20, 60, 95])
 def test_fast_equals_reference_tokens(models, gen, cls, percentile):
-    """float64 prior on the CPU: identical token grids, many seeds, low and high thresholds."""
+    """float64 priors on the CPU: identical token grids, many seeds, low and high
+    thresholds (GPT-2: KV-cached pass; PixelSNAIL: batched full forwards)."""
     vq, prior = models
     tokens = torch.randint(0, 16, (3, 6, 6), generator=gen)
     threshold = nll_threshold(prior, tokens, percentile)
