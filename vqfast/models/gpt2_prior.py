@@ -11,6 +11,7 @@ T, d) and runs one position for M sequences per ``step``: the attention of the n
 query against the cache is ``vqfast.ops.decode_attention``.
 """
 
+import functools
 import math
 from dataclasses import asdict, dataclass
 from typing import Dict, Optional, Tuple
@@ -19,7 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vqfast import _ext
 from vqfast.ops import decode_attention, restore_step
+from vqfast.ops._dispatch import resolve_backend
 
 
 @dataclass
@@ -132,6 +135,14 @@ class FastGPT2(nn.Module):
         shape = (self.n_layer, 2, m, self.n_head, self.length, self.head_dim)
         if self.cache is None or self.cache.shape != shape or self.cache.dtype != w.dtype or self.cache.device != w.device:
             self.cache = torch.zeros(shape, dtype=w.dtype, device=w.device)
+        # Checked once here (shapes, dtypes, backend); the per-token calls go straight to the op.
+        q = w.new_empty((m, self.n_head, self.head_dim))
+        decode_attention(q, self.cache[0, 0], self.cache[0, 1], 1, backend=self.backend)
+        backend = resolve_backend("decode_attention", self.backend, w.device)
+        if backend == "cuda" and self.head_dim > _ext._C.decode_attention_cuda_max_d:
+            backend = "reference"
+        self._attend = functools.partial(torch.ops.vqfast.decode_attention.default, scale=1.0 / math.sqrt(self.head_dim),
+                                         backend=backend)
 
     @torch.no_grad()
     def step(self, inputs: torch.Tensor, position: int) -> torch.Tensor:
@@ -144,7 +155,7 @@ class FastGPT2(nn.Module):
             q, k, v = qkv.view(m, 3, self.n_head, self.head_dim).unbind(1)
             self.cache[i, 0, :, :, position] = k
             self.cache[i, 1, :, :, position] = v
-            o = decode_attention(q, self.cache[i, 0], self.cache[i, 1], position + 1, backend=self.backend)
+            o = self._attend(q, self.cache[i, 0], self.cache[i, 1], position + 1)
             x = x + torch.addmm(block.attn.c_proj.bias, o.reshape(m, self.n_embd), block.attn.c_proj.weight)
             a = F.layer_norm(x, (self.n_embd,), block.ln_2.weight, block.ln_2.bias, self.eps)
             hmid = F.gelu(torch.addmm(block.mlp.c_fc.bias, a, block.mlp.c_fc.weight), approximate="tanh")
@@ -177,11 +188,17 @@ class FastGPT2(nn.Module):
         nll = torch.empty(flat.shape, dtype=torch.float64 if self.cache.dtype == torch.float64 else torch.float32,
                           device=flat.device)
         prev = flat.new_full((m,), self.prior.start_token)
-        for i in range(self.length):
-            logits = self.step(prev, i)
-            flat[:, i], nll[:, i] = restore_step(logits, flat[:, i], threshold, seeds, i, temperature,
-                                                 backend=op_backend, validate=False)
-            prev = flat[:, i]
+        if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= self.num_codes):
+            raise ValueError(f"tokens hold codes outside [0, K={self.num_codes})")
+        # The first position goes through the checked op; the rest straight to the resolved kernel.
+        logits = self.step(prev, 0)
+        flat[:, 0], nll[:, 0] = restore_step(logits, flat[:, 0], threshold, seeds, 0, temperature, backend=op_backend,
+                                             validate=False)
+        backend = resolve_backend("restore_step", op_backend, logits.device)
+        step_op = torch.ops.vqfast.restore_step.default
+        for i in range(1, self.length):
+            logits = self.step(flat[:, i - 1], i)
+            flat[:, i], nll[:, i] = step_op(logits, flat[:, i], float(threshold), seeds, i, float(temperature), backend)
         if not bool(torch.isfinite(nll).all()):
             raise FloatingPointError("the prior produced NaN/Inf logits during restoration")
         return flat.view(tokens.shape), nll.view(tokens.shape)

@@ -1,0 +1,124 @@
+"""Autoregressive priors on Magnetic Tile and the four token/restoration scorers; reproduces
+the prior rows of benchmarks/RESULTS.md.
+
+    python benchmarks/magnetic_tile_vq.py --model vqvae --out runs/mt_vqvae        # the VQ model first
+    python benchmarks/magnetic_tile_priors.py --vq runs/mt_vqvae --prior gpt2 --out runs/mt_vqvae_gpt2
+    python benchmarks/magnetic_tile_priors.py --vq runs/mt_vqvae --prior pixelsnail --out runs/mt_vqvae_snail
+    ... --resume    # continue an interrupted run (training and scoring)
+
+The VQ model's token grids are computed once (train / validation / test) and cached in
+<out>/tokens.safetensors; the prior trains on them with the shared engine (early
+stopping on the validation grids, --minutes budget). Thresholds are percentiles of the
+prior's NLLs on the validation grids, as the paper's tables set them: --sample-pct
+(lambda_S), --pixel-pct (lambda_P), --light-pct (lambda_LP). Then Sample-wise, Pixel-wise
+(fast), Light-Pixel-wise and Regenerative score the test split, each written per batch
+under <out>/scores_<scorer>; results go to <out>/results.json and print as Markdown.
+"""
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from vqfast import checkpoint, metrics
+from vqfast.data import ImageTransform, MagneticTile, TokenGrids, encode_dataset
+from vqfast.models import GPT2Prior, GPT2PriorConfig, PixelSNAIL, PixelSNAILConfig
+from vqfast.scorers import RegenerativeScorer, reduce_map, score_dataset
+from vqfast.scorers.restoration import LightPixelWiseScorer, PixelWiseScorer, SampleWiseScorer, nll_threshold
+from vqfast.training import TrainConfig, Trainer
+
+
+def _tokens(out: Path, vq_model, splits, resume: bool):
+    path = out / "tokens.safetensors"
+    if resume and path.is_file():
+        tensors, _ = checkpoint.read(path)
+        return tensors
+    tokens = {name: encode_dataset(vq_model, data, progress=True) for name, data in splits.items()}
+    checkpoint.write_atomic(path, tokens, {"what": "token grids"})
+    return tokens
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "magnetic_tile"))
+    p.add_argument("--vq", required=True, help="out folder of magnetic_tile_vq.py (holds model.safetensors)")
+    p.add_argument("--prior", choices=["gpt2", "pixelsnail"], default="gpt2")
+    p.add_argument("--out", default=None, help="default runs/magnetic_tile_<prior>")
+    p.add_argument("--minutes", type=float, default=8.0, help="prior training budget")
+    p.add_argument("--epochs", type=int, default=200)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--channels", type=int, default=64, help="pixelsnail width (the paper's 128 on a GPU)")
+    p.add_argument("--sample-pct", type=float, default=60.0)
+    p.add_argument("--pixel-pct", type=float, default=90.0)
+    p.add_argument("--light-pct", type=float, default=80.0)
+    p.add_argument("--restorations", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true")
+    args = p.parse_args(argv)
+
+    out = Path(args.out or f"runs/magnetic_tile_{args.prior}")
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    vq_model = checkpoint.load_model(Path(args.vq) / "model.safetensors").eval()
+    size = vq_model.config.resolution if hasattr(vq_model.config, "resolution") else 128
+    transform = ImageTransform(size=size, channels=vq_model.config.in_channels)
+    full = MagneticTile(args.data, "train", transform)
+    test = MagneticTile(args.data, "test", transform)
+    order = torch.randperm(len(full), generator=torch.Generator().manual_seed(args.seed)).tolist()
+    n_val = len(full) // 10  # the same held-out tenth as magnetic_tile_vq.py
+    splits = {"train": torch.utils.data.Subset(full, order[n_val:]), "val": torch.utils.data.Subset(full, order[:n_val])}
+    tokens = _tokens(out, vq_model, splits, args.resume)
+    _, h, w = tokens["train"].shape
+    k = vq_model.config.num_codes
+    if args.prior == "gpt2":
+        prior = GPT2Prior(GPT2PriorConfig(num_codes=k, height=h, width=w))
+    else:
+        prior = PixelSNAIL(PixelSNAILConfig(num_codes=k, height=h, width=w, channels=args.channels))
+
+    start = time.monotonic()
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, max_minutes=args.minutes,
+                         seed=args.seed)
+    history = Trainer(prior, TokenGrids(tokens["train"]), TokenGrids(tokens["val"]), config, out_dir=out / "prior",
+                      input_key="tokens").fit(resume=args.resume)
+    prior.eval()
+    results = {"vq": str(args.vq), "prior": prior.config_dict(), "args": vars(args), "epochs": history[-1]["epoch"],
+               "stopped": history[-1]["stopped"], "train_minutes_this_run": (time.monotonic() - start) / 60,
+               "final_train": history[-1]["train"], "final_val": history[-1]["val"], "thresholds": {}, "scores": {},
+               "seconds_per_image": {}}
+    for name, pct in (("sample", args.sample_pct), ("pixel", args.pixel_pct), ("light", args.light_pct)):
+        results["thresholds"][name] = {"percentile": pct, "value": nll_threshold(prior, tokens["val"], pct)}
+    th = {n: v["value"] for n, v in results["thresholds"].items()}
+    scorers = {
+        "Sample-wise": SampleWiseScorer(vq_model, prior, th["sample"]),
+        "Pixel-wise": PixelWiseScorer(vq_model, prior, th["pixel"], restorations=args.restorations, seed=args.seed),
+        "Light-Pixel-wise": LightPixelWiseScorer(vq_model, prior, th["light"], restorations=args.restorations,
+                                                 seed=args.seed),
+        "Regenerative": RegenerativeScorer(vq_model, reduction="max"),
+    }
+    for name, scorer in scorers.items():
+        t0 = time.monotonic()
+        folder = out / f"scores_{name.lower().replace('-', '_')}"
+        scores, maps, labels, masks = score_dataset(scorer, test, batch_size=8, out_dir=folder, resume=args.resume,
+                                                    progress=True)
+        results["seconds_per_image"][name] = (time.monotonic() - t0) / len(test)
+        pixel = name != "Sample-wise"  # the paper scores Sample-wise at the image level only
+        results["scores"][name] = metrics.evaluate(labels, scores, masks if pixel else None, maps if pixel else None)
+        if name != "Sample-wise":
+            results["scores"][name + " (topk_mean)"] = metrics.evaluate(labels, reduce_map(maps, "topk_mean", 0.01))
+        (out / "results.json").write_text(json.dumps(results, indent=2))
+
+    print(f"\n{args.prior} prior on {args.vq}: {results['epochs']} epochs ({results['stopped']})")
+    print("| scorer | image AUROC | best F1 | pixel AUROC | AUPRO | s / image |")
+    print("|---|---|---|---|---|---|")
+    for name, r in results["scores"].items():
+        secs = results["seconds_per_image"].get(name)
+        pix = f"{r['pixel_auroc']:.3f} | {r['aupro']:.3f}" if "pixel_auroc" in r else "- | -"
+        print(f"| {name} | {r['image_auroc']:.3f} | {r['image_best_f1']:.3f} | {pix} | "
+              f"{'' if secs is None else f'{secs:.3f}'} |")
+
+
+if __name__ == "__main__":
+    main()
