@@ -19,12 +19,6 @@ __device__ __forceinline__ bool better(float v, int32_t i, float bv, int32_t bi)
   return v < bv || (v == bv && i < bi);
 }
 
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
-  return v;
-}
-
 // Loads as the accumulation type: double stays double, every other float becomes float.
 __device__ __forceinline__ double load_as(const double* p, int64_t i) { return p[i]; }
 template <typename In>
@@ -38,7 +32,7 @@ __device__ __forceinline__ A warp_max(A v) {
 }
 
 template <typename A>
-__device__ __forceinline__ A warp_add(A v) {
+__device__ __forceinline__ A warp_sum(A v) {
 #pragma unroll
   for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
   return v;
@@ -48,7 +42,7 @@ __device__ __forceinline__ A warp_add(A v) {
 template <typename A, bool kMax>
 __device__ __forceinline__ A block_reduce(A v, A* scratch) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-  v = kMax ? warp_max(v) : warp_add(v);
+  v = kMax ? warp_max(v) : warp_sum(v);
   __syncthreads();  // scratch may still be read by a previous reduction
   if (lane == 0) scratch[warp] = v;
   __syncthreads();
