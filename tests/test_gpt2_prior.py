@@ -97,3 +97,31 @@ def test_trains_on_cached_tokens_through_the_engine(tmp_path, gen):
     torch.testing.assert_close(again.logits(tokens[:2]), prior.logits(tokens[:2]))
     with pytest.raises(ValueError, match=r"tokens must be \(N, h, w\) int64"):
         TokenGrids(tokens.float())
+
+
+@pytest.mark.cuda
+def test_cuda_graph_pass_equals_eager(gen):
+    """The captured pass replays the eager one exactly, for new tokens and seeds too."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    prior = _prior(torch.float32).cuda()
+    fast = prior.fast()
+    for _ in range(2):  # capture, then replay with other inputs
+        tokens = torch.randint(0, 37, (6, 5, 7), generator=gen).cuda()
+        seeds = torch.randint(0, 2**40, (6,), generator=gen).cuda()
+        eager = fast.restore(tokens, 3.2, seeds, cuda_graph=False)
+        graph = fast.restore(tokens, 3.2, seeds, cuda_graph=True)
+        assert torch.equal(eager[0], graph[0])
+        torch.testing.assert_close(eager[1], graph[1])
+    assert len(fast._graphs) == 1
+
+
+def test_restore_checks_its_arguments(gen):
+    fast = _prior().fast()
+    tokens = torch.randint(0, 37, (2, 5, 7), generator=gen)
+    with pytest.raises(ValueError, match=r"seeds must be \(2,\) int64"):
+        fast.restore(tokens, 1.0, torch.zeros(3, dtype=torch.int64))
+    with pytest.raises(ValueError, match=r"outside \[0, K=37\)"):
+        fast.restore(tokens + 40, 1.0, torch.zeros(2, dtype=torch.int64))
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        fast.restore(tokens, 1.0, torch.zeros(2, dtype=torch.int64), temperature=0.0)

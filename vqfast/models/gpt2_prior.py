@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vqfast import _ext
-from vqfast.ops import decode_attention, restore_step
+from vqfast.ops import decode_attention
 from vqfast.ops._dispatch import resolve_backend
 
 
@@ -127,6 +127,7 @@ class FastGPT2(nn.Module):
         self.head_dim = hf.n_embd // hf.n_head
         self.eps = hf.layer_norm_epsilon
         self.cache: Optional[torch.Tensor] = None
+        self._graphs: dict = {}  # (M, threshold, temperature, backend) -> captured restoration pass
         self.length = prior.config.length
         self.num_codes = prior.config.num_codes
 
@@ -135,6 +136,7 @@ class FastGPT2(nn.Module):
         shape = (self.n_layer, 2, m, self.n_head, self.length, self.head_dim)
         if self.cache is None or self.cache.shape != shape or self.cache.dtype != w.dtype or self.cache.device != w.device:
             self.cache = torch.zeros(shape, dtype=w.dtype, device=w.device)
+            self._graphs = {}  # captured passes point at the old cache
         # Checked once here (shapes, dtypes, backend); the per-token calls go straight to the op.
         q = w.new_empty((m, self.n_head, self.head_dim))
         decode_attention(q, self.cache[0, 0], self.cache[0, 1], 1, backend=self.backend)
@@ -172,7 +174,7 @@ class FastGPT2(nn.Module):
 
     @torch.no_grad()
     def restore(self, tokens: torch.Tensor, threshold: float, seeds: torch.Tensor, temperature: float = 1.0,
-                op_backend: str = "auto") -> Tuple[torch.Tensor, torch.Tensor]:
+                op_backend: str = "auto", cuda_graph: Optional[bool] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """One left-to-right Pixel-wise restoration pass for M grids at once.
 
         Position i is tested under the already restored prefix and, when its NLL
@@ -180,25 +182,63 @@ class FastGPT2(nn.Module):
         the next step's input is the token kept. Equal to the reference loop that
         recomputes the whole prior after every restored token, because the prior is causal.
 
+        cuda_graph: capture the whole pass (every step, no host synchronisation) in a
+            CUDA graph once per (M, threshold, temperature) and replay it; default: on
+            CUDA tensors.
+
         Returns restored tokens (M, h, w) and each position's NLL under its restored prefix (M, h, w).
         """
         flat = tokens.reshape(tokens.shape[0], -1).clone()
         m = flat.shape[0]
-        self.reset(m)
-        nll = torch.empty(flat.shape, dtype=torch.float64 if self.cache.dtype == torch.float64 else torch.float32,
-                          device=flat.device)
-        prev = flat.new_full((m,), self.prior.start_token)
+        if flat.shape[1] != self.length:
+            raise ValueError(f"tokens must hold {self.length} positions per grid, got shape {tuple(tokens.shape)}")
+        if seeds.shape != (m,) or seeds.dtype != torch.int64 or seeds.device != flat.device:
+            raise ValueError(f"seeds must be ({m},) int64 on {flat.device}, got {tuple(seeds.shape)} {seeds.dtype} "
+                             f"on {seeds.device}")
         if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= self.num_codes):
             raise ValueError(f"tokens hold codes outside [0, K={self.num_codes})")
-        # The first position goes through the checked op; the rest straight to the resolved kernel.
-        logits = self.step(prev, 0)
-        flat[:, 0], nll[:, 0] = restore_step(logits, flat[:, 0], threshold, seeds, 0, temperature, backend=op_backend,
-                                             validate=False)
-        backend = resolve_backend("restore_step", op_backend, logits.device)
-        step_op = torch.ops.vqfast.restore_step.default
-        for i in range(1, self.length):
-            logits = self.step(flat[:, i - 1], i)
-            flat[:, i], nll[:, i] = step_op(logits, flat[:, i], float(threshold), seeds, i, float(temperature), backend)
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.reset(m)
+        backend = resolve_backend("restore_step", op_backend, flat.device)
+        use_graph = flat.is_cuda if cuda_graph is None else cuda_graph
+        if use_graph:
+            flat, nll = self._replay(flat, seeds, float(threshold), float(temperature), backend)
+        else:
+            nll = self._pass(flat, seeds, float(threshold), float(temperature), backend)
         if not bool(torch.isfinite(nll).all()):
             raise FloatingPointError("the prior produced NaN/Inf logits during restoration")
         return flat.view(tokens.shape), nll.view(tokens.shape)
+
+    def _pass(self, flat: torch.Tensor, seeds: torch.Tensor, threshold: float, temperature: float,
+              backend: str) -> torch.Tensor:
+        """The pass itself, in place on ``flat`` (M, T); returns nll (M, T). Device work
+        only (capturable): arguments are checked by ``restore``."""
+        nll = torch.empty(flat.shape, dtype=torch.float64 if self.cache.dtype == torch.float64 else torch.float32,
+                          device=flat.device)
+        step_op = torch.ops.vqfast.restore_step.default
+        prev = flat.new_full((flat.shape[0],), self.prior.start_token)
+        for i in range(self.length):
+            logits = self.step(prev, i)
+            flat[:, i], nll[:, i] = step_op(logits, flat[:, i], threshold, seeds, i, temperature, backend)
+            prev = flat[:, i]
+        return nll
+
+    def _replay(self, flat, seeds, threshold, temperature, backend):
+        key = (flat.shape[0], threshold, temperature, backend)
+        if key not in self._graphs:
+            static_flat, static_seeds = flat.clone(), seeds.clone()
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):  # warm-up outside the capture: lazy initialisation, allocator
+                self._pass(static_flat.clone(), static_seeds, threshold, temperature, backend)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_nll = self._pass(static_flat, static_seeds, threshold, temperature, backend)
+            self._graphs[key] = (graph, static_flat, static_seeds, static_nll)
+        graph, static_flat, static_seeds, static_nll = self._graphs[key]
+        static_flat.copy_(flat)
+        static_seeds.copy_(seeds)
+        graph.replay()
+        return static_flat.clone(), static_nll.clone()
