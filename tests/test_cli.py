@@ -35,12 +35,15 @@ def test_bench_quick_prints_every_provider_and_writes_json(tmp_path, capsys):
 
 def test_demo_writes_results_and_resumes(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--epochs", "1"]) == 0
+    assert main(["demo", "--out", str(out), "--epochs", "1", "--prior-epochs", "1"]) == 0
     printed = capsys.readouterr().out
     assert "image_auroc" in printed and "stage timings" in printed and "encode" in printed
+    assert "identical restored tokens: True" in printed
     results = json.loads((out / "results.json").read_text())
-    assert results["epochs"] == 1 and 0.0 <= results["metrics"]["aupro"] <= 1.0
-    assert main(["demo", "--out", str(out), "--epochs", "2", "--resume"]) == 0
+    assert results["epochs"] == 1 and 0.0 <= results["regenerative"]["aupro"] <= 1.0
+    assert 0.0 <= results["pixel_wise"]["aupro"] <= 1.0 and "image_auroc" in results["sample_wise"]
+    assert results["pixel_wise_restoration"]["identical_tokens"] is True
+    assert main(["demo", "--out", str(out), "--epochs", "2", "--prior-epochs", "1", "--resume"]) == 0
     assert json.loads((out / "results.json").read_text())["epochs"] == 2
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
 

@@ -48,7 +48,7 @@ def _bench(args) -> int:
 def _demo(args) -> int:
     from vqfast.demo import run_demo
 
-    run_demo(args.out, epochs=args.epochs, seed=args.seed, resume=args.resume)
+    run_demo(args.out, epochs=args.epochs, seed=args.seed, resume=args.resume, prior_epochs=args.prior_epochs)
     return 0
 
 
@@ -58,6 +58,7 @@ def main(argv=None) -> int:
     demo = sub.add_parser("demo", help="train, score and evaluate on the embedded procedural dataset")
     demo.add_argument("--out", default="vqfast-demo", help="folder for checkpoints, logs and results")
     demo.add_argument("--epochs", type=int, default=20)
+    demo.add_argument("--prior-epochs", type=int, default=15, help="epochs of the GPT-2 prior on the token grids")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     demo.set_defaults(func=_demo)
