@@ -56,6 +56,7 @@ def main(argv=None):
     p.add_argument("--light-pct", type=float, default=80.0)
     p.add_argument("--restorations", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--test-limit", type=int, default=None, help="score only the first N test images (a smoke test)")
     p.add_argument("--resume", action="store_true")
     args = p.parse_args(argv)
 
@@ -67,6 +68,11 @@ def main(argv=None):
     transform = ImageTransform(size=size, channels=vq_model.config.in_channels)
     full = MagneticTile(args.data, "train", transform)
     test = MagneticTile(args.data, "test", transform)
+    if args.test_limit is not None:  # half defect-free, half defective
+        labels = test.labels
+        normal, defective = (labels == 0).nonzero()[:, 0].tolist(), (labels == 1).nonzero()[:, 0].tolist()
+        half = args.test_limit // 2
+        test = torch.utils.data.Subset(test, normal[:half] + defective[: args.test_limit - half])
     order = torch.randperm(len(full), generator=torch.Generator().manual_seed(args.seed)).tolist()
     n_val = len(full) // 10  # the same held-out tenth as magnetic_tile_vq.py
     splits = {"train": torch.utils.data.Subset(full, order[n_val:]), "val": torch.utils.data.Subset(full, order[:n_val])}
