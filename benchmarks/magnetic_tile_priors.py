@@ -107,8 +107,9 @@ def main(argv=None):
     for name, scorer in scorers.items():
         t0 = time.monotonic()
         folder = out / f"scores_{name.lower().replace('-', '_')}"
+        stamp = {"prior_step": history[-1]["step"], "thresholds": json.dumps(th)}
         scores, maps, labels, masks = score_dataset(scorer, test, batch_size=8, out_dir=folder, resume=args.resume,
-                                                    progress=True)
+                                                    progress=True, stamp=stamp)
         results["seconds_per_image"][name] = (time.monotonic() - t0) / len(test)
         pixel = name != "Sample-wise"  # the paper scores Sample-wise at the image level only
         results["scores"][name] = metrics.evaluate(labels, scores, masks if pixel else None, maps if pixel else None)

@@ -34,3 +34,11 @@ def test_writes_each_batch_and_resumes(tmp_path):
         assert torch.equal(a, b)
     with pytest.raises(CheckpointError, match="batch_00000.safetensors: written for another"):
         score_dataset(MeanScorer(), data, batch_size=3, out_dir=tmp_path, resume=True)
+
+
+def test_resume_refuses_batches_of_another_model(tmp_path):
+    data = ProceduralDefects(3, 1, size=16)
+    score_dataset(MeanScorer(), data, batch_size=2, out_dir=tmp_path, stamp={"step": 10})
+    assert score_dataset(MeanScorer(), data, batch_size=2, out_dir=tmp_path, resume=True, stamp={"step": 10})
+    with pytest.raises(CheckpointError, match="expected"):
+        score_dataset(MeanScorer(), data, batch_size=2, out_dir=tmp_path, resume=True, stamp={"step": 11})

@@ -5,7 +5,7 @@ A scorer has ``fit(dataset)`` (a no-op where nothing is learnt) and
 """
 
 from pathlib import Path
-from typing import Dict, NamedTuple, Tuple
+from typing import Dict, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -52,23 +52,26 @@ def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
 
 @torch.no_grad()
 def score_dataset(scorer, dataset, batch_size: int = 32, device=None, out_dir=None, resume: bool = False,
-                  progress: bool = False) -> Tuple[torch.Tensor, ...]:
+                  progress: bool = False, stamp: Optional[Dict[str, str]] = None) -> Tuple[torch.Tensor, ...]:
     """(scores (N,), maps (N, H, W), labels (N,), masks (N, H, W)) on the CPU.
 
     out_dir: each batch's results go to ``<out_dir>/batch_<i>.safetensors`` as soon as
     they exist (atomically), so a crash loses at most one batch; ``resume=True`` reads
     the batches already there instead of scoring them again (same dataset order and
-    batch_size, checked by the file's metadata).
+    batch_size, checked by the file's metadata, plus ``stamp``: e.g. the model's
+    training step, so batches scored by an older model are refused).
     """
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
     parts = []
     for i, batch in enumerate(tqdm(loader, desc="scoring", disable=not progress)):
         path = Path(out_dir) / f"batch_{i:05d}.safetensors" if out_dir is not None else None
-        stamp = {"batch_size": str(batch_size), "n_items": str(len(dataset))}
+        meta_expected = {"batch_size": str(batch_size), "n_items": str(len(dataset)),
+                         **{k: str(v) for k, v in (stamp or {}).items()}}
         if resume and path is not None and path.is_file():
             tensors, meta = checkpoint.read(path)
-            if {k: meta.get(k) for k in stamp} != stamp:
-                raise checkpoint.CheckpointError(f"{path}: written for another dataset size or batch size {meta}")
+            if {k: meta.get(k) for k in meta_expected} != meta_expected:
+                raise checkpoint.CheckpointError(f"{path}: written for another dataset, batch size or model "
+                                                 f"({meta}, expected {meta_expected})")
             parts.append(tensors)
             continue
         x = batch["image"] if device is None else batch["image"].to(device)
@@ -76,7 +79,7 @@ def score_dataset(scorer, dataset, batch_size: int = 32, device=None, out_dir=No
         part = {"scores": out.pred_score.float().cpu(), "maps": out.anomaly_map.float().cpu(),
                 "labels": torch.as_tensor(batch["label"]), "masks": batch["mask"]}
         if path is not None:
-            checkpoint.write_atomic(path, part, stamp)
+            checkpoint.write_atomic(path, part, meta_expected)
         parts.append(part)
     if not parts:
         raise ValueError("dataset is empty")
