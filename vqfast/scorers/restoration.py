@@ -217,8 +217,10 @@ class PixelWiseScorer(_RestorationScorer):
         if self.fast:
             grids = tokens.repeat_interleave(s, 0)
             if hasattr(self.prior, "fast"):  # an incremental step: one KV-cached pass
-                restored, _ = self.prior.fast().restore(grids, self.threshold, seeds.flatten(), self.temperature,
-                                                        op_backend=self.op_backend)
+                if getattr(self, "_fast", None) is None:  # kept: its cache and captured CUDA graphs are reused
+                    self._fast = self.prior.fast()
+                restored, _ = self._fast.restore(grids, self.threshold, seeds.flatten(), self.temperature,
+                                                 op_backend=self.op_backend)
             else:
                 restored = batched_restore(self.prior, grids, self.threshold, seeds.flatten(), self.temperature,
                                            self.op_backend)
