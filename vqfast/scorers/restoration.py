@@ -155,6 +155,7 @@ class _RestorationScorer(_TokenScorer):
         self.restorations, self.temperature, self.k = restorations, temperature, k
         self.fast, self.op_backend, self.seed = fast, op_backend, seed
         self._calls = 0
+        self._fast = None  # the prior's incremental runner, kept: its cache and captured CUDA graphs are reused
 
     def _image_seeds(self, b: int, device) -> torch.Tensor:
         # A new seed per image per call, reproducible from `seed`: image n of call c.
@@ -217,7 +218,7 @@ class PixelWiseScorer(_RestorationScorer):
         if self.fast:
             grids = tokens.repeat_interleave(s, 0)
             if hasattr(self.prior, "fast"):  # an incremental step: one KV-cached pass
-                if getattr(self, "_fast", None) is None:  # kept: its cache and captured CUDA graphs are reused
+                if self._fast is None:
                     self._fast = self.prior.fast()
                 restored, _ = self._fast.restore(grids, self.threshold, seeds.flatten(), self.temperature,
                                                  op_backend=self.op_backend)
