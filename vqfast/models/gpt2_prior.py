@@ -202,10 +202,12 @@ class FastGPT2(nn.Module):
         self.reset(m)
         backend = resolve_backend("restore_step", op_backend, flat.device)
         use_graph = flat.is_cuda if cuda_graph is None else cuda_graph
-        if use_graph:
-            flat, nll = self._replay(flat, seeds, float(threshold), float(temperature), backend)
-        else:
-            nll = self._pass(flat, seeds, float(threshold), float(temperature), backend)
+        with torch.inference_mode():  # no version counting or view tracking in the hot loop (measured: faster)
+            if use_graph:
+                flat, nll = self._replay(flat, seeds, float(threshold), float(temperature), backend)
+            else:
+                nll = self._pass(flat, seeds, float(threshold), float(temperature), backend)
+        flat, nll = (t.clone() if t.is_inference() else t for t in (flat, nll))  # normal tensors for the caller
         if not bool(torch.isfinite(nll).all()):
             raise FloatingPointError("the prior produced NaN/Inf logits during restoration")
         return flat.view(tokens.shape), nll.view(tokens.shape)
