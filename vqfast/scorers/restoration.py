@@ -67,9 +67,10 @@ def weighted_residual_map(images: torch.Tensor, restored: torch.Tensor, k: Optio
 def batched_restore(prior, tokens: torch.Tensor, threshold: float, seeds: torch.Tensor, temperature: float = 1.0,
                     op_backend: str = "auto") -> torch.Tensor:
     """The Pixel-wise restoration of M grids with full forwards, batched: every round
-    runs the prior once on the grids that still have a position over the threshold,
-    restores each one's next such position, and drops grids with nothing left. Rounds =
-    the most restorations any grid needs + 1, instead of their sum (the reference loop).
+    runs the prior once on the distinct grids that still have a position over the
+    threshold, restores each one's next such position, and drops grids with nothing
+    left. Rounds = the most restorations any grid needs + 1, instead of their sum (the
+    reference loop); the S copies of an image cost one forward until they diverge.
     For priors without an incremental step (PixelSNAIL); GPT-2 uses its KV-cached pass.
 
     tokens (M, h, w), seeds (M,) -> restored (M, h, w), the reference loop's tokens.
@@ -80,7 +81,10 @@ def batched_restore(prior, tokens: torch.Tensor, threshold: float, seeds: torch.
     positions = torch.arange(n, device=flat.device)
     active = torch.arange(flat.shape[0], device=flat.device)
     while active.numel():
-        logits = prior.logits(flat[active].view(-1, *tokens.shape[1:]))  # (A, T, K)
+        # Grids that are still equal (all S restorations of an image before their first
+        # restored token) share one forward.
+        unique, inverse = torch.unique(flat[active], dim=0, return_inverse=True)
+        logits = prior.logits(unique.view(-1, *tokens.shape[1:]))[inverse]  # (A, T, K)
         work = logits.double() if logits.dtype == torch.float64 else logits.float()
         top = work.amax(2, keepdim=True)
         # the reference's NLL formula, so the decisions are the reference's
