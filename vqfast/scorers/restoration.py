@@ -103,10 +103,8 @@ def batched_restore(prior, tokens: torch.Tensor, threshold: float, seeds: torch.
 
 
 class _TokenScorer:
-    def __init__(self, vq_model, prior, threshold: float, reduction: str, topk: float):
-        reduce_map(torch.zeros(1, 1, 1), reduction, topk)  # validates the arguments
+    def __init__(self, vq_model, prior, threshold: float):
         self.vq_model, self.prior, self.threshold = vq_model, prior, float(threshold)
-        self.reduction, self.topk = reduction, topk
 
     def fit(self, dataset=None):
         """Nothing to fit here: train the prior with vqfast.training.Trainer and set the
@@ -121,9 +119,6 @@ class _TokenScorer:
 class SampleWiseScorer(_TokenScorer):
     """pred_score = sum of the NLLs over lambda_S (eq. 9); anomaly_map = those
     thresholded NLLs bilinearly resized to the image."""
-
-    def __init__(self, vq_model, prior, threshold: float, reduction: str = "max", topk: float = 0.01):
-        super().__init__(vq_model, prior, threshold, reduction, topk)
 
     @torch.no_grad()
     def score(self, images: torch.Tensor) -> ScoreBatch:
@@ -151,7 +146,9 @@ class _RestorationScorer(_TokenScorer):
     def __init__(self, vq_model, prior, threshold: float, restorations: int = 5, temperature: float = 1.0,
                  k: Optional[float] = None, reduction: str = "max", topk: float = 0.01, fast: bool = True,
                  op_backend: str = "auto", seed: int = 0):
-        super().__init__(vq_model, prior, threshold, reduction, topk)
+        super().__init__(vq_model, prior, threshold)
+        reduce_map(torch.zeros(1, 1, 1), reduction, topk)  # validates the arguments
+        self.reduction, self.topk = reduction, topk
         if restorations < 1:
             raise ValueError(f"restorations must be >= 1, got {restorations}")
         if not temperature > 0:
