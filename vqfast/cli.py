@@ -17,6 +17,9 @@ def _info(_args) -> int:
     print(f"CUDA kernels: {'yes' if _ext.HAS_CUDA_EXT else 'no: ' + _ext.CUDA_EXT_ERROR}")
     print(f"CUDA device: {torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'}")
     print(f"Triton: {'installed' if importlib.util.find_spec('triton') else 'not installed'}")
+    for op in ("nearest_code", "omp", "restore_step", "decode_attention"):
+        kernels = [b for b in ("cpu", "cuda") if _ext.has_op(op, b)]
+        print(f"  {op}: native kernels {', '.join(kernels) or 'none'}; Triton and reference always")
     return 0
 
 
