@@ -10,8 +10,8 @@ The VQ model's token grids are computed once (train / validation / test) and cac
 <out>/tokens.safetensors; the prior trains on them with the shared engine (early
 stopping on the validation grids, --minutes budget). Thresholds are percentiles of the
 prior's NLLs on the validation grids, as the paper's tables set them: --sample-pct
-(lambda_S), --pixel-pct (lambda_P), --light-pct (lambda_LP). Then Sample-wise, Pixel-wise
-(fast), Light-Pixel-wise and Regenerative score the test split, each written per batch
+(lambda_S), --pixel-pct (lambda_P), --light-pct (lambda_LP). Then Sample-wise, Light-Pixel-wise,
+Regenerative and Pixel-wise (fast) score the test split, each written per batch
 under <out>/scores_<scorer>; results go to <out>/results.json and print as Markdown.
 """
 
@@ -97,12 +97,12 @@ def main(argv=None):
     for name, pct in (("sample", args.sample_pct), ("pixel", args.pixel_pct), ("light", args.light_pct)):
         results["thresholds"][name] = {"percentile": pct, "value": nll_threshold(prior, tokens["val"], pct)}
     th = {n: v["value"] for n, v in results["thresholds"].items()}
-    scorers = {
+    scorers = {  # the slow one last, so an interrupted run has the others
         "Sample-wise": SampleWiseScorer(vq_model, prior, th["sample"]),
-        "Pixel-wise": PixelWiseScorer(vq_model, prior, th["pixel"], restorations=args.restorations, seed=args.seed),
         "Light-Pixel-wise": LightPixelWiseScorer(vq_model, prior, th["light"], restorations=args.restorations,
                                                  seed=args.seed),
         "Regenerative": RegenerativeScorer(vq_model, reduction="max"),
+        "Pixel-wise": PixelWiseScorer(vq_model, prior, th["pixel"], restorations=args.restorations, seed=args.seed),
     }
     for name, scorer in scorers.items():
         t0 = time.monotonic()

@@ -122,3 +122,11 @@ def test_wrong_checkpoints_name_the_file(tmp_path):
     checkpoint.write_atomic(tmp_path / "cut.safetensors", tensors, {"config": meta["config"]})
     with pytest.raises(CheckpointError, match="cut.safetensors: weights do not fit VQVAE"):
         load_model(tmp_path / "cut.safetensors")
+
+
+def test_resume_of_a_finished_run_trains_nothing(tmp_path):
+    """A run that its time budget (or early stopping) ended stays as it is on resume."""
+    first = _trainer(tmp_path, 50, max_minutes=0.0).fit()
+    assert len(first) == 1 and first[-1]["stopped"].startswith("time budget")
+    again = _trainer(tmp_path, 50, max_minutes=0.0).fit(resume=True)
+    assert len(again) == 1 and again[-1]["step"] == first[-1]["step"]

@@ -149,11 +149,13 @@ class Trainer:
     # -- the loop --------------------------------------------------------------
     def fit(self, resume: bool = False) -> List[dict]:
         """Trains until the epoch budget, the early-stopping rule or the time budget
-        ends it; returns the per-epoch records (also in metrics.jsonl)."""
+        ends it; returns the per-epoch records (also in metrics.jsonl). ``resume=True``
+        continues an interrupted run; on a finished one it returns its records."""
         if resume:
             self._load()
         start = time.monotonic()
-        stop_reason = None
+        # A run that early stopping or its time budget ended is finished: resuming it is a no-op.
+        stop_reason = self.history[-1].get("stopped") if self.history else None
         with tqdm(total=self.config.epochs, initial=self.epoch, desc="training", disable=not self.progress) as bar:
             while self.epoch < self.config.epochs and stop_reason is None:
                 t0 = time.monotonic()
