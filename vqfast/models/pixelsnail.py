@@ -11,7 +11,7 @@ position i reads positions j <= i. So the logits at (r, c) depend on the tokens 
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -66,6 +66,17 @@ class GatedResBlock(nn.Module):
         return x + F.glu(h, dim=1)
 
 
+def _rows_conv(conv: nn.Conv2d, full: torch.Tensor, start: int, pre=None) -> torch.Tensor:
+    """Rows >= ``start`` of conv(pre(full)), computed from the rows they can see: a masked
+    (or 1x1) convolution's output row y reads input rows y - k//2 .. y only."""
+    lo = max(start - conv.kernel_size[0] // 2, 0)
+    x = full[:, :, lo:]
+    if pre is not None:
+        x = pre(x)
+    weight = conv.weight * conv.mask if isinstance(conv, MaskedConv2d) else conv.weight
+    return F.conv2d(x, weight, conv.bias, padding=conv.padding)[:, :, start - lo :]
+
+
 class CausalAttention(nn.Module):
     """Multi-head attention over raster positions, position i reading j <= i; queries
     from the block's features, keys and values from features plus the input embedding
@@ -86,6 +97,17 @@ class CausalAttention(nn.Module):
         out = F.scaled_dot_product_attention(split(q), split(k), split(v), is_causal=True,
                                              dropout_p=self.dropout if self.training else 0.0)
         return out.transpose(1, 2).reshape(b, h * w, c).transpose(1, 2).view(b, c, h, w)
+
+    def rows(self, query: torch.Tensor, kv: torch.Tensor, start_row: int) -> torch.Tensor:
+        """Eval-mode output for the query rows >= start_row only, over every key before them."""
+        b, c, h, w = query.shape
+        first, t = start_row * w, h * w
+        q = self.q(query.flatten(2).transpose(1, 2)[:, first:])
+        k, v = self.kv(kv.flatten(2).transpose(1, 2)).chunk(2, -1)
+        heads = lambda x: x.reshape(b, x.shape[1], self.heads, c // self.heads).transpose(1, 2)  # noqa: E731
+        allowed = torch.arange(t, device=q.device)[None, :] <= torch.arange(first, t, device=q.device)[:, None]
+        out = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), attn_mask=allowed)
+        return out.transpose(1, 2).reshape(b, t - first, c).transpose(1, 2).view(b, c, h - start_row, w)
 
 
 class PixelBlock(nn.Module):
@@ -143,6 +165,43 @@ class PixelSNAIL(nn.Module):
         for block in self.blocks:
             x = block(x, shifted, background)
         return self.head(F.elu(x)).flatten(2).transpose(1, 2)
+
+    @torch.no_grad()
+    def logits_cached(self, tokens: torch.Tensor, cache: Optional[Dict[str, torch.Tensor]] = None,
+                      start_row: int = 0) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """Logits (M, T, K) in eval mode, recomputing only rows >= ``start_row`` of every layer.
+
+        ``cache`` holds every layer's activations from the previous call on the same grids;
+        the caller guarantees their tokens before row ``start_row`` did not change since,
+        so by causality neither did any layer's rows above it. cache=None: a full pass that
+        fills a new cache. Returns (logits, cache); the cache is updated in place.
+        """
+        grid = self._grid(tokens)
+        if cache is None:
+            cache, start_row = {}, 0
+        r0 = start_row
+
+        def put(name: str, rows: torch.Tensor) -> torch.Tensor:
+            if r0 == 0:
+                cache[name] = rows
+            else:
+                cache[name][:, :, r0:] = rows
+            return cache[name]
+
+        embedded = self.embed(grid).permute(0, 3, 1, 2)
+        shifted = F.pad(embedded.flatten(2), (1, 0))[..., :-1].view_as(embedded)
+        background = self.background.expand(grid.shape[0], -1, -1, -1).to(embedded.dtype)
+        x = put("x0", _rows_conv(self.input_conv, embedded, r0))
+        for b, block in enumerate(self.blocks):
+            h = x
+            for k, res in enumerate(block.res):
+                c1 = put(f"c{b}.{k}", _rows_conv(res.conv1, h, r0, F.elu))
+                h = put(f"h{b}.{k}", h[:, :, r0:] + F.glu(_rows_conv(res.conv2, c1, r0, F.elu), dim=1))
+            a = block.attn.rows(h, torch.cat([h, shifted, background], 1), r0)
+            mixed = block.out_res(F.elu(h[:, :, r0:])) + block.out_attn(F.elu(a))
+            x = put(f"x{b + 1}", x[:, :, r0:] + block.combine(F.elu(mixed)))
+        logits = put("logits", self.head(F.elu(x[:, :, r0:])))
+        return logits.flatten(2).transpose(1, 2), cache
 
     def nll(self, tokens: torch.Tensor) -> torch.Tensor:
         grid = self._grid(tokens)

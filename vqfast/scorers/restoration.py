@@ -67,24 +67,38 @@ def weighted_residual_map(images: torch.Tensor, restored: torch.Tensor, k: Optio
 def batched_restore(prior, tokens: torch.Tensor, threshold: float, seeds: torch.Tensor, temperature: float = 1.0,
                     op_backend: str = "auto") -> torch.Tensor:
     """The Pixel-wise restoration of M grids with full forwards, batched: every round
-    runs the prior once on the distinct grids that still have a position over the
-    threshold, restores each one's next such position, and drops grids with nothing
-    left. Rounds = the most restorations any grid needs + 1, instead of their sum (the
-    reference loop); the S copies of an image cost one forward until they diverge.
-    For priors without an incremental step (PixelSNAIL); GPT-2 uses its KV-cached pass.
+    runs the prior on the grids that still have a position over the threshold, restores
+    each one's next such position, and drops grids with nothing left. Rounds = the most
+    restorations any grid needs + 1, instead of their sum (the reference loop). The S
+    copies of an image share the first forward. A prior with ``logits_cached``
+    (PixelSNAIL) then recomputes only the rows from the highest one restored in the
+    round down, since nothing above it can change; others run full forwards every round.
+    For priors without an incremental token step; GPT-2 uses its KV-cached pass.
 
     tokens (M, h, w), seeds (M,) -> restored (M, h, w), the reference loop's tokens.
     """
+    shape = tokens.shape[1:]
     flat = tokens.reshape(tokens.shape[0], -1).clone()
-    n = flat.shape[1]
+    n, width = flat.shape[1], shape[-1]
     start = torch.zeros(flat.shape[0], dtype=torch.int64, device=flat.device)
     positions = torch.arange(n, device=flat.device)
     active = torch.arange(flat.shape[0], device=flat.device)
+    incremental = hasattr(prior, "logits_cached")
+    cache = None  # every grid's layer activations, once the first round filled them
     while active.numel():
-        # Grids that are still equal (all S restorations of an image before their first
-        # restored token) share one forward.
-        unique, inverse = torch.unique(flat[active], dim=0, return_inverse=True)
-        logits = prior.logits(unique.view(-1, *tokens.shape[1:]))[inverse]  # (A, T, K)
+        if cache is None:
+            unique, inverse = torch.unique(flat[active], dim=0, return_inverse=True)
+            if incremental:  # first round: active holds every grid
+                logits, filled = prior.logits_cached(unique.view(-1, *shape))
+                cache = {k: v[inverse] for k, v in filled.items()}
+                logits = logits[inverse]
+            else:
+                logits = prior.logits(unique.view(-1, *shape))[inverse]  # (A, T, K)
+        else:
+            # One call for all active grids from the highest row any of them changed in
+            # (their cache rows are kept in step with `active`).
+            row = int(torch.div(start[active] - 1, width, rounding_mode="floor").min())
+            logits, cache = prior.logits_cached(flat[active].view(-1, *shape), cache, row)
         work = logits.double() if logits.dtype == torch.float64 else logits.float()
         top = work.amax(2, keepdim=True)
         # the reference's NLL formula, so the decisions are the reference's
@@ -98,7 +112,10 @@ def batched_restore(prior, tokens: torch.Tensor, threshold: float, seeds: torch.
             flat[idx, p], _ = restore_step(logits[rows, p], flat[idx, p], threshold, seeds[idx], p, temperature,
                                            backend=op_backend, validate=False)
         start[active[has]] = pos[has] + 1
-        active = active[has & (pos + 1 < n)]
+        keep = has & (pos + 1 < n)
+        active = active[keep]
+        if cache is not None and not bool(keep.all()):
+            cache = {k: v[keep] for k, v in cache.items()}
     return flat.view(tokens.shape)
 
 
