@@ -6,7 +6,7 @@ import torch
 from vqfast.models import VQVAE, VQVAEConfig
 from vqfast.models.gpt2_prior import GPT2Prior, GPT2PriorConfig
 from vqfast.models.pixelsnail import PixelSNAIL, PixelSNAILConfig
-from vqfast.scorers.restoration import (LightPixelWiseScorer, PixelWiseScorer, SampleWiseScorer, encode_tokens,
+from vqfast.scorers.restoration import (LightPixelWiseScorer, PixelWiseScorer, SampleWiseScorer,
                                         nll_threshold, weighted_residual_map)
 
 
@@ -62,7 +62,7 @@ def test_pixelwise_recomputes_light_does_not(models, gen):
 def test_sample_wise_score_is_sum_of_nll_over_threshold(models, gen):
     vq, prior = models
     images = torch.rand(2, 3, 24, 24, generator=gen)
-    nll = prior.nll(encode_tokens(vq, images)).float()
+    nll = prior.nll(vq.encode_indices(images)).float()
     threshold = float(nll.detach().median())
     out = SampleWiseScorer(vq, prior, threshold).score(images)
     torch.testing.assert_close(out.pred_score, (nll * (nll > threshold)).flatten(1).sum(1))

@@ -371,8 +371,7 @@ def run_token_scorers(device: torch.device, quick: bool = False, echo: Callable[
     from vqfast.models import VQVAE, VQVAEConfig
     from vqfast.models.gpt2_prior import GPT2Prior, GPT2PriorConfig
     from vqfast.scorers import RegenerativeScorer
-    from vqfast.scorers.restoration import (LightPixelWiseScorer, PixelWiseScorer, SampleWiseScorer, encode_tokens,
-                                            nll_threshold)
+    from vqfast.scorers.restoration import LightPixelWiseScorer, PixelWiseScorer, SampleWiseScorer, nll_threshold
 
     torch.manual_seed(0)
     if quick:
@@ -383,7 +382,7 @@ def run_token_scorers(device: torch.device, quick: bool = False, echo: Callable[
     vq_model = VQVAE(vq_cfg).to(device).eval()
     prior = GPT2Prior(prior_cfg).to(device).eval()
     images = torch.rand(batch, 3, size, size, device=device)
-    lam = nll_threshold(prior, encode_tokens(vq_model, images), 80)
+    lam = nll_threshold(prior, vq_model.encode_indices(images), 80)
     scorers = {"Sample-wise": SampleWiseScorer(vq_model, prior, lam),
                "Pixel-wise (fast, S=5)": PixelWiseScorer(vq_model, prior, lam),
                "Light-Pixel-wise (fast, S=5)": LightPixelWiseScorer(vq_model, prior, lam),

@@ -73,7 +73,7 @@ def _prior_stage(vq_model, train, test, out_dir: Path, epochs: int, seed: int, r
         echo(f"  {name:<12} image AUROC {r['image_auroc']:.4f}{pixel}")
     pixel = scorers["pixel_wise"]
     images = torch.stack([test[i]["image"] for i in (len(test) - 2, len(test) - 1)])
-    grids = vq_model.vq(vq_model.encode(images)).indices
+    grids = vq_model.encode_indices(images)
     seeds = torch.tensor([1, 2])
     reference = PixelWiseScorer(vq_model, prior, pixel.threshold, restorations=5, fast=False)
     same = torch.equal(pixel.restore(grids, seeds), reference.restore(grids, seeds))

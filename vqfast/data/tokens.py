@@ -11,7 +11,7 @@ def encode_dataset(vq_model, dataset, batch_size: int = 32, device=None, progres
     device = device or next(vq_model.parameters()).device
     vq_model.eval()
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    parts = [vq_model.vq(vq_model.encode(b["image"].to(device))).indices.cpu()
+    parts = [vq_model.encode_indices(b["image"].to(device)).cpu()
              for b in tqdm(loader, desc="encoding tokens", disable=not progress)]
     if not parts:
         raise ValueError("dataset is empty")

@@ -31,6 +31,11 @@ class VQAutoencoder(nn.Module):
         self._check(x)
         return self.encoder(x)
 
+    @torch.no_grad()
+    def encode_indices(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, H/f, W/f) int64 code indices (the priors' token grids)."""
+        return self.vq(self.encode(x)).indices
+
     def decode(self, z_q: torch.Tensor) -> torch.Tensor:
         return self.decoder(z_q)
 

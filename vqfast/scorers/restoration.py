@@ -26,12 +26,6 @@ from vqfast.scorers.base import ScoreBatch, reduce_map
 
 
 @torch.no_grad()
-def encode_tokens(vq_model, images: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) images -> (B, h, w) int64 code indices of a VQ autoencoder."""
-    return vq_model.vq(vq_model.encode(images)).indices
-
-
-@torch.no_grad()
 def nll_threshold(prior, tokens: torch.Tensor, percentile: float, batch_size: int = 64) -> float:
     """The ``percentile`` (0-100) of the prior's per-token NLLs over grids (N, h, w),
     e.g. of training or validation tokens, as the paper sets lambda_S, lambda_P, lambda_LP."""
@@ -140,7 +134,7 @@ class SampleWiseScorer(_TokenScorer):
     @torch.no_grad()
     def score(self, images: torch.Tensor) -> ScoreBatch:
         self._eval()
-        nll = self.prior.nll(encode_tokens(self.vq_model, images)).float()
+        nll = self.prior.nll(self.vq_model.encode_indices(images)).float()
         xi = torch.where(nll > self.threshold, nll, torch.zeros_like(nll))
         maps = F.interpolate(xi.unsqueeze(1), size=images.shape[-2:], mode="bilinear", align_corners=False)
         return ScoreBatch(xi.flatten(1).sum(1), maps.squeeze(1))
@@ -151,9 +145,9 @@ class SampleWiseScorer(_TokenScorer):
         from vqfast.profiling import time_callable
 
         self._eval()
-        tokens = encode_tokens(self.vq_model, images)
+        tokens = self.vq_model.encode_indices(images)
         dev = images.device
-        return [time_callable(lambda: encode_tokens(self.vq_model, images), name="encode (VQ)", device=dev,
+        return [time_callable(lambda: self.vq_model.encode_indices(images), name="encode (VQ)", device=dev,
                               repeats=repeats),
                 time_callable(lambda: self.prior.nll(tokens), name="prior (NLLs)", device=dev, repeats=repeats),
                 time_callable(lambda: self.score(images), name="score (total)", device=dev, repeats=repeats)]
@@ -193,7 +187,7 @@ class _RestorationScorer(_TokenScorer):
         b = images.shape[0]
         if image_seeds is None:
             image_seeds = self._image_seeds(b, images.device)
-        tokens = encode_tokens(self.vq_model, images)
+        tokens = self.vq_model.encode_indices(images)
         restored = self.restore(tokens, image_seeds)
         decoded = self.vq_model.decode_indices(restored.flatten(0, 1)).clamp(0, 1)
         maps = weighted_residual_map(images, decoded.view(b, self.restorations, *decoded.shape[1:]), self.k)
@@ -208,12 +202,12 @@ class _RestorationScorer(_TokenScorer):
         self._eval()
         b, dev = images.shape[0], images.device
         seeds = self._image_seeds(b, dev)
-        tokens = encode_tokens(self.vq_model, images)
+        tokens = self.vq_model.encode_indices(images)
         restored = self.restore(tokens, seeds)
         decoded = self.vq_model.decode_indices(restored.flatten(0, 1)).clamp(0, 1)
         stacked = decoded.view(b, self.restorations, *decoded.shape[1:])
         return [
-            time_callable(lambda: encode_tokens(self.vq_model, images), name="encode (VQ)", device=dev, repeats=repeats),
+            time_callable(lambda: self.vq_model.encode_indices(images), name="encode (VQ)", device=dev, repeats=repeats),
             time_callable(lambda: self.restore(tokens, seeds), name="restore (prior + sampling)", device=dev,
                           repeats=repeats, warmup=1),
             time_callable(lambda: self.vq_model.decode_indices(restored.flatten(0, 1)), name="decode (VQ)", device=dev,
