@@ -40,6 +40,13 @@ def stream_seeds(image_seeds: torch.Tensor, restorations: int) -> torch.Tensor:
     return image_seeds.to(torch.int64)[:, None] * 2**20 + j[None, :]
 
 
+def token_nll(x: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
+    """-log softmax(x)[..., current] as max + log sum exp(x - max) - x[current]: x (..., V)
+    float, current (...) int64. The one formula every restoration decision uses."""
+    top = x.amax(-1, keepdim=True)
+    return top[..., 0] + (x - top).exp().sum(-1).log() - x.gather(-1, current[..., None])[..., 0]
+
+
 def restore_step(logits: torch.Tensor, current: torch.Tensor, threshold: float, seeds: torch.Tensor, position,
                  temperature: float = 1.0):
     """One position of the restoration pass for M sequences.
@@ -53,8 +60,8 @@ def restore_step(logits: torch.Tensor, current: torch.Tensor, threshold: float, 
     """
     work = torch.float64 if logits.dtype == torch.float64 else torch.float32
     x = logits.to(work)
-    top = x.max(dim=1, keepdim=True).values
-    nll = (top[:, 0] + (x - top).exp().sum(1).log()) - x.gather(1, current[:, None])[:, 0]
+    nll = token_nll(x, current)
+    top = x.amax(1, keepdim=True)
     e = ((x - top) / temperature).exp()
     c = e.cumsum(1)
     target = counter_uniform(seeds, position).to(work) * c[:, -1]

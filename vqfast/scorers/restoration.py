@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from vqfast.ops import restore_step
 from vqfast.reference import restoration as ref
-from vqfast.reference.restore_step import stream_seeds
+from vqfast.reference.restore_step import stream_seeds, token_nll
 from vqfast.scorers.base import ScoreBatch, reduce_map
 
 
@@ -94,9 +94,7 @@ def batched_restore(prior, tokens: torch.Tensor, threshold: float, seeds: torch.
             row = int(torch.div(start[active] - 1, width, rounding_mode="floor").min())
             logits, cache = prior.logits_cached(flat[active].view(-1, *shape), cache, row)
         work = logits.double() if logits.dtype == torch.float64 else logits.float()
-        top = work.amax(2, keepdim=True)
-        # the reference's NLL formula, so the decisions are the reference's
-        nll = top[..., 0] + (work - top).exp().sum(2).log() - work.gather(2, flat[active][..., None])[..., 0]
+        nll = token_nll(work, flat[active])  # the reference's formula, so its decisions
         over = (nll > threshold) & (positions[None] >= start[active][:, None])
         has = over.any(1)
         pos = over.int().argmax(1)
