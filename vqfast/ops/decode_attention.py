@@ -32,6 +32,18 @@ def _(q, k_cache, v_cache, length, scale, backend):
     return torch.empty_like(q)
 
 
+def resolve(backend: str, device: torch.device, head_dim: int) -> str:
+    """The concrete backend for ``head_dim``-wide heads on ``device``: the dispatch rule,
+    plus the CUDA kernel's head-size limit ("auto" then takes the reference)."""
+    resolved = resolve_backend("decode_attention", backend, device)
+    if resolved == "cuda" and head_dim > _ext._C.decode_attention_cuda_max_d:
+        if backend == "cuda":
+            raise ValueError(f"backend='cuda' supports head size d <= {_ext._C.decode_attention_cuda_max_d}, "
+                             f"got {head_dim}")
+        resolved = "reference"
+    return resolved
+
+
 def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, length: int,
                      scale: Optional[float] = None, backend: str = "auto") -> torch.Tensor:
     """out[m, h] = softmax(scale q[m, h] . k_cache[m, h, :length]^T) v_cache[m, h, :length].
@@ -64,11 +76,7 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
         raise ValueError(f"length must be an int in [1, T={k_cache.shape[2]}], got {length!r}")
     if k_cache.stride(3) != 1 or k_cache.stride(2) != d or v_cache.stride() != k_cache.stride():
         k_cache, v_cache = k_cache.contiguous(), v_cache.contiguous()
-    resolved = resolve_backend("decode_attention", backend, q.device)
-    if resolved == "cuda" and d > _ext._C.decode_attention_cuda_max_d:
-        if backend == "cuda":
-            raise ValueError(f"backend='cuda' supports head size d <= {_ext._C.decode_attention_cuda_max_d}, got {d}")
-        resolved = "reference"
+    resolved = resolve(backend, q.device, d)
     if q.numel() == 0:
         return torch.empty_like(q)
     return _decode_attention_op(q, k_cache, v_cache, length, 1.0 / math.sqrt(d) if scale is None else float(scale),
