@@ -19,6 +19,22 @@ __device__ __forceinline__ bool better(float v, int32_t i, float bv, int32_t bi)
   return v < bv || (v == bv && i < bi);
 }
 
+// (value, index) butterfly over groups of 2 * kFirstOffset lanes (16: the warp, 8: each
+// half-warp): afterwards every lane holds the pair its group ranks first under
+// `first(v, i, best_v, best_i)`. All 32 lanes must call.
+template <int kFirstOffset, typename T, typename First>
+__device__ __forceinline__ void shfl_select(T& v, int32_t& i, First first) {
+#pragma unroll
+  for (int off = kFirstOffset; off > 0; off >>= 1) {
+    const T ov = __shfl_xor_sync(0xffffffffu, v, off);
+    const int32_t oi = __shfl_xor_sync(0xffffffffu, i, off);
+    if (first(ov, oi, v, i)) {
+      v = ov;
+      i = oi;
+    }
+  }
+}
+
 // Loads as the accumulation type: double stays double, every other float becomes float.
 __device__ __forceinline__ double load_as(const double* p, int64_t i) { return p[i]; }
 template <typename In>

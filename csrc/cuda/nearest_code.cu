@@ -86,17 +86,7 @@ __global__ void centre_codebook_kernel(const T* __restrict__ cb, const float* __
 __device__ __forceinline__ int tile_row(int ty, int i) { return i < 4 ? ty * 4 + i : 64 + ty * 4 + (i - 4); }
 
 // (value, index) arg-min across the 16 lanes of a half-warp; all 32 lanes must call.
-__device__ __forceinline__ void half_warp_argmin(float& v, int32_t& c) {
-#pragma unroll
-  for (int off = 8; off > 0; off >>= 1) {
-    const float ov = __shfl_xor_sync(0xffffffffu, v, off);
-    const int32_t oc = __shfl_xor_sync(0xffffffffu, c, off);
-    if (better(ov, oc, v, c)) {
-      v = ov;
-      c = oc;
-    }
-  }
-}
+__device__ __forceinline__ void half_warp_argmin(float& v, int32_t& c) { shfl_select<8>(v, c, better); }
 
 // Writes the k winners' indices (ranked by the expanded form) to out_idx (N, k).
 template <typename T, int KCAP>

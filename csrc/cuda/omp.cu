@@ -34,19 +34,6 @@ __device__ __forceinline__ bool ahead(T v, int32_t i, T bv, int32_t bi) {
 }
 
 template <typename T>
-__device__ __forceinline__ void warp_best(T& v, int32_t& i) {
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) {
-    const T ov = __shfl_xor_sync(0xffffffffu, v, off);
-    const int32_t oi = __shfl_xor_sync(0xffffffffu, i, off);
-    if (ahead(ov, oi, v, i)) {
-      v = ov;
-      i = oi;
-    }
-  }
-}
-
-template <typename T>
 __global__ void __launch_bounds__(kThreads) omp_kernel(const T* __restrict__ G, const T* __restrict__ xty,
                                                        const T* __restrict__ ynorm, int32_t N, int32_t s, T tol,
                                                        bool use_tol, T* __restrict__ Lws, T* __restrict__ coef,
@@ -93,7 +80,7 @@ __global__ void __launch_bounds__(kThreads) omp_kernel(const T* __restrict__ G, 
         bi = i;
       }
     }
-    warp_best(bv, bi);
+    shfl_select<16>(bv, bi, ahead<T>);
     if (lane == 0) {
       red_v[warp] = bv;
       red_i[warp] = bi;
