@@ -103,7 +103,7 @@ def test_degenerate_atoms_stop_early(backend, gen):
 
 
 def test_exact_sparse_recovery(backend, gen):
-    X, _ = _problem(gen, 64, 128, 1)
+    X, _ = _problem(gen, 128, 128, 1)  # incoherent enough that greedy selection finds all 4
     truth = torch.zeros(5, 128, dtype=torch.float64)
     for t in range(5):
         idx = torch.randperm(128, generator=gen)[:4]
@@ -168,3 +168,204 @@ def test_cuda_routes_large_n_nonzero(gen):
     coef, support, _ = omp(G, XY, limit + 1, backend="auto")  # Triton takes it
     ref = reference.omp(G.cpu(), XY.cpu(), limit + 1)
     assert torch.equal(support.cpu(), ref[1])
+
+
+# --- The cases of scikit-learn's own OMP test suite (sklearn/linear_model/tests/test_omp.py),
+# written anew for every backend: 25 dimensions, 35 atoms (rank 25), 5-sparse targets, and
+# X and y scaled by 10 so that nothing relies on unit norms.
+
+def _sparse_coded(gen, d=25, n=35, nnz=5, b=3, dtype=torch.float64):
+    X = torch.randn(d, n, generator=gen, dtype=torch.float64)
+    X = 10 * X / X.norm(dim=0)
+    truth = torch.zeros(b, n, dtype=torch.float64)
+    for t in range(b):
+        idx = torch.randperm(n, generator=gen)[:nnz]
+        # magnitudes in [1, 2): a float32 code ~1e-4 of the others sits at the noise stop
+        signs = torch.randn(nnz, generator=gen, dtype=torch.float64).sign()
+        truth[t, idx] = signs * (1 + torch.rand(nnz, generator=gen, dtype=torch.float64))
+    return X.to(dtype), (truth @ X.T).to(dtype), truth
+
+
+def _dict(backend, X, Y, n_nonzero, tol=None):
+    device, name = backend
+    return tuple(t.cpu() for t in omp_dictionary(X.to(device), Y.to(device), n_nonzero, tol, backend=name))
+
+
+def test_sklearn_shapes_gram_and_dictionary(backend, gen):
+    X, Y, _ = _sparse_coded(gen)
+    for rows in (Y[:1], Y):
+        coef, support, residual = _dict(backend, X, rows, 5)
+        assert coef.shape == (len(rows), 35) and support.shape == (len(rows), 5) and residual.shape == (len(rows),)
+        coef_g, support_g, _ = _omp(backend, X.T @ X, rows @ X, 5, yn=rows.square().sum(1))
+        assert torch.equal(support, support_g)
+        torch.testing.assert_close(coef, coef_g, rtol=1e-10, atol=1e-12)
+        assert ((coef != 0).sum(1) <= 5).all()
+
+
+def test_sklearn_tol_paths(backend, gen):
+    X, Y, _ = _sparse_coded(gen)
+    G, XY, yn = X.T @ X, Y @ X, Y.square().sum(1)
+    for tol in (0.5, 1.0):
+        coef, _, residual = _dict(backend, X, Y, 35, tol)
+        assert ((Y - coef @ X.T).square().sum(1) <= tol + 1e-9).all()
+        coef_g, _, _ = _omp(backend, G, XY, 35, tol, yn)
+        torch.testing.assert_close(coef, coef_g, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(coef.numpy(), _sklearn(G, XY, yn, tol=tol), rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_unreachable_accuracy_stops_once_explained(backend, gen, dtype):
+    """n_nonzero past the rank, or tol=0: sklearn stops as soon as y is explained (at
+    the 5 true atoms where greedy selection finds them); so must every backend, whatever
+    n_nonzero allows (5..35), with sklearn's supports and coefficients."""
+    X, Y, truth = _sparse_coded(gen, b=6)
+    G64, XY64, yn64 = X.T @ X, Y @ X, Y.square().sum(1)
+    G, XY, yn = G64.to(dtype), XY64.to(dtype), yn64.to(dtype)
+    found = (_sklearn(G64, XY64, yn64, n_nonzero=35) != 0) == (truth.numpy() != 0)
+    found = found.all(1)
+    assert found.any()  # the case is sklearn's: greedy selection finds some targets exactly
+    # The targets found exactly: on the others the path goes on past 5 atoms through
+    # near-ties of random data, where rounding may pick either atom; in float32 also
+    # those whose first 5 choices already met such a tie.
+    if dtype == torch.float32:
+        first5 = _omp(backend, G, XY, 5, yn=yn)[0].numpy() != 0
+        found &= (first5 == (truth.numpy() != 0)).all(1)
+    rows = found
+    assert rows.any()
+    rtol, atol = (1e-9, 1e-9) if dtype == torch.float64 else (1e-4, 1e-4)
+    for s in (5, 6, 12, 25, 26, 35):
+        expected = _sklearn(G64, XY64, yn64, n_nonzero=s)[rows]
+        coef, support, _ = _omp(backend, G, XY, s, yn=yn)
+        coef, support = coef[rows], support[rows]
+        assert np.array_equal(coef.numpy() != 0, expected != 0), s
+        assert np.array_equal((support >= 0).sum(1).numpy(), (expected != 0).sum(1))
+        np.testing.assert_allclose(coef.double().numpy(), expected, rtol=rtol, atol=atol)
+    coef_tol, support_tol, _ = _omp(backend, G, XY, 35, 0.0, yn)
+    assert torch.equal(support_tol[rows], support)
+    np.testing.assert_allclose(coef_tol[rows].double().numpy(), expected, rtol=rtol, atol=atol)
+
+
+def test_sklearn_fixture_unreachable_accuracy(backend):
+    """sklearn's own data (make_sparse_coded_signal, random_state=0, scaled by 10)."""
+    from sklearn.datasets import make_sparse_coded_signal
+
+    y, X, gamma = make_sparse_coded_signal(n_samples=3, n_components=35, n_features=25, n_nonzero_coefs=5,
+                                           random_state=0)
+    X, Y, truth = (torch.from_numpy(a) for a in (10 * X.T, 10 * y, gamma))
+    for dtype, tol in ((torch.float64, 1e-9), (torch.float32, 1e-4)):
+        G, XY, yn = (X.T @ X).to(dtype), (Y @ X).to(dtype), Y.square().sum(1).to(dtype)
+        for s in (5, 6, 25, 35):
+            coef, support, _ = _omp(backend, G, XY, s, yn=yn)
+            assert ((support >= 0).sum(1) == 5).all(), (dtype, s, support)
+            torch.testing.assert_close(coef.double(), truth, rtol=tol, atol=tol)
+
+
+def test_perfect_signal_recovery_like_sklearn(backend, gen):
+    X, Y, truth = _sparse_coded(gen, d=128, n=128)  # a dictionary where greedy recovery holds
+    coef, _, residual = _dict(backend, X, Y, 5)
+    assert np.array_equal(coef.numpy() != 0, truth.numpy() != 0)
+    torch.testing.assert_close(coef, truth, rtol=1e-9, atol=1e-10)
+    assert (residual.abs() <= 1e-12 * Y.square().sum(1)).all()
+
+
+def test_identical_regressors_stop_on_dependence(backend, gen):
+    X, _, _ = _sparse_coded(gen)
+    X[:, 1] = X[:, 0]
+    y = (X[:, 0] + X[:, 1]).unsqueeze(0)
+    coef, support, _ = _dict(backend, X, y, 2)
+    assert support[0].tolist() == [0, -1]  # x_1 = x_0 lies in the span of the support
+    np.testing.assert_allclose(coef.numpy(), _sklearn(X.T @ X, y @ X, y.square().sum(1), n_nonzero=2), atol=1e-10)
+
+
+def test_swapped_regressors(backend, gen):
+    """sklearn swaps Gram columns as atoms are chosen; the support must still name the
+    original atoms (x_21 first, then x_0)."""
+    X, _, _ = _sparse_coded(gen)
+    truth = torch.zeros(1, 35, dtype=torch.float64)
+    truth[0, 21], truth[0, 0] = 1.0, 0.5
+    y = truth @ X.T
+    coef, support, _ = _dict(backend, X, y, 2)
+    assert sorted(support[0].tolist()) == [0, 21]
+    assert np.flatnonzero(coef[0].numpy()).tolist() == [0, 21]
+    torch.testing.assert_close(coef, truth, rtol=1e-9, atol=1e-10)
+
+
+def test_no_atoms_for_a_zero_target(backend, gen):
+    X, _, _ = _sparse_coded(gen)
+    Y = torch.zeros(3, 25, dtype=torch.float64)
+    coef, support, residual = _dict(backend, X, Y, 1)
+    assert (coef == 0).all() and (support == -1).all() and (residual == 0).all()
+
+
+def test_reaches_least_squares(backend, gen):
+    X = torch.randn(10, 8, generator=gen, dtype=torch.float64)
+    Y = torch.randn(3, 10, generator=gen, dtype=torch.float64)
+    coef, support, _ = _dict(backend, X, Y, 8)
+    assert ((support >= 0).sum(1) == 8).all()
+    lstsq = torch.linalg.lstsq(X, Y.T).solution.T
+    torch.testing.assert_close(coef, lstsq, rtol=1e-8, atol=1e-10)
+
+
+def test_float32_agrees_with_float64(backend, gen):
+    X, Y, _ = _sparse_coded(gen)
+    G, XY, yn = X.T @ X, Y @ X, Y.square().sum(1)
+    c32, s32, _ = _omp(backend, G.float(), XY.float(), 5, yn=yn.float())
+    c64, s64, _ = _omp(backend, G, XY, 5, yn=yn)
+    assert torch.equal(s32, s64)
+    torch.testing.assert_close(c32.double(), c64, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_dense_targets_past_the_rank_reach_least_squares(backend, gen, dtype):
+    """y anywhere in R^25, 35 atoms, n_nonzero=35: once 25 atoms span the space the
+    residual is rounding noise and OMP must stop there, exactly as sklearn does."""
+    X, _, _ = _sparse_coded(gen)
+    Y = torch.randn(4, 25, generator=gen, dtype=torch.float64)
+    G, XY, yn = X.T @ X, Y @ X, Y.square().sum(1)
+    coef, support, residual = _omp(backend, G.to(dtype), XY.to(dtype), 35, yn=yn.to(dtype))
+    assert ((support >= 0).sum(1) <= 25).all()
+    recon = coef.double() @ X.T
+    scale = 1e-9 if dtype == torch.float64 else 1e-3
+    assert ((recon - Y).square().sum(1) <= scale * yn).all()
+    if dtype == torch.float64:
+        expected = _sklearn(G, XY, yn, n_nonzero=35)
+        assert np.array_equal(coef.numpy() != 0, expected != 0)
+        np.testing.assert_allclose(coef.numpy(), expected, rtol=1e-6, atol=1e-8)
+
+
+def test_ill_conditioned_rank_deficient_dictionary(backend, gen):
+    """Atoms in a 12-dimensional subspace of R^40, with singular values from 1 to 1e-5:
+    no target may use more than 12 atoms, however many n_nonzero allows, and the codes
+    must reconstruct the target's projection."""
+    U, _ = torch.linalg.qr(torch.randn(40, 12, generator=gen, dtype=torch.float64))
+    sv = torch.logspace(0, -5, 12, dtype=torch.float64)
+    V = torch.randn(12, 60, generator=gen, dtype=torch.float64)
+    X = U @ (sv[:, None] * V)
+    X = X / X.norm(dim=0)
+    Y = torch.randn(6, 40, generator=gen, dtype=torch.float64)
+    G, XY, yn = X.T @ X, Y @ X, Y.square().sum(1)
+    coef, support, residual = _omp(backend, G, XY, 60, yn=yn)
+    assert ((support >= 0).sum(1) <= 12).all(), (support >= 0).sum(1)
+    projected = (Y @ U) @ U.T
+    torch.testing.assert_close(coef @ X.T, projected, rtol=1e-4, atol=1e-4)
+    assert coef.abs().max() < 1e8  # no coefficient blown up on a dependent atom
+
+
+def test_identical_calls_give_identical_supports(backend, gen):
+    X, Y, _ = _sparse_coded(gen)
+    Y = torch.cat([Y, torch.randn(3, 25, generator=gen, dtype=torch.float64)])
+    G, XY, yn = X.T @ X, Y @ X, Y.square().sum(1)
+    first = _omp(backend, G, XY, 35, yn=yn)
+    for _ in range(3):
+        again = _omp(backend, G, XY, 35, yn=yn)
+        assert torch.equal(again[1], first[1])
+        assert torch.equal(again[0], first[0])
+
+
+def test_non_symmetric_gram_is_rejected():
+    G = torch.eye(4, dtype=torch.float64)
+    G[0, 1] = 0.5
+    with pytest.raises(ValueError, match=r"gram must be symmetric \(X\^T X\)"):
+        omp(G, torch.ones(2, 4, dtype=torch.float64), 2)
+    X = torch.randn(300, 50)
+    omp(X.T @ X, torch.randn(3, 300) @ X, 4)  # a float32 GEMM's X^T X passes

@@ -17,9 +17,7 @@ namespace {
 template <typename T>
 inline __attribute__((always_inline)) void omp_rows_impl(const T* G, const T* xty, const T* ynorm, int64_t N, int64_t s, T tol, bool use_tol, int64_t b0,
               int64_t b1, T* coef, int64_t* support, T* residual) {
-  const T tiny = std::numeric_limits<T>::min();
-  // Relative: a duplicate atom's Schur complement is rounding noise (~eps G_jj), not 0.
-  const T dependent = 16 * std::numeric_limits<T>::epsilon();
+  const T tiny = std::numeric_limits<T>::min(), eps = std::numeric_limits<T>::epsilon();
   std::vector<T> alpha(N), L(s * s), gamma(s), rhs(s), w(s);
   std::vector<int64_t> S(s);
   std::vector<char> chosen(N);
@@ -28,7 +26,7 @@ inline __attribute__((always_inline)) void omp_rows_impl(const T* G, const T* xt
     std::copy(y, y + N, alpha.begin());
     std::fill(chosen.begin(), chosen.end(), 0);
     int64_t k = 0;
-    T explained = 0;
+    T explained = 0, energy = 0;  // the stopping rules of vqfast.ops.omp
     while (k < s) {
       int64_t j = -1;
       T best = -1;
@@ -39,8 +37,12 @@ inline __attribute__((always_inline)) void omp_rows_impl(const T* G, const T* xt
           j = i;
         }
       }
-      if (j < 0 || best * best < tiny) break;  // residual orthogonal to every atom left
+      if (j < 0) break;
       const T* gj = G + j * N;
+      const T gjj = gj[j];
+      if (!(gjj > tiny)) break;  // a zero atom (or a gram that is not X^T X)
+      if (k == 0) energy = best * best / gjj;
+      if (best * best <= eps * energy * gjj) break;  // residual orthogonal to every atom left
       // New Cholesky row: L w = G[S, j], L_kk = sqrt(G_jj - |w|^2).
       T wn = 0;
       for (int64_t r = 0; r < k; ++r) {
@@ -49,8 +51,8 @@ inline __attribute__((always_inline)) void omp_rows_impl(const T* G, const T* xt
         w[r] = v / L[r * s + r];
         wn += w[r] * w[r];
       }
-      const T lkk = gj[j] - wn;
-      if (lkk <= dependent * gj[j] || gj[j] <= tiny) break;  // dependent on the support (zero/duplicate atom)
+      const T lkk = gjj - wn;
+      if (lkk <= 16 * eps * gjj) break;  // x_j lies in the support's span
       for (int64_t c = 0; c < k; ++c) L[k * s + c] = w[c];
       L[k * s + k] = std::sqrt(lkk);
       S[k] = j;

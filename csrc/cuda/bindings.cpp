@@ -51,7 +51,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> omp_cuda(const at::Tensor& gram_i
   at::Tensor support = at::empty({B, n_nonzero}, xty.options().dtype(at::kLong));
   at::Tensor residual = at::empty({B}, xty.options());
   if (B == 0) return {coef, support, residual};
-  at::Tensor ws = at::empty({cuda::omp_workspace_elems(B, n_nonzero)}, xty.options());
+  at::Tensor ws = at::empty({cuda::omp_workspace_elems(B, n_nonzero, xty.element_size())}, xty.options());
   const auto dtype = xty.scalar_type() == at::kDouble ? cuda::OmpDType::kFloat64 : cuda::OmpDType::kFloat32;
   const cudaError_t err = cuda::omp(G.data_ptr(), xty.data_ptr(), ynorm.data_ptr(), dtype, B, N, n_nonzero, tol,
                                     ws.data_ptr(), coef.data_ptr(), support.data_ptr<int64_t>(), residual.data_ptr(),

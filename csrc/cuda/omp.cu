@@ -47,7 +47,7 @@ __global__ void __launch_bounds__(kThreads) omp_kernel(const T* __restrict__ G, 
   __shared__ int32_t red_i[kThreads / 32];
   __shared__ int32_t k_sh;
   __shared__ bool stop_sh;
-  __shared__ T explained_sh;
+  __shared__ T explained_sh, energy_sh;  // the stopping rules of vqfast.ops.omp
 
   const int64_t b = blockIdx.x;
   const T* y = xty + b * N;
@@ -57,6 +57,7 @@ __global__ void __launch_bounds__(kThreads) omp_kernel(const T* __restrict__ G, 
     k_sh = 0;
     stop_sh = false;
     explained_sh = T(0);
+    energy_sh = T(0);
   }
   __syncthreads();
 
@@ -92,10 +93,13 @@ __global__ void __launch_bounds__(kThreads) omp_kernel(const T* __restrict__ G, 
           bv = red_v[wi];
           bi = red_i[wi];
         }
-      bool stop = bi < 0 || bv * bv < Limits<T>::tiny;  // residual orthogonal to every atom left
+      const T* gj = G + int64_t(bi < 0 ? 0 : bi) * N;
+      const T gjj = bi < 0 ? T(0) : gj[bi];
+      bool stop = bi < 0 || !(gjj > Limits<T>::tiny);  // no atom left, or a zero atom
+      if (!stop && k == 0) energy_sh = bv * bv / gjj;
+      stop = stop || bv * bv <= Limits<T>::eps * energy_sh * gjj;  // residual orthogonal to every atom left
       if (!stop) {
         const int32_t j = bi;
-        const T* gj = G + int64_t(j) * N;
         // New Cholesky row: L w = G[S, j], L_kk = sqrt(G_jj - |w|^2).
         T wn = 0;
         for (int32_t r = 0; r < k; ++r) {
@@ -104,11 +108,8 @@ __global__ void __launch_bounds__(kThreads) omp_kernel(const T* __restrict__ G, 
           w[r] = v / L[r * s + r];
           wn += w[r] * w[r];
         }
-        const T gjj = gj[j];
         const T lkk = gjj - wn;
-        // Dependent on the support (zero or duplicate atom): relative, since rounding
-        // leaves ~eps G_jj of a duplicate's Schur complement.
-        stop = lkk <= 16 * Limits<T>::eps * gjj || gjj <= Limits<T>::tiny;
+        stop = lkk <= 16 * Limits<T>::eps * gjj;  // x_j lies in the support's span
         if (!stop) {
           for (int32_t c = 0; c < k; ++c) L[k * s + c] = w[c];
           L[k * s + k] = sqrt(lkk);
@@ -158,15 +159,30 @@ cudaError_t launch(const void* gram, const void* xty, const void* ynorm, int64_t
     const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
     if (err != cudaSuccess) return err;
   }
-  kernel<<<dim3(unsigned(B)), kThreads, smem, stream>>>(
-      static_cast<const T*>(gram), static_cast<const T*>(xty), static_cast<const T*>(ynorm), int32_t(N), int32_t(s),
-      static_cast<T>(tol), tol >= 0, static_cast<T*>(ws), static_cast<T*>(coef), support, static_cast<T*>(residual));
-  return cudaGetLastError();
+  // The Cholesky scratch holds one launch's targets: later chunks reuse it.
+  const int64_t chunk = omp_batch_per_launch(B, s, sizeof(T));
+  for (int64_t b0 = 0; b0 < B; b0 += chunk) {
+    const int64_t nb = B - b0 < chunk ? B - b0 : chunk;
+    kernel<<<dim3(unsigned(nb)), kThreads, smem, stream>>>(
+        static_cast<const T*>(gram), static_cast<const T*>(xty) + b0 * N, static_cast<const T*>(ynorm) + b0,
+        int32_t(N), int32_t(s), static_cast<T>(tol), tol >= 0, static_cast<T*>(ws), static_cast<T*>(coef) + b0 * N,
+        support + b0 * s, static_cast<T*>(residual) + b0);
+    const cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+  }
+  return cudaSuccess;
 }
 
 }  // namespace
 
-int64_t omp_workspace_elems(int64_t B, int64_t s) { return B * s * s; }
+int64_t omp_batch_per_launch(int64_t B, int64_t s, int64_t elem_bytes) {
+  const int64_t fit = kOmpWorkspaceBytes / (s * s * elem_bytes);
+  return B < fit ? B : (fit < 1 ? 1 : fit);
+}
+
+int64_t omp_workspace_elems(int64_t B, int64_t s, int64_t elem_bytes) {
+  return omp_batch_per_launch(B, s, elem_bytes) * s * s;
+}
 
 cudaError_t omp(const void* gram, const void* xty, const void* y_norm_sq, OmpDType dtype, int64_t B, int64_t N,
                 int64_t s, double tol, void* workspace, void* coef, int64_t* support, void* residual,

@@ -15,9 +15,16 @@ enum class OmpDType { kFloat32, kFloat64 };
 // side, the solve vectors); vqfast.ops routes larger requests to Triton.
 constexpr int64_t kOmpMaxNonzero = 1024;
 
-// Elements (of the dtype) of global scratch the launcher needs: one s x s Cholesky
-// factor per target.
-int64_t omp_workspace_elems(int64_t B, int64_t s);
+// Global scratch holds one s x s Cholesky factor per target of a launch; a batch
+// whose factors exceed this budget runs in several launches (B=1e6, s=40 would
+// otherwise take 6.4 GB in float32).
+constexpr int64_t kOmpWorkspaceBytes = int64_t(256) << 20;
+
+// Targets per launch for factors of s x s elements of elem_bytes each (>= 1).
+int64_t omp_batch_per_launch(int64_t B, int64_t s, int64_t elem_bytes);
+
+// Elements (of the dtype) of global scratch the launcher needs.
+int64_t omp_workspace_elems(int64_t B, int64_t s, int64_t elem_bytes);
 
 // gram: (N, N) contiguous; xty: (B, N) contiguous; y_norm_sq: (B,). 1 <= s <= min(N,
 // kOmpMaxNonzero), B >= 1. tol < 0: no tolerance. Writes coef (B, N), support (B, s)

@@ -28,7 +28,7 @@ def _omp_kernel(
     S,
     tol,
     tiny,  # smallest normal of the dtype
-    dependent,  # 16 eps: relative Schur-complement floor of a dependent atom
+    eps,  # machine epsilon of the dtype: the stopping rules of vqfast.ops.omp
     USE_TOL: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -39,6 +39,7 @@ def _omp_kernel(
     cols0 = tl.arange(0, BLOCK_N)
     yn = tl.load(yn_ptr + rows, mask=active, other=0.0)
     explained = yn * 0
+    energy = yn * 0  # what the first atom explains
     srow = rows * S
     lrow = rows * S * S
     it = 0
@@ -63,9 +64,14 @@ def _omp_kernel(
             take = tile_best > best  # strict: earlier tiles hold lower indices
             best_i = tl.where(take, n0 + tile_i.to(tl.int64), best_i)
             best = tl.where(take, tile_best, best)
-        # Residual orthogonal to every atom left.
-        active = active & (best_i >= 0) & (best * best >= tiny)
+        active = active & (best_i >= 0)
         j = tl.where(active, best_i, 0)
+        gjj = tl.load(g_ptr + j * N + j, mask=active, other=1.0)
+        active = active & (gjj > tiny)  # a zero atom (or a gram that is not X^T X)
+        if it == 0:
+            energy = best * best / gjj
+        active = active & (best * best > eps * energy * gjj)  # residual orthogonal to every atom left
+        j = tl.where(active, j, 0)
         # New Cholesky row: L w = G[S, j], L_kk = sqrt(G_jj - |w|^2).
         wn = yn * 0
         for r in range(0, it):
@@ -77,10 +83,8 @@ def _omp_kernel(
             tl.store(w_ptr + srow + r, v, mask=active)
             tl.debug_barrier()
             wn += v * v
-        gjj = tl.load(g_ptr + j * N + j, mask=active, other=1.0)
         lkk = gjj - wn
-        # Dependent on the support (zero or duplicate atom).
-        active = active & (lkk > dependent * gjj) & (gjj > tiny)
+        active = active & (lkk > 16 * eps * gjj)  # x_j lies in the support's span
         for c in range(0, it):
             tl.store(l_ptr + lrow + it * S + c, tl.load(w_ptr + srow + c, mask=active, other=0.0), mask=active)
         tl.store(l_ptr + lrow + it * S + it, tl.sqrt(tl.where(active, lkk, 1.0)), mask=active)
@@ -130,7 +134,7 @@ def omp_triton(gram: torch.Tensor, xty: torch.Tensor, n_nonzero: int, tol: float
     block_n = 128 if on_gpu else 1024
     grid = (triton.cdiv(b, block_b),)
     _omp_kernel[grid](gram, xty, y_norm_sq, support, gamma, residual, scratch_l, scratch_w, scratch_rhs, b, n, s,
-                      float(tol), info.tiny, 16 * info.eps, USE_TOL=tol >= 0, BLOCK_B=block_b, BLOCK_N=block_n)
+                      float(tol), info.tiny, info.eps, USE_TOL=tol >= 0, BLOCK_B=block_b, BLOCK_N=block_n)
     coef = xty.new_zeros((b, n))
     # Unfilled support slots add 0 to column 0.
     coef.scatter_add_(1, support.clamp(min=0), torch.where(support >= 0, gamma, 0))
