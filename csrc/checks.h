@@ -5,7 +5,16 @@
 
 #include <ATen/ATen.h>
 
+#include <initializer_list>
+
 namespace vqfast {
+
+// The CPU kernels read data_ptr() as host memory: a CUDA tensor handed to a raw
+// `_C.*_cpu` entry point would be read through a device address.
+inline void check_cpu(const char* fn, std::initializer_list<const at::Tensor*> tensors) {
+  for (const at::Tensor* t : tensors)
+    TORCH_CHECK_VALUE(t->device().is_cpu(), fn, " needs CPU tensors, got one on ", t->device());
+}
 
 inline void check_nearest_code_args(const at::Tensor& z, const at::Tensor& codebook, int64_t k) {
   TORCH_CHECK(z.dim() == 2, "z must be 2-D (N, D), got shape ", z.sizes());
@@ -13,6 +22,7 @@ inline void check_nearest_code_args(const at::Tensor& z, const at::Tensor& codeb
   TORCH_CHECK(z.size(1) == codebook.size(1), "z has D=", z.size(1), " but codebook has D=",
               codebook.size(1));
   TORCH_CHECK(codebook.size(0) > 0, "codebook must have at least one code (K=0)");
+  TORCH_CHECK(z.size(1) > 0, "z and codebook must have D >= 1 (the kernels divide by D)");
   TORCH_CHECK(k >= 1 && k <= codebook.size(0), "k must be in [1, K=", codebook.size(0), "], got ", k);
   TORCH_CHECK(z.scalar_type() == codebook.scalar_type(), "z and codebook must share a dtype, got ",
               z.scalar_type(), " and ", codebook.scalar_type());

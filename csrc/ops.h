@@ -37,6 +37,8 @@ std::tuple<at::Tensor, at::Tensor> restore_step_cuda(const at::Tensor& logits, c
                                                      double temperature);
 at::Tensor decode_attention_cuda(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                                  int64_t length, double scale);
+// The longest length decode_attention_cuda takes for q's dtype and head size on q's device.
+int64_t decode_attention_cuda_max_length(const at::Tensor& q);
 std::tuple<at::Tensor, at::Tensor> nearest_code_cuda(const at::Tensor& z, const at::Tensor& codebook, int64_t k);
 std::tuple<at::Tensor, at::Tensor, at::Tensor> omp_cuda(const at::Tensor& gram, const at::Tensor& xty,
                                                         int64_t n_nonzero, double tol, const at::Tensor& y_norm_sq);

@@ -32,6 +32,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("temperature"));
   m.def("decode_attention_cuda", &vqfast::decode_attention_cuda, "single-query attention over a KV cache (CUDA)",
         py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("length"), py::arg("scale"));
+  m.def("decode_attention_cuda_max_length", &vqfast::decode_attention_cuda_max_length,
+        "longest cache length the CUDA decode_attention kernel takes for q's dtype and head size", py::arg("q"));
   m.attr("with_cuda") = true;
   m.attr("nearest_code_cuda_max_k") = vqfast::cuda::kNearestCodeMaxK;
   m.attr("omp_cuda_max_nonzero") = vqfast::cuda::kOmpMaxNonzero;

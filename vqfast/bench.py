@@ -366,10 +366,11 @@ def run_restoration(device: torch.device, quick: bool = False, repeats: int = 3,
 def run_token_scorers(device: torch.device, quick: bool = False, echo: Callable[[str], None] = print):
     """Stage timings of the Sample-, Pixel- (fast), Light-Pixel-wise and Regenerative
     scorers on one batch: a Performer-paper VQ-VAE (128 x 128 images, 16 x 16 tokens,
-    256 codes) and the CPU-target GPT-2 prior (4 layers, 256 wide, 8 heads), random
-    weights, thresholds at the 80th NLL percentile of the batch."""
+    256 codes) and the CPU-target GPT-2 prior (4 layers, 256 wide, 8 heads), batch 8; on
+    CUDA the GPU target instead: 64 x 64 images (8 x 8 tokens), a gpt2-medium-size prior,
+    batch 32. Random weights, thresholds at the 80th NLL percentile of the batch."""
     from vqfast.models import VQVAE, VQVAEConfig
-    from vqfast.models.gpt2_prior import GPT2Prior, GPT2PriorConfig
+    from vqfast.models.gpt2_prior import GPT2Prior, GPT2PriorConfig, gpt2_medium_config
     from vqfast.scorers import RegenerativeScorer
     from vqfast.scorers.restoration import LightPixelWiseScorer, PixelWiseScorer, SampleWiseScorer, nll_threshold
 
@@ -377,6 +378,8 @@ def run_token_scorers(device: torch.device, quick: bool = False, echo: Callable[
     if quick:
         vq_cfg, size, prior_cfg, batch = VQVAEConfig(hidden=16, res_blocks=1, num_codes=32, code_dim=8), 32, \
             GPT2PriorConfig(32, 4, 4, 1, 32, 2), 2
+    elif device.type == "cuda":  # the GPU target: a gpt2-medium-size prior on 8x8 grids, batch 32
+        vq_cfg, size, prior_cfg, batch = VQVAEConfig(), 64, gpt2_medium_config(256, 8, 8), 32
     else:
         vq_cfg, size, prior_cfg, batch = VQVAEConfig(), 128, GPT2PriorConfig(256, 16, 16, 4, 256, 8), 8
     vq_model = VQVAE(vq_cfg).to(device).eval()

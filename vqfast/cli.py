@@ -31,21 +31,26 @@ def _bench(args) -> int:
         print("vqfast bench: --device cuda but torch sees no CUDA device", file=sys.stderr)
         return 2
     cases = NEAREST_CODE_CASES["quick" if args.quick else device.type]
+    sections = set(args.only.split(",")) if args.only else set(BENCH_SECTIONS)
+    unknown = sections - set(BENCH_SECTIONS)
+    if unknown:
+        print(f"vqfast bench: --only takes {','.join(BENCH_SECTIONS)}, got {','.join(sorted(unknown))}", file=sys.stderr)
+        return 2
     _info(args)
     print()
-    run_nearest_code(
-        device,
-        cases,
-        repeats=args.repeats,
-        max_time_s=args.max_time,
-        memory=args.memory,
-        json_path=args.json,
-        trace_dir=args.trace,
-    )
-    run_omp(device, quick=args.quick, repeats=min(args.repeats, 5), max_time_s=args.max_time * 4)
-    run_restoration(device, quick=args.quick, repeats=min(args.repeats, 3))
-    run_models(device, quick=args.quick, repeats=min(args.repeats, 5))
+    if "nearest_code" in sections:
+        run_nearest_code(device, cases, repeats=args.repeats, max_time_s=args.max_time, memory=args.memory,
+                         json_path=args.json, trace_dir=args.trace)
+    if "omp" in sections:
+        run_omp(device, quick=args.quick, repeats=min(args.repeats, 5), max_time_s=args.max_time * 4)
+    if "restoration" in sections:
+        run_restoration(device, quick=args.quick, repeats=min(args.repeats, 3))
+    if "models" in sections:
+        run_models(device, quick=args.quick, repeats=min(args.repeats, 5))
     return 0
+
+
+BENCH_SECTIONS = ("nearest_code", "omp", "restoration", "models")
 
 
 def _demo(args) -> int:
@@ -73,6 +78,7 @@ def main(argv=None) -> int:
     bench.add_argument("--memory", action="store_true", help="also measure each provider's peak extra memory")
     bench.add_argument("--json", metavar="PATH", help="append each case's results to PATH as JSON lines")
     bench.add_argument("--trace", metavar="DIR", help="write a torch.profiler trace of vqfast's auto path per case")
+    bench.add_argument("--only", metavar="SECTIONS", help="comma-separated subset of " + ",".join(BENCH_SECTIONS))
     bench.set_defaults(func=_bench)
     info = sub.add_parser("info", help="what this installation can run")
     info.set_defaults(func=_info)

@@ -97,6 +97,7 @@ VQ_ATTN_CLONES void attend(const double* q, const double* k, const double* v, in
 at::Tensor decode_attention_cpu(const at::Tensor& q_in, const at::Tensor& k_cache, const at::Tensor& v_cache,
                                 int64_t length, double scale) {
   check_decode_attention_args(q_in, k_cache, v_cache, length);
+  check_cpu("decode_attention_cpu", {&q_in, &k_cache, &v_cache});
   // The cache may be a slice of a larger preallocated one: only unit stride along d is required.
   TORCH_CHECK(k_cache.stride(3) == 1 && v_cache.stride(3) == 1 && k_cache.stride(2) == k_cache.size(3) &&
                   v_cache.stride(2) == v_cache.size(3),

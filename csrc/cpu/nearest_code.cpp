@@ -340,7 +340,7 @@ std::vector<std::string> cpu_isas() {
 std::tuple<at::Tensor, at::Tensor> nearest_code_cpu(const at::Tensor& z_in, const at::Tensor& cb_in, int64_t k,
                                                     const std::string& isa) {
   check_nearest_code_args(z_in, cb_in, k);
-  TORCH_CHECK(z_in.device().is_cpu(), "nearest_code_cpu needs CPU tensors, got ", z_in.device());
+  check_cpu("nearest_code_cpu", {&z_in, &cb_in});
   TORCH_CHECK(cb_in.size(0) <= std::numeric_limits<int32_t>::max(), "codebook is too large (K >= 2^31)");
   const at::Tensor z = z_in.contiguous(), cb = cb_in.contiguous();
   const int64_t N = z.size(0), K = cb.size(0), D = z.size(1);

@@ -113,6 +113,7 @@ VQ_OMP_CLONES void omp_rows(const float* G, const float* xty, const float* ynorm
 std::tuple<at::Tensor, at::Tensor, at::Tensor> omp_cpu(const at::Tensor& gram_in, const at::Tensor& xty_in,
                                                        int64_t n_nonzero, double tol, const at::Tensor& ynorm_in) {
   check_omp_args(gram_in, xty_in, n_nonzero, ynorm_in);
+  check_cpu("omp_cpu", {&gram_in, &xty_in, &ynorm_in});
   const at::Tensor G = gram_in.contiguous(), xty = xty_in.contiguous(), ynorm = ynorm_in.contiguous();
   const int64_t B = xty.size(0), N = G.size(0);
   at::Tensor coef = at::empty({B, N}, xty.options());

@@ -104,6 +104,9 @@ at::Tensor decode_attention_cuda(const at::Tensor& q_in, const at::Tensor& k_cac
   TORCH_CHECK(k_cache.strides() == v_cache.strides() && k_cache.stride(3) == 1 && k_cache.stride(2) == k_cache.size(3),
               "k_cache and v_cache need equal strides and contiguous (T, d) blocks per (m, h)");
   const c10::cuda::CUDAGuard guard(q_in.device());
+  const int64_t max_length = cuda::decode_attention_max_length(float_type(q_in.scalar_type()), q_in.size(2));
+  TORCH_CHECK_VALUE(length <= max_length, "the CUDA kernel keeps scores in shared memory: length <= ", max_length,
+                    " for this dtype and head size here, got ", length, " (backend='auto' takes Triton)");
   const at::Tensor q = q_in.contiguous();
   at::Tensor out = at::empty_like(q);
   if (q.numel() == 0) return out;
@@ -113,6 +116,12 @@ at::Tensor decode_attention_cuda(const at::Tensor& q_in, const at::Tensor& k_cac
                              out.data_ptr(), c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "decode_attention CUDA kernel failed: ", cudaGetErrorString(err));
   return out;
+}
+
+int64_t decode_attention_cuda_max_length(const at::Tensor& q) {
+  TORCH_CHECK(q.is_cuda() && q.dim() == 3, "q must be a CUDA tensor (M, H, d)");
+  const c10::cuda::CUDAGuard guard(q.device());
+  return cuda::decode_attention_max_length(float_type(q.scalar_type()), q.size(2));
 }
 
 }  // namespace vqfast

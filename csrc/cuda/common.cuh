@@ -40,6 +40,14 @@ __device__ __forceinline__ double load_as(const double* p, int64_t i) { return p
 template <typename In>
 __device__ __forceinline__ float load_as(const In* p, int64_t i) { return to_float(p[i]); }
 
+// Explicit conversions on the way out: torch's CUDAExtension compiles with
+// -D__CUDA_NO_HALF_CONVERSIONS__ -D__CUDA_NO_BFLOAT16_CONVERSIONS__, which remove the
+// implicit float -> __half / __nv_bfloat16 conversions (static_cast included).
+__device__ __forceinline__ void store_as(float* p, int64_t i, float v) { p[i] = v; }
+__device__ __forceinline__ void store_as(double* p, int64_t i, double v) { p[i] = v; }
+__device__ __forceinline__ void store_as(__half* p, int64_t i, float v) { p[i] = __float2half_rn(v); }
+__device__ __forceinline__ void store_as(__nv_bfloat16* p, int64_t i, float v) { p[i] = __float2bfloat16_rn(v); }
+
 template <typename A>
 __device__ __forceinline__ A warp_max(A v) {
 #pragma unroll

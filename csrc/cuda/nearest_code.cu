@@ -200,15 +200,19 @@ __global__ void __launch_bounds__(THREADS)
 // Exact sum((z - c)^2) for each row's k winners, then order by (distance, index).
 // One warp per row.
 template <typename T>
-__global__ void finish_kernel(const T* __restrict__ z, int64_t zs, const T* __restrict__ cb, int64_t N, int64_t D,
-                              int k, int64_t* __restrict__ idx, float* __restrict__ dist) {
+__global__ void finish_kernel(const T* __restrict__ z, int64_t zs, const T* __restrict__ cb, int64_t N, int64_t K,
+                              int64_t D, int k, int64_t* __restrict__ idx, float* __restrict__ dist) {
   const int64_t row = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (row >= N) return;
   int64_t* ri = idx + row * k;
   float* rd = dist + row * k;
   for (int j = 0; j < k; ++j) {
-    const int64_t c = ri[j];
+    // A row with fewer than k finite ranking values (non-finite input through the raw
+    // entry point) keeps INT_MAX placeholders: clamp before reading the codebook.
+    const int64_t c = ri[j] < 0 ? 0 : (ri[j] >= K ? K - 1 : ri[j]);
+    __syncwarp();
+    if (lane == 0) ri[j] = c;
     float s = 0.f;
     for (int64_t d = lane; d < D; d += 32) {
       const float t = to_float(z[row * zs + d]) - to_float(cb[c * D + d]);
@@ -251,7 +255,7 @@ cudaError_t launch(const T* z, int64_t zs, const T* cb, int64_t N, int64_t K, in
     nearest_code_kernel<T, 16><<<grid, THREADS, 0, stream>>>(z, zs, mu, cbc, cn, N, K, D, k, out_idx);
   else
     nearest_code_kernel<T, 64><<<grid, THREADS, 0, stream>>>(z, zs, mu, cbc, cn, N, K, D, k, out_idx);
-  finish_kernel<T><<<static_cast<unsigned>(ceil_div(N, 8)), 256, 0, stream>>>(z, zs, cb, N, D, k, out_idx, out_dist);
+  finish_kernel<T><<<static_cast<unsigned>(ceil_div(N, 8)), 256, 0, stream>>>(z, zs, cb, N, K, D, k, out_idx, out_dist);
   return cudaGetLastError();
 }
 

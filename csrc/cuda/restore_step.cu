@@ -30,7 +30,9 @@ __global__ void __launch_bounds__(kThreads) restore_step_kernel(const In* __rest
   for (int64_t v = threadIdx.x; v < V; v += blockDim.x) z += exp(load_as(x, v) - top);
   z = block_reduce<A, false>(z, scratch);
   const int64_t cur = current[row];
-  const A n = top + log(z) - load_as(x, cur);
+  // Out of [0, V): no read; NaN marks the row (the op checks tokens unless told not
+  // to, and the restoration pass checks its NLLs) and the token stays.
+  const A n = cur >= 0 && cur < V ? top + log(z) - load_as(x, cur) : A(NAN);
   if (!(n > threshold)) {  // uniform across the block: every thread holds the same n
     if (threadIdx.x == 0) {
       nll[row] = n;

@@ -45,8 +45,10 @@ def _restore_step_kernel(logits_ptr, cur_ptr, seed_ptr, tok_ptr, nll_ptr, M, V, 
         z += tl.sum(tl.exp(x - top[:, None]), axis=1)
         total += tl.sum(tl.exp((x - top[:, None]) / temperature), axis=1)
     cur = tl.load(cur_ptr + rows, mask=row_ok, other=0)
-    x_cur = tl.load(logits_ptr + rows * V + cur, mask=row_ok, other=0.0).to(work)
-    nll = top + tl.log(tl.where(row_ok, z, 1.0)) - x_cur
+    # Out of [0, V): no read; NaN marks the row (as the CUDA kernel does) and the token stays.
+    cur_ok = row_ok & (cur >= 0) & (cur < V)
+    x_cur = tl.load(logits_ptr + rows * V + cur, mask=cur_ok, other=0.0).to(work)
+    nll = tl.where(cur_ok, top + tl.log(tl.where(row_ok, z, 1.0)) - x_cur, float("nan"))
     restore = row_ok & (nll > threshold)
     seed = tl.load(seed_ptr + rows, mask=row_ok, other=0)
     h = _lowbias32((seed & 0xFFFFFFFF).to(tl.uint32) ^ 0x9E3779B9)

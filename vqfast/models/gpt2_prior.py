@@ -137,7 +137,7 @@ class FastGPT2(nn.Module):
             self.cache = torch.zeros(shape, dtype=w.dtype, device=w.device)
             self._graphs = {}  # captured passes point at the old cache
         # The cache's layout is valid by construction: the per-token calls go straight to the op.
-        backend = resolve_decode_attention(self.backend, w.device, self.head_dim)
+        backend = resolve_decode_attention(self.backend, w.device, self.head_dim, self.length, w.dtype)
         self._attend = functools.partial(torch.ops.vqfast.decode_attention.default, scale=1.0 / math.sqrt(self.head_dim),
                                          backend=backend)
 

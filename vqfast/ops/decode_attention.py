@@ -7,7 +7,7 @@ import torch
 
 from vqfast import _ext
 from vqfast.ops._checks import check_same_device, check_tensor
-from vqfast.ops._dispatch import resolve_backend
+from vqfast.ops._dispatch import resolve_backend, triton_unavailable_reason
 from vqfast.reference.decode_attention import decode_attention as _reference
 
 ATTN_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -32,15 +32,26 @@ def _(q, k_cache, v_cache, length, scale, backend):
     return torch.empty_like(q)
 
 
-def resolve(backend: str, device: torch.device, head_dim: int) -> str:
-    """The concrete backend for ``head_dim``-wide heads on ``device``: the dispatch rule,
-    plus the CUDA kernel's head-size limit ("auto" then takes the reference)."""
+def resolve(backend: str, device: torch.device, head_dim: int, length: int = 1,
+            dtype: torch.dtype = torch.float32) -> str:
+    """The concrete backend for ``head_dim``-wide heads and caches of up to ``length``
+    positions on ``device``: the dispatch rule, plus the CUDA kernel's limits. Its head
+    size limit sends "auto" to the reference; its length limit (scores in shared memory:
+    about 57k positions in float32 on an H200) to Triton, which streams the cache."""
     resolved = resolve_backend("decode_attention", backend, device)
-    if resolved == "cuda" and head_dim > _ext._C.decode_attention_cuda_max_d:
+    if resolved != "cuda":
+        return resolved
+    if head_dim > _ext._C.decode_attention_cuda_max_d:
         if backend == "cuda":
             raise ValueError(f"backend='cuda' supports head size d <= {_ext._C.decode_attention_cuda_max_d}, "
                              f"got {head_dim}")
-        resolved = "reference"
+        return "reference"
+    max_length = _ext._C.decode_attention_cuda_max_length(torch.empty(1, 1, head_dim, dtype=dtype, device=device))
+    if length > max_length:
+        if backend == "cuda":
+            raise ValueError(f"backend='cuda' takes length <= {max_length} for {dtype} heads of {head_dim} here, "
+                             f"got {length}; use 'auto' or 'triton'")
+        return "triton" if triton_unavailable_reason(device) is None else "reference"
     return resolved
 
 
@@ -76,7 +87,7 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
         raise ValueError(f"length must be an int in [1, T={k_cache.shape[2]}], got {length!r}")
     if k_cache.stride(3) != 1 or k_cache.stride(2) != d or v_cache.stride() != k_cache.stride():
         k_cache, v_cache = k_cache.contiguous(), v_cache.contiguous()
-    resolved = resolve(backend, q.device, d)
+    resolved = resolve(backend, q.device, d, length, q.dtype)
     if q.numel() == 0:
         return torch.empty_like(q)
     return _decode_attention_op(q, k_cache, v_cache, length, 1.0 / math.sqrt(d) if scale is None else float(scale),

@@ -12,9 +12,12 @@ from vqfast.ops._dispatch import resolve_backend, triton_unavailable_reason
 
 @torch.library.custom_op("vqfast::nearest_code", mutates_args=())
 def _nearest_code_op(z: torch.Tensor, codebook: torch.Tensor, k: int, backend: str) -> Tuple[torch.Tensor, torch.Tensor]:
-    # Value checks live here, not in the fake kernel: they read the data.
-    check_finite(z, "z")
-    check_finite(codebook, "codebook")
+    # Value checks live here, not in the fake kernel: they read the data. Distances are
+    # float32 sums of D squares of differences: |values| <= sqrt(FLT_MAX / 4D) keeps
+    # every one finite, so each row has k finite ranking values to choose from.
+    bound = (torch.finfo(torch.float32).max / (4 * z.shape[1])) ** 0.5
+    check_finite(z, "z", bound)
+    check_finite(codebook, "codebook", bound)
     if backend == "cpu":
         return _ext._C.nearest_code_cpu(z, codebook, k, "auto")
     if backend == "cuda":
