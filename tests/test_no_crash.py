@@ -10,6 +10,8 @@ import sys
 import pytest
 import torch
 
+import vqfast
+from vqfast.ops import restore_step
 from conftest import require_backend
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -63,13 +65,4 @@ def test_nearest_code_rejects_values_whose_squares_overflow():
     z = torch.randn(4, 8)
     z[2, 3] = 1e19
     with pytest.raises(ValueError, match=r"z holds values of magnitude above .* \(first at row 2\)"):
-        vqfast_nearest_code(z, torch.randn(5, 8))
-
-
-def vqfast_nearest_code(z, cb):
-    import vqfast
-
-    return vqfast.nearest_code(z, cb, backend="cpu")
-
-
-from vqfast.ops import restore_step  # noqa: E402
+        vqfast.nearest_code(z, torch.randn(5, 8), backend="cpu")
