@@ -16,8 +16,9 @@ def _nearest_code_op(z: torch.Tensor, codebook: torch.Tensor, k: int, backend: s
     # float32 sums of D squares of differences: |values| <= sqrt(FLT_MAX / 4D) keeps
     # every one finite, so each row has k finite ranking values to choose from.
     bound = (torch.finfo(torch.float32).max / (4 * z.shape[1])) ** 0.5
-    check_finite(z, "z", bound)
-    check_finite(codebook, "codebook", bound)
+    why = ": their squared distances overflow float32"
+    check_finite(z, "z", bound, why)
+    check_finite(codebook, "codebook", bound, why)
     if backend == "cpu":
         return _ext._C.nearest_code_cpu(z, codebook, k, "auto")
     if backend == "cuda":
