@@ -4,8 +4,11 @@ import json
 import pathlib
 import re
 
+import pytest
+
 from vqfast import _ext
 from vqfast.cli import main
+from vqfast.demo import run_demo
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -46,6 +49,22 @@ def test_demo_writes_results_and_resumes(tmp_path, capsys):
     assert main(["demo", "--out", str(out), "--epochs", "2", "--prior-epochs", "1", "--resume"]) == 0
     assert json.loads((out / "results.json").read_text())["epochs"] == 2
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_demo_refuses_an_old_run_and_bad_epochs(tmp_path, capsys):
+    out = tmp_path / "demo"
+    (out / "prior").mkdir(parents=True)
+    (out / "metrics.jsonl").write_text("{}\n")
+    assert main(["demo", "--out", str(out), "--epochs", "1", "--prior-epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert f"{out} already holds a training run" in err and "resume" in err and "overwrite" in err
+    for bad in ("0", "-3", "two"):
+        with pytest.raises(SystemExit) as exc:
+            main(["demo", "--out", str(out), "--epochs", bad])
+        assert exc.value.code == 2
+        assert "--epochs: " in capsys.readouterr().err
+    with pytest.raises(ValueError, match="epochs and prior_epochs must be >= 1"):
+        run_demo(out, epochs=0)
 
 
 def test_info(capsys):

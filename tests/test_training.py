@@ -11,7 +11,7 @@ from vqfast import checkpoint
 from vqfast.checkpoint import CheckpointError, load_model, save_model
 from vqfast.data import ProceduralDefects
 from vqfast.models import VQVAE, VQVAEConfig
-from vqfast.training import EarlyStopping, TrainConfig, Trainer
+from vqfast.training import EarlyStopping, RunExistsError, TrainConfig, Trainer
 
 TINY = VQVAEConfig(in_channels=3, hidden=8, res_blocks=1, num_codes=8, code_dim=4, downsamples=2)
 
@@ -47,6 +47,29 @@ def test_resume_refuses_another_model_config(tmp_path):
                     ProceduralDefects(4, 0, size=16), config=TrainConfig(epochs=2), out_dir=tmp_path, progress=False)
     with pytest.raises(CheckpointError, match="checkpoint.safetensors: was written for another model config"):
         other.fit(resume=True)
+
+
+def test_resume_with_nothing_to_resume_starts_fresh_and_says_so(tmp_path):
+    with pytest.warns(UserWarning, match="no checkpoint.safetensors to resume from; starting a fresh run"):
+        history = _trainer(tmp_path / "new", 2).fit(resume=True)
+    assert [r["epoch"] for r in history] == [1, 2]
+    straight = _trainer(tmp_path / "ref", 2)
+    straight.fit()
+    assert [r["train"] for r in history] == [r["train"] for r in straight.history]
+
+
+def test_fit_refuses_a_folder_holding_a_run(tmp_path):
+    _trainer(tmp_path, 2).fit()
+    before = (tmp_path / "checkpoint.safetensors").read_bytes()
+    with pytest.raises(RunExistsError, match=f"{tmp_path} already holds a training run .*resume=True.*"
+                                             "overwrite=True.*another out_dir"):
+        _trainer(tmp_path, 2).fit()
+    assert (tmp_path / "checkpoint.safetensors").read_bytes() == before  # untouched
+    _trainer(tmp_path, 2).fit(overwrite=True)
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+    with pytest.raises(ValueError, match="exclude each other"):
+        _trainer(tmp_path, 2).fit(resume=True, overwrite=True)
 
 
 def test_early_stopping_rule():

@@ -56,8 +56,19 @@ BENCH_SECTIONS = ("nearest_code", "omp", "restoration", "models")
 def _demo(args) -> int:
     from vqfast.demo import run_demo
 
-    run_demo(args.out, epochs=args.epochs, seed=args.seed, resume=args.resume, prior_epochs=args.prior_epochs)
+    run_demo(args.out, epochs=args.epochs, seed=args.seed, resume=args.resume, prior_epochs=args.prior_epochs,
+             overwrite=args.overwrite)
     return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def main(argv=None) -> int:
@@ -65,10 +76,13 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="train, score and evaluate on the embedded procedural dataset")
     demo.add_argument("--out", default="vqfast-demo", help="folder for checkpoints, logs and results")
-    demo.add_argument("--epochs", type=int, default=20)
-    demo.add_argument("--prior-epochs", type=int, default=15, help="epochs of the GPT-2 prior on the token grids")
+    demo.add_argument("--epochs", type=_positive_int, default=20)
+    demo.add_argument("--prior-epochs", type=_positive_int, default=15,
+                      help="epochs of the GPT-2 prior on the token grids")
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    mode = demo.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    mode.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     demo.set_defaults(func=_demo)
     bench = sub.add_parser("bench", help="time every available backend of every op against plain-torch baselines")
     bench.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -83,7 +97,15 @@ def main(argv=None) -> int:
     info = sub.add_parser("info", help="what this installation can run")
     info.set_defaults(func=_info)
     args = parser.parse_args(argv)
-    return args.func(args)
+    from vqfast.checkpoint import CheckpointError
+    from vqfast.data import DatasetError
+    from vqfast.training import RunExistsError
+
+    try:
+        return args.func(args)
+    except (CheckpointError, DatasetError, RunExistsError) as exc:  # the user's files: a message, not a traceback
+        print(f"vqfast {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -26,14 +26,16 @@ DEMO_MODEL = VQVAEConfig(hidden=32, res_blocks=2, num_codes=64, code_dim=16, dow
 
 
 def run_demo(out_dir="vqfast-demo", epochs: int = 20, seed: int = 0, resume: bool = False, echo=print,
-             prior_epochs: int = 15) -> dict:
+             prior_epochs: int = 15, overwrite: bool = False) -> dict:
+    if epochs < 1 or prior_epochs < 1:
+        raise ValueError(f"epochs and prior_epochs must be >= 1, got {epochs} and {prior_epochs}")
     torch.manual_seed(seed)
     train, test = procedural_splits(size=64, seed=seed, n_train=160, n_test_normal=40, n_test_anomalous=40)
     echo(f"procedural data: {len(train)} defect-free training images, {len(test)} test images "
          f"({int(test.labels.sum())} with blobs, scratches or patches), 64x64")
     model = VQVAE(DEMO_MODEL)
     config = TrainConfig(epochs=epochs, batch_size=32, lr=2e-3, seed=seed)
-    history = Trainer(model, train, None, config, out_dir=out_dir).fit(resume=resume)
+    history = Trainer(model, train, None, config, out_dir=out_dir).fit(resume=resume, overwrite=overwrite)
     last = history[-1]["train"]
     echo(f"trained {history[-1]['epoch']} epochs: loss {last['loss']:.4g}, codebook perplexity "
          f"{last['perplexity']:.1f} of {DEMO_MODEL.num_codes}")
@@ -47,19 +49,21 @@ def run_demo(out_dir="vqfast-demo", epochs: int = 20, seed: int = 0, resume: boo
     echo("\n" + format_table(scorer.profile(batch), title=f"stage timings, batch of 32 on {batch.device}"))
     out = Path(out_dir)
     results = {"regenerative": result, "epochs": history[-1]["epoch"]}
-    results.update(_prior_stage(model, train, test, out / "prior", prior_epochs, seed, resume, echo))
+    results.update(_prior_stage(model, train, test, out / "prior", prior_epochs, seed, resume, overwrite, echo))
     (out / "results.json").write_text(json.dumps(results, indent=2))
     echo(f"\nwrote {out / 'model.safetensors'}, {out / 'prior'}, {out / 'metrics.jsonl'} and {out / 'results.json'}")
     return result
 
 
-def _prior_stage(vq_model, train, test, out_dir: Path, epochs: int, seed: int, resume: bool, echo) -> dict:
+def _prior_stage(vq_model, train, test, out_dir: Path, epochs: int, seed: int, resume: bool, overwrite: bool,
+                 echo) -> dict:
     tokens = encode_dataset(vq_model, train)
     _, h, w = tokens.shape
     prior = GPT2Prior(GPT2PriorConfig(num_codes=DEMO_MODEL.num_codes, height=h, width=w, n_layer=2, n_embd=64,
                                       n_head=4))
     config = TrainConfig(epochs=epochs, batch_size=32, lr=3e-3, seed=seed, early_stopping=False)
-    history = Trainer(prior, TokenGrids(tokens), None, config, out_dir=out_dir, input_key="tokens").fit(resume=resume)
+    history = Trainer(prior, TokenGrids(tokens), None, config, out_dir=out_dir,
+                      input_key="tokens").fit(resume=resume, overwrite=overwrite)
     prior.eval()
     echo(f"\nGPT-2 prior on the {h}x{w} token grids: {history[-1]['epoch']} epochs, "
          f"{history[-1]['train']['bits_per_token']:.3f} bits per token")

@@ -14,6 +14,7 @@ optimiser for them, stepped on the ``"disc_loss"`` term after the generator step
 import functools
 import json
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
@@ -40,6 +41,10 @@ class TrainConfig:
     check_every: int = 2  # epochs between validation checks
     max_minutes: Optional[float] = None  # wall-clock budget, checked after each epoch
     seed: int = 0
+
+
+class RunExistsError(FileExistsError):
+    """fit() without resume or overwrite into a folder that holds a run; names the folder."""
 
 
 class EarlyStopping:
@@ -147,12 +152,34 @@ class Trainer:
         return self._run(dataset, train=False)
 
     # -- the loop --------------------------------------------------------------
-    def fit(self, resume: bool = False) -> List[dict]:
+    RUN_FILES = ("checkpoint.safetensors", "model.safetensors", "metrics.jsonl")
+
+    def fit(self, resume: bool = False, overwrite: bool = False) -> List[dict]:
         """Trains until the epoch budget, the early-stopping rule or the time budget
-        ends it; returns the per-epoch records (also in metrics.jsonl). ``resume=True``
-        continues an interrupted run; on a finished one it returns its records."""
-        if resume:
+        ends it; returns the per-epoch records (also in metrics.jsonl).
+
+        resume: continue the run in out_dir (on a finished one: return its records);
+            with no checkpoint there yet, start a fresh run and say so (a warning).
+        overwrite: start afresh in an out_dir that holds a run, deleting its
+            checkpoint, weights and log. Without resume or overwrite such a folder is
+            refused (RunExistsError), so two runs never mix in one log.
+        """
+        if resume and overwrite:
+            raise ValueError("resume and overwrite exclude each other")
+        existing = [n for n in self.RUN_FILES if self.out_dir is not None and (self.out_dir / n).exists()]
+        if resume and self.out_dir is None:
+            raise ValueError("resume needs out_dir")
+        if resume and (self.out_dir / "checkpoint.safetensors").is_file():
             self._load()
+        elif resume:
+            warnings.warn(f"{self.out_dir}: no checkpoint.safetensors to resume from; starting a fresh run",
+                          UserWarning, stacklevel=2)
+        elif existing and not overwrite:
+            raise RunExistsError(f"{self.out_dir} already holds a training run ({', '.join(existing)}): "
+                                 "pass resume=True to continue it, overwrite=True to replace it, or another out_dir")
+        elif existing:
+            for name in existing:
+                (self.out_dir / name).unlink()
         start = time.monotonic()
         # A run that early stopping or its time budget ended is finished: resuming it is a no-op.
         stop_reason = self.history[-1].get("stopped") if self.history else None
@@ -207,8 +234,6 @@ class Trainer:
             f.write(json.dumps(record) + "\n")
 
     def _load(self) -> None:
-        if self.out_dir is None:
-            raise ValueError("resume needs out_dir")
         path = self.out_dir / "checkpoint.safetensors"
         tensors, meta = checkpoint.read(path)
         try:

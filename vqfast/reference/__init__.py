@@ -4,6 +4,6 @@ the fallback when no kernel is available."""
 from vqfast.reference.decode_attention import decode_attention
 from vqfast.reference.nearest_code import nearest_code
 from vqfast.reference.omp import omp
-from vqfast.reference.restore_step import counter_uniform, restore_step, stream_seeds
+from vqfast.reference.restore_step import counter_uniform, image_seeds, restore_step, stream_seeds
 
-__all__ = ["counter_uniform", "decode_attention", "nearest_code", "omp", "restore_step", "stream_seeds"]
+__all__ = ["counter_uniform", "decode_attention", "image_seeds", "nearest_code", "omp", "restore_step", "stream_seeds"]

@@ -31,6 +31,24 @@ def counter_uniform(seeds: torch.Tensor, position) -> torch.Tensor:
     return (h >> 8).to(torch.float64) * 2.0**-24
 
 
+def image_seeds(images: torch.Tensor, seed: int) -> torch.Tensor:
+    """(B, ...) images, int seed -> (B,) int64 in [0, 2^42): one seed per image, a pure
+    function of (seed, the image's float32 bits). The same image gets the same seed in
+    any batch, order, dataset or call, so its restorations and score are reproducible
+    and a resumed run equals an uninterrupted one. Each element's bits are hashed with
+    its flat position and summed mod 2^32 (two independent sums), which no reduction
+    order changes, so every device gives the same seed."""
+    bits = images.detach().reshape(images.shape[0], -1).float().contiguous().view(torch.int32).to(torch.int64) & _M32
+    pos = torch.arange(bits.shape[1], dtype=torch.int64, device=bits.device)
+    h = _lowbias32(bits ^ _lowbias32(pos ^ _SEED_MIX))
+    lo = h.sum(1) & _M32  # < 2^32 terms of < 2^32 each: exact in int64 below 2^31 elements
+    hi = _lowbias32(h ^ 0x85EBCA6B).sum(1) & _M32
+    s_lo, s_hi = int(seed) & _M32, (int(seed) >> 32) & _M32
+    lo = _lowbias32(lo ^ _lowbias32(torch.full_like(lo, s_lo)))
+    hi = _lowbias32(hi ^ _lowbias32(torch.full_like(hi, s_hi) ^ lo))
+    return ((hi & 0x3FF) << 32) | lo
+
+
 def stream_seeds(image_seeds: torch.Tensor, restorations: int) -> torch.Tensor:
     """(B,) int64 image seeds -> (B, S) int64 row seeds, one random stream per
     (image, restoration j): image_seed * 2^20 + j (S < 2^20)."""

@@ -4,6 +4,8 @@ A scorer has ``fit(dataset)`` (a no-op where nothing is learnt) and
 ``score(images) -> ScoreBatch`` with anomalib-style fields.
 """
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Dict, NamedTuple, Optional, Tuple
 
@@ -50,28 +52,118 @@ def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     return x.squeeze(1)
 
 
+# Attributes that choose how a result is computed, not what it is (the fast pass and the
+# reference loop restore the same tokens): a resume may change them.
+EXECUTION_SETTINGS = frozenset({"fast", "op_backend", "batch_size", "progress"})
+
+
+def _digest(tensors) -> str:
+    h = hashlib.sha256()
+    for name, t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
+def _tensor_items(value):
+    if torch.is_tensor(value):
+        return [("", value)]
+    if isinstance(value, torch.nn.Module):
+        return sorted(value.state_dict().items())
+    if isinstance(value, dict) and value and all(torch.is_tensor(v) for v in value.values()):
+        return sorted((str(k), v) for k, v in value.items())
+    return None
+
+
+def scorer_fingerprint(scorer) -> Dict[str, str]:
+    """What a scorer's results depend on, for refusing stale resumes: its class, its
+    settings (public attributes that are numbers, strings, None or tuples of them, less
+    EXECUTION_SETTINGS) and a digest per model or fitted state (modules' state dicts,
+    tensors and dicts of tensors, e.g. SGFR's memory bank)."""
+    settings, weights = {}, {}
+    for name, value in sorted(vars(scorer).items()):
+        if name.startswith("_") or name in EXECUTION_SETTINGS:
+            continue
+        tensors = _tensor_items(value)
+        if tensors is not None:
+            weights[name] = _digest(tensors)
+        elif value is None or isinstance(value, (bool, int, float, str)):
+            settings[name] = value
+        elif isinstance(value, (tuple, list)) and all(isinstance(v, (bool, int, float, str)) for v in value):
+            settings[name] = list(value)
+    return {"scorer": type(scorer).__qualname__, "settings": json.dumps(settings, sort_keys=True),
+            "weights": json.dumps(weights, sort_keys=True)}
+
+
+def _batch_identity(batch) -> Dict[str, str]:
+    items = [("image", batch["image"]), ("label", torch.as_tensor(batch["label"])), ("mask", batch["mask"])]
+    out = {"items": _digest(items)}
+    if "path" in batch:
+        out["paths"] = json.dumps([str(p) for p in batch["path"]])
+    return out
+
+
+def _what_changed(path: Path, meta: Dict[str, str], expected: Dict[str, str], first_item: int, count: int) -> str:
+    reasons = []
+    for key in ("batch_size", "n_items"):
+        if meta.get(key) != expected[key]:
+            reasons.append(f"{key} was {meta.get(key)}, is {expected[key]}")
+    if meta.get("scorer") != expected["scorer"]:
+        reasons.append(f"scorer was {meta.get('scorer')}, is {expected['scorer']}")
+    for key, what in (("settings", "setting"), ("weights", "model or fitted state")):
+        old, new = json.loads(meta.get(key) or "{}"), json.loads(expected[key])
+        for name in sorted(set(old) | set(new)):
+            if old.get(name) != new.get(name):
+                reasons.append(f"{what} {name!r} changed" + ("" if key == "weights" else
+                                                             f" ({old.get(name)!r} -> {new.get(name)!r})"))
+    if meta.get("items") != expected["items"] and not reasons:  # other batches hold other items anyway
+        old, new = json.loads(meta.get("paths") or "[]"), json.loads(expected.get("paths") or "[]")
+        diff = next((f": item {first_item + i} was {a}, is {b}" for i, (a, b) in enumerate(zip(old, new)) if a != b),
+                    " (same files, other content: a file was modified)" if old and old == new else "")
+        reasons.append(f"the dataset's items {first_item}..{first_item + count - 1} "
+                       f"changed{diff}")
+    for key in sorted(k for k in expected if k.startswith("stamp.")):
+        if meta.get(key) != expected[key]:
+            reasons.append(f"stamp {key[6:]!r} was {meta.get(key)!r}, is {expected[key]!r}")
+    return (f"{path}: scored under other conditions, refusing to resume: " + "; ".join(reasons) +
+            ". Score into another out_dir, or pass resume=False to score again.")
+
+
 @torch.no_grad()
 def score_dataset(scorer, dataset, batch_size: int = 32, device=None, out_dir=None, resume: bool = False,
                   progress: bool = False, stamp: Optional[Dict[str, str]] = None) -> Tuple[torch.Tensor, ...]:
     """(scores (N,), maps (N, H, W), labels (N,), masks (N, H, W)) on the CPU.
 
     out_dir: each batch's results go to ``<out_dir>/batch_<i>.safetensors`` as soon as
-    they exist (atomically), so a crash loses at most one batch; ``resume=True`` reads
-    the batches already there instead of scoring them again (same dataset order and
-    batch_size, checked by the file's metadata, plus ``stamp``: e.g. the model's
-    training step, so batches scored by an older model are refused).
+    they exist (atomically), so a crash loses at most one batch. ``resume=True`` reads
+    the batches already there instead of scoring them again, after checking that
+    nothing they depend on changed: the batch size and dataset length, the scorer's
+    class and settings and a digest of its models' weights and fitted state
+    (scorer_fingerprint), the batch's items (a digest of images, labels and masks, and
+    their file names where items have a "path"), and ``stamp`` (anything else the caller
+    wants held fixed); a mismatch raises CheckpointError saying what changed.
+    ``resume=False`` scores everything again and replaces the folder's batch files.
+    The scorers draw no randomness from call order, so a resumed run gives the results
+    of an uninterrupted one.
     """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    common = {"batch_size": str(batch_size), "n_items": str(len(dataset)), **scorer_fingerprint(scorer),
+              **{f"stamp.{k}": str(v) for k, v in (stamp or {}).items()}}
+    if out_dir is not None and not resume:
+        for old in Path(out_dir).glob("batch_*.safetensors"):
+            old.unlink()
     parts = []
     for i, batch in enumerate(tqdm(loader, desc="scoring", disable=not progress)):
         path = Path(out_dir) / f"batch_{i:05d}.safetensors" if out_dir is not None else None
-        meta_expected = {"batch_size": str(batch_size), "n_items": str(len(dataset)),
-                         **{k: str(v) for k, v in (stamp or {}).items()}}
+        expected = {**common, **_batch_identity(batch)} if path is not None else None
         if resume and path is not None and path.is_file():
             tensors, meta = checkpoint.read(path)
-            if {k: meta.get(k) for k in meta_expected} != meta_expected:
-                raise checkpoint.CheckpointError(f"{path}: written for another dataset, batch size or model "
-                                                 f"({meta}, expected {meta_expected})")
+            if any(meta.get(k) != v for k, v in expected.items()):
+                raise checkpoint.CheckpointError(_what_changed(path, meta, expected, i * batch_size,
+                                                                 len(batch["image"])))
             parts.append(tensors)
             continue
         x = batch["image"] if device is None else batch["image"].to(device)
@@ -79,7 +171,7 @@ def score_dataset(scorer, dataset, batch_size: int = 32, device=None, out_dir=No
         part = {"scores": out.pred_score.float().cpu(), "maps": out.anomaly_map.float().cpu(),
                 "labels": torch.as_tensor(batch["label"]), "masks": batch["mask"]}
         if path is not None:
-            checkpoint.write_atomic(path, part, meta_expected)
+            checkpoint.write_atomic(path, part, expected)
         parts.append(part)
     if not parts:
         raise ValueError("dataset is empty")

@@ -14,6 +14,7 @@ prior's KV-cached pass (GPT-2) or batched full forwards that skip finished grids
 draw the same counter-based uniforms, so they restore the same tokens.
 """
 
+import math
 from typing import Optional
 
 import torch
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 
 from vqfast.ops import restore_step
 from vqfast.reference import restoration as ref
-from vqfast.reference.restore_step import stream_seeds, token_nll
+from vqfast.reference.restore_step import image_seeds, stream_seeds, token_nll
 from vqfast.scorers.base import ScoreBatch, reduce_map
 
 
@@ -94,14 +95,16 @@ def batched_restore(prior, tokens: torch.Tensor, threshold: float, seeds: torch.
             row = int(torch.div(start[active] - 1, width, rounding_mode="floor").min())
             logits, cache = prior.logits_cached(flat[active].view(-1, *shape), cache, row)
         work = logits.double() if logits.dtype == torch.float64 else logits.float()
-        nll = token_nll(work, flat[active])  # the reference's formula, so its decisions
+        nll = token_nll(work, flat[active])  # the reference's formula: the one source of every decision
         over = (nll > threshold) & (positions[None] >= start[active][:, None])
         has = over.any(1)
         pos = over.int().argmax(1)
         for p in pos[has].unique().tolist():
             rows = has & (pos == p)
             idx = active[rows]
-            flat[idx, p], _ = restore_step(logits[rows, p], flat[idx, p], threshold, seeds[idx], p, temperature,
+            # threshold -inf: the kernel samples where this NLL said to, never re-testing its own
+            # (in float32 the two can fall on either side of a threshold close to the NLL).
+            flat[idx, p], _ = restore_step(logits[rows, p], flat[idx, p], -math.inf, seeds[idx], p, temperature,
                                            backend=op_backend, validate=False)
         start[active[has]] = pos[has] + 1
         keep = has & (pos + 1 < n)
@@ -164,14 +167,13 @@ class _RestorationScorer(_TokenScorer):
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.restorations, self.temperature, self.k = restorations, temperature, k
         self.fast, self.op_backend, self.seed = fast, op_backend, seed
-        self._calls = 0
         self._fast = None  # the prior's incremental runner, kept: its cache and captured CUDA graphs are reused
 
-    def _image_seeds(self, b: int, device) -> torch.Tensor:
-        # A new seed per image per call, reproducible from `seed`: image n of call c.
-        seeds = torch.arange(b, dtype=torch.int64, device=device) + (self.seed * 2**20 + self._calls) * 2**12
-        self._calls += 1
-        return seeds
+    def image_seeds(self, images: torch.Tensor) -> torch.Tensor:
+        """(B,) int64: each image's seed, from the scorer's seed and the image's bits
+        (vqfast.reference.image_seeds), so a score is a pure function of (models, image,
+        seed): re-scoring, another batch or order, and a resumed run give the same."""
+        return image_seeds(images, self.seed)
 
     def restore(self, tokens: torch.Tensor, image_seeds: torch.Tensor) -> torch.Tensor:
         """tokens (B, h, w), image_seeds (B,) -> restored (B, S, h, w)."""
@@ -180,11 +182,11 @@ class _RestorationScorer(_TokenScorer):
     @torch.no_grad()
     def score(self, images: torch.Tensor, image_seeds: Optional[torch.Tensor] = None) -> ScoreBatch:
         """images (B, C, H, W); image_seeds (B,) int64 fixes the random streams (default:
-        derived from the scorer's seed and a call counter)."""
+        self.image_seeds(images), from the scorer's seed and each image's content)."""
         self._eval()
         b = images.shape[0]
         if image_seeds is None:
-            image_seeds = self._image_seeds(b, images.device)
+            image_seeds = self.image_seeds(images)
         tokens = self.vq_model.encode_indices(images)
         restored = self.restore(tokens, image_seeds)
         decoded = self.vq_model.decode_indices(restored.flatten(0, 1)).clamp(0, 1)
@@ -199,7 +201,7 @@ class _RestorationScorer(_TokenScorer):
 
         self._eval()
         b, dev = images.shape[0], images.device
-        seeds = self._image_seeds(b, dev)
+        seeds = self.image_seeds(images)
         tokens = self.vq_model.encode_indices(images)
         restored = self.restore(tokens, seeds)
         decoded = self.vq_model.decode_indices(restored.flatten(0, 1)).clamp(0, 1)
@@ -253,9 +255,13 @@ class LightPixelWiseScorer(_RestorationScorer):
                                              for j in range(s)]) for n in range(b)])
         logits = self.prior.logits(tokens)  # (B, T, K): once for all S restorations
         flat = tokens.reshape(b, -1)
+        work = logits.double() if logits.dtype == torch.float64 else logits.float()
+        over = (token_nll(work, flat) > self.threshold).repeat_interleave(s, 0)  # the one decision source
         rows_seeds = seeds.flatten()
         out = flat.repeat_interleave(s, 0)
-        for i in range(flat.shape[1]):
-            out[:, i], _ = restore_step(logits[:, i].repeat_interleave(s, 0), out[:, i], self.threshold, rows_seeds, i,
-                                        self.temperature, backend=self.op_backend, validate=False)
+        for i in over.any(0).nonzero().flatten().tolist():
+            rows = over[:, i].nonzero().flatten()
+            # threshold -inf: the kernel samples where this NLL said to, never re-testing its own
+            out[rows, i], _ = restore_step(logits[rows // s, i], out[rows, i], -math.inf, rows_seeds[rows], i,
+                                           self.temperature, backend=self.op_backend, validate=False)
         return out.view(b, s, *tokens.shape[1:])
