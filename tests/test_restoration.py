@@ -109,3 +109,142 @@ def test_scores_and_bad_arguments(models, gen):
             cls(vq, prior, 2.0, temperature=0.0)
     with pytest.raises(ValueError, match="percentile must be in"):
         nll_threshold(prior, torch.zeros(1, 6, 6, dtype=torch.int64), 101)
+
+
+@pytest.mark.parametrize("cls", [PixelWiseScorer, LightPixelWiseScorer])
+def test_the_same_image_gets_the_same_score(models, gen, cls):
+    """Seeds come from (scorer seed, image bits): re-scoring, another batch and another
+    order give the same restorations; another seed or image gives others."""
+    vq, prior = models
+    images = torch.rand(4, 3, 24, 24, generator=gen)
+    scorer = cls(vq, prior, nll_threshold(prior, vq.encode_indices(images), 50), restorations=3)
+    first, again = scorer.score(images), scorer.score(images)
+    assert torch.equal(first.pred_score, again.pred_score) and torch.equal(first.anomaly_map, again.anomaly_map)
+    seeds = scorer.image_seeds(images)
+    perm = torch.tensor([2, 0, 3, 1])
+    assert torch.equal(scorer.image_seeds(images[perm]), seeds[perm])
+    assert torch.equal(scorer.image_seeds(images[1:3]), seeds[1:3])
+    assert len(set(seeds.tolist())) == 4 and bool((seeds >= 0).all()) and bool((seeds < 2**42).all())
+    assert not torch.equal(cls(vq, prior, scorer.threshold, seed=1).image_seeds(images), seeds)
+    nudged = images.clone()
+    nudged[0, 2, 23, 23] = torch.nextafter(nudged[0, 2, 23, 23], torch.tensor(2.0))
+    assert int(scorer.image_seeds(nudged)[0]) != int(seeds[0]) and torch.equal(scorer.image_seeds(nudged)[1:], seeds[1:])
+    tokens = vq.encode_indices(images)
+    assert torch.equal(scorer.restore(tokens[perm], seeds[perm]), scorer.restore(tokens, seeds)[perm])
+
+
+def _eq12_map(images, decoded, k):
+    """Eqs. 11-12 by explicit loops: softmax over j of k / sum |Y - X_j| weights each
+    residual, which is min-pooled 3x3, averaged 7x7 inside the image, summed over j."""
+    b, s, _, h, w = decoded.shape
+    out = torch.zeros(b, h, w)
+    for n in range(b):
+        r = [(images[n] - decoded[n, j]).abs().mean(0) for j in range(s)]
+        weights = torch.tensor([k / float(x.sum()) for x in r]).softmax(0)
+        for j in range(s):
+            x = weights[j] * r[j]
+            mins = torch.stack([torch.nn.functional.pad(x, (1, 1, 1, 1), value=float("inf"))[i:i + h, c:c + w]
+                                for i in range(3) for c in range(3)]).amin(0)
+            out[n] += _avg7(mins)
+    return out
+
+
+@pytest.mark.parametrize("cls,loop", [(PixelWiseScorer, "pixelwise_restore"), (LightPixelWiseScorer, "light_restore")])
+@pytest.mark.parametrize("fast", [True, False])
+def test_score_is_the_reference_loop_decoded_and_mapped(models, gen, cls, loop, fast):
+    """score() end to end: the published loop's restorations (vqfast.reference.restoration),
+    decoded and clamped, through eqs. 11-12, reduced by max; the restorations must change
+    the decoded images, or decoding the un-restored tokens would pass too."""
+    from vqfast.reference import restoration as reference
+    from vqfast.reference.restore_step import stream_seeds
+
+    vq, prior = models
+    images = torch.rand(3, 3, 24, 24, generator=gen)
+    tokens = vq.encode_indices(images)
+    threshold = nll_threshold(prior, tokens, 60)
+    scorer = cls(vq, prior, threshold, restorations=3, k=200.0, fast=fast)
+    out = scorer.score(images)
+    seeds = stream_seeds(scorer.image_seeds(images), 3)
+    restored = torch.stack([torch.stack([getattr(reference, loop)(prior, tokens[n], threshold, int(seeds[n, j]))[0]
+                                         for j in range(3)]) for n in range(3)])
+    assert bool((restored != tokens[:, None]).any())
+    with torch.no_grad():
+        decoded = vq.decode_indices(restored.flatten(0, 1)).clamp(0, 1).view(3, 3, 3, 24, 24)
+        unrestored = vq.decode_indices(tokens).clamp(0, 1)
+    assert (decoded - unrestored[:, None]).abs().amax() > 1e-3
+    expected = _eq12_map(images, decoded, 200.0)
+    torch.testing.assert_close(out.anomaly_map, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.pred_score, expected.flatten(1).amax(1), rtol=1e-5, atol=1e-6)
+
+
+class _ElementwisePrior(torch.nn.Module):
+    """A float32 prior whose logits are elementwise in the batch (no GEMM), so batched and
+    per-grid forwards agree bit for bit and only the decision rule can split the fast
+    pass from the reference loop. logits[t] = bias + 0.5 * the count-weighted embedding
+    of the tokens before t."""
+
+    def __init__(self, k, gen, coupling=0.3):
+        super().__init__()
+        self.bias = torch.nn.Parameter(torch.randn(k, generator=gen) * 2)
+        self.emb = torch.nn.Parameter(torch.randn(k, k, generator=gen) * coupling)
+
+    def logits(self, tokens):
+        flat = tokens.reshape(tokens.shape[0], -1)
+        e = self.emb[flat]  # (B, T, K)
+        before = torch.cat([torch.zeros_like(e[:, :1]), e[:, :-1]], 1).cumsum(1)
+        return self.bias + 0.5 * before
+
+    def nll(self, tokens):
+        x = self.logits(tokens)
+        return (x.logsumexp(-1) - x.gather(-1, tokens.reshape(tokens.shape[0], -1, 1))[..., 0]).view(tokens.shape)
+
+
+def _split_decision_prior(k, coupling, gen, backend):
+    """A prior whose position-0 conditional (no prefix: the bias) has tokens v whose NLL
+    the kernel computes below the reference's formula: at a threshold one ulp under the
+    reference's NLL the two disagree. Returns (prior, those tokens, their reference NLLs);
+    all tokens if the backend never disagrees."""
+    from vqfast.ops import restore_step
+    from vqfast.reference.restore_step import token_nll
+
+    for _ in range(100):
+        prior = _ElementwisePrior(k, gen, coupling).eval()
+        with torch.no_grad():
+            logits = prior.bias.float().expand(k, k).contiguous()
+        cur = torch.arange(k)
+        ours = token_nll(logits, cur)
+        theirs = restore_step(logits, cur, float("inf"), cur, 0, backend=backend)[1]
+        split = (theirs < ours).nonzero().flatten()
+        if split.numel():
+            return prior, split, ours[split]
+    return prior, cur, ours
+
+
+@pytest.mark.parametrize("cls", [PixelWiseScorer, LightPixelWiseScorer])
+@pytest.mark.parametrize("coupling", [0.0, 0.3])
+def test_float32_fast_pass_restores_the_reference_tokens_at_the_threshold(gen, cls, coupling):
+    """float32, thresholds one ulp under the reference's NLL of a token at a position
+    with no prefix, chosen where the kernel's own NLL falls on the other side: the fast
+    pass must take the reference's decision (one decision source), so the restored
+    tokens are identical. coupling 0: every position has that conditional, so every
+    occurrence of the token sits at the threshold whatever was restored before it."""
+    k = 64
+    backend = "cpu" if _has_cpu() else "reference"
+    prior, split, values = _split_decision_prior(k, coupling, gen, backend)
+    vq = VQVAE(VQVAEConfig(hidden=8, res_blocks=1, num_codes=k, code_dim=4, downsamples=2)).eval()
+    for trial in range(6):
+        j = int(torch.randint(0, split.numel(), (1,), generator=gen))
+        tokens = torch.randint(0, k, (4, 5, 5), generator=gen)
+        tokens.view(4, -1)[:, ::3] = split[j]  # position 0 and every third
+        threshold = float(torch.nextafter(values[j], torch.tensor(-float("inf"))))
+        seeds = torch.randint(0, 2**40, (4,), generator=gen)
+        fast = cls(vq, prior, threshold, restorations=2, op_backend=backend).restore(tokens, seeds)
+        slow = cls(vq, prior, threshold, restorations=2, fast=False).restore(tokens, seeds)
+        assert torch.equal(fast, slow), f"trial {trial}: threshold {threshold}, token {int(split[j])}"
+        assert bool((slow != tokens[:, None]).any())  # the reference did restore
+
+
+def _has_cpu():
+    from vqfast import _ext
+
+    return _ext.has_op("restore_step", "cpu")

@@ -88,6 +88,8 @@ def scorer_fingerprint(scorer) -> Dict[str, str]:
         tensors = _tensor_items(value)
         if tensors is not None:
             weights[name] = _digest(tensors)
+            if hasattr(value, "config_dict"):  # e.g. the backbone a FeatureAE keeps out of its state dict
+                settings[f"{name}.config"] = value.config_dict()
         elif value is None or isinstance(value, (bool, int, float, str)):
             settings[name] = value
         elif isinstance(value, (tuple, list)) and all(isinstance(v, (bool, int, float, str)) for v in value):
