@@ -54,6 +54,22 @@ def test_loads_torchvision_file_from_path_and_torch_home(tmp_path, monkeypatch):
     assert torch.equal(Backbone("resnet18").conv1.weight, state["conv1.weight"])
 
 
+def test_loads_safetensors_weights(tmp_path):
+    from safetensors.torch import save_file
+
+    state = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in _random("resnet18").state_dict().items()}
+    save_file(state, str(tmp_path / "r18.safetensors"))
+    assert torch.equal(Backbone("resnet18", weights=tmp_path / "r18.safetensors").fc.weight, state["fc.weight"])
+
+
+def test_asks_for_other_layers(gen):
+    model = _random("resnet18", layers=(1,))
+    out = model(torch.rand(1, 3, 64, 64, generator=gen), layers=(2, 4))
+    assert sorted(out) == [2, 4] and out[4].shape == (1, 512, 2, 2)
+    with pytest.raises(ValueError, match="layers must be a non-empty subset of 1..4"):
+        model(torch.rand(1, 3, 64, 64), layers=(5,))
+
+
 def test_missing_and_wrong_weights(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     with pytest.warns(RuntimeWarning, match="resnet18: no pretrained weights"):
@@ -61,6 +77,17 @@ def test_missing_and_wrong_weights(tmp_path, monkeypatch):
     torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "bad.pth")
     with pytest.raises(ValueError, match="bad.pth: not a torchvision resnet50 state dict"):
         Backbone("resnet50", weights=tmp_path / "bad.pth")
+    (tmp_path / "notes.txt").write_text("these are not weights\n")
+    with pytest.raises(ValueError, match="notes.txt: not a readable resnet18 weights file"):
+        Backbone("resnet18", weights=tmp_path / "notes.txt")
+    (tmp_path / "empty.pth").write_bytes(b"")
+    with pytest.raises(ValueError, match="empty.pth: not a readable resnet18 weights file"):
+        Backbone("resnet18", weights=tmp_path / "empty.pth")
+    torch.save([torch.zeros(1)], tmp_path / "list.pth")
+    with pytest.raises(ValueError, match="list.pth: holds a list, not a state dict"):
+        Backbone("resnet18", weights=tmp_path / "list.pth")
+    with pytest.raises(ValueError, match="absent.pth: weights file not found"):
+        Backbone("resnet18", weights=tmp_path / "absent.pth")
     with pytest.raises(ValueError, match="name must be one of"):
         Backbone("vgg16")
     with pytest.raises(ValueError, match="layers must be"):

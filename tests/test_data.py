@@ -138,6 +138,43 @@ def test_image_folder_with_mask_suffix(tmp_path):
     assert ds[0]["label"] == 1 and int(ds[0]["mask"].sum()) == 70
 
 
+def test_image_folder_refuses_masks_beside_images_unless_told(tmp_path):
+    """A Magnetic Tile class folder holds x.jpg beside its mask x.png: loading both as
+    images would train or score on masks."""
+    root = tmp_path / "MT_Crack" / "Imgs"
+    for name in ("a", "b"):
+        _img(root / f"{name}.jpg", mode="L")
+        _mask(root / f"{name}.png")
+    with pytest.raises(DatasetError, match=r"Imgs: holds 2 masks beside its images \(e.g. a.png\): pass masks_root="):
+        ImageFolder(root)
+    ds = ImageFolder(root, label=1, masks_root=root)
+    assert [pathlib.Path(ds[i]["path"]).name for i in range(2)] == ["a.jpg", "b.jpg"]
+    assert all(int(ds[i]["mask"].sum()) == 70 for i in range(2))
+    _img(tmp_path / "mv" / "c.png")
+    _mask(tmp_path / "mv" / "c_mask.png")
+    with pytest.raises(DatasetError, match=r"holds 1 masks beside its images \(e.g. c_mask.png\)"):
+        ImageFolder(tmp_path / "mv")
+
+
+@pytest.mark.skipif(not (SHARED_MT / "split.json").is_file(), reason="shared Magnetic Tile data not present")
+def test_image_folder_on_a_real_magnetic_tile_class_folder():
+    folder = SHARED_MT / "MT_Fray" / "Imgs"
+    with pytest.raises(DatasetError, match="masks beside its images"):
+        ImageFolder(folder, ImageTransform(size=32, channels=1))
+    ds = ImageFolder(folder, ImageTransform(size=32, channels=1), label=1, masks_root=folder)
+    assert len(ds) == 32 and all(ds[i]["path"].endswith(".jpg") for i in range(len(ds)))
+
+
+def test_mixed_image_sizes_fail_when_the_dataset_is_built(tmp_path):
+    _img(tmp_path / "f" / "a.png", size=(40, 30))
+    _img(tmp_path / "f" / "b.png", size=(41, 30))
+    with pytest.raises(DatasetError, match=r"images differ in size \(.*b.png gives \(3, 30, 41\), .*a.png gives "
+                                           r"\(3, 30, 40\)\): pass a transform that resizes them, e.g. "
+                                           r"ImageTransform\(size=\(30, 40\)\)"):
+        ImageFolder(tmp_path / "f")
+    assert len(ImageFolder(tmp_path / "f", ImageTransform(size=(30, 40)))) == 2
+
+
 def test_magnetic_tile_layout_and_split(tmp_path):
     root = tmp_path / "mt"
     for name in ["a", "b", "c"]:

@@ -52,3 +52,9 @@ def test_evaluate_without_masks_gives_image_metrics_only(tmp_path):
     good, bad = ImageFolder(tmp_path / "good"), ImageFolder(tmp_path / "bad", label=1)
     result = evaluate_scorer(RegenerativeScorer(_Zero()), torch.utils.data.ConcatDataset([good, bad]))
     assert result["image_auroc"] == 1.0 and "pixel_auroc" not in result
+
+
+def test_images_on_another_device_name_the_images_and_the_model():
+    scorer = RegenerativeScorer(VQVAE(VQVAEConfig(hidden=8, res_blocks=1, num_codes=8, code_dim=4, downsamples=2)))
+    with pytest.raises(ValueError, match="images are on meta but the model is on cpu: move the images"):
+        scorer.score(torch.rand(1, 3, 16, 16, device="meta"))

@@ -1,5 +1,7 @@
 """Restoration scorers: fast passes restore exactly the reference loops' tokens."""
 
+import types
+
 import pytest
 import torch
 
@@ -96,6 +98,23 @@ def _avg7(x):
     return out
 
 
+@pytest.mark.parametrize("cls", [SampleWiseScorer, PixelWiseScorer, LightPixelWiseScorer])
+def test_mismatched_models_and_images_say_so(models, cls):
+    vq, prior = models
+    small = GPT2Prior(GPT2PriorConfig(num_codes=8, height=6, width=6, n_layer=1, n_embd=16, n_head=2))
+    with pytest.raises(ValueError, match=r"the prior models 8 codes but the VQ model's codebook has 16: train the "
+                                         r"prior on this VQ model's token grids \(GPT2PriorConfig\(num_codes=16"):
+        cls(vq, small, 1.0)
+    scorer = cls(vq, prior, 1.0)
+    with pytest.raises(ValueError, match=r"images of 32x32 give 8x8 token grids but the prior models 6x6: score "
+                                         r"images of 24x24"):
+        scorer.score(torch.rand(1, 3, 32, 32))
+    with pytest.raises(ValueError, match=r"images are on meta but the VQ model is on cpu: move the images"):
+        scorer.score(torch.rand(1, 3, 24, 24, device="meta"))
+    with pytest.raises(ValueError, match=r"images must be a \(B, C, H, W\) floating tensor, got \(3, 24, 24\)"):
+        scorer.score(torch.rand(3, 24, 24))
+
+
 def test_scores_and_bad_arguments(models, gen):
     vq, prior = models
     images = torch.rand(3, 3, 24, 24, generator=gen)
@@ -187,6 +206,7 @@ class _ElementwisePrior(torch.nn.Module):
         super().__init__()
         self.bias = torch.nn.Parameter(torch.randn(k, generator=gen) * 2)
         self.emb = torch.nn.Parameter(torch.randn(k, k, generator=gen) * coupling)
+        self.config = types.SimpleNamespace(num_codes=k, height=5, width=5)
 
     def logits(self, tokens):
         flat = tokens.reshape(tokens.shape[0], -1)

@@ -124,6 +124,29 @@ def test_detects_and_localises_procedural_defects(backbone, data):
     assert result["image_auroc"] > 0.9 and result["pixel_auroc"] > 0.85
 
 
+def test_any_backbone_serves_the_default_levels(data):
+    """SGFRScorer(Backbone("resnet18")) as the README writes it: the backbone is asked
+    for levels 2, 3 and l_ref 4 whatever layers it was built with."""
+    train, test = data
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scorer = SGFRScorer(Backbone("resnet18")).fit(train)
+    out = scorer.score(torch.stack([test[i]["image"] for i in (0, 30)]))
+    assert out.anomaly_map.shape == (2, 64, 64) and set(scorer.bank) == {2, 3, 4}
+
+
+def test_scoring_at_another_size_or_device_says_so(backbone, data):
+    train, test = data
+    scorer = SGFRScorer(backbone, s_ref=5, s=3).fit(train)
+    with pytest.raises(ValueError, match=r"images are 96x96 but the memory bank was fitted on 64x64 images: score "
+                                         r"at the fitted size \(e.g. ImageTransform\(size=\(64, 64\)\)\)"):
+        scorer.score(torch.rand(1, 3, 96, 96))
+    with pytest.raises(ValueError, match="images must be a .B, C, H, W. floating tensor"):
+        scorer.score(torch.zeros(1, 3, 64, 64, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="images are on meta but the backbone is on cpu: move the images"):
+        scorer.score(torch.rand(1, 3, 64, 64, device="meta"))
+
+
 @pytest.mark.parametrize("sigma", [1.0, 4.0])
 def test_gaussian_blur_matches_scipy(gen, sigma):
     maps = torch.rand(2, 40, 33, generator=gen, dtype=torch.float64)
@@ -133,8 +156,10 @@ def test_gaussian_blur_matches_scipy(gen, sigma):
 
 
 def test_bad_configuration(backbone, data):
-    with pytest.raises(ValueError, match=r"levels \(1, 2\) and ref_level 3 are needed"):
-        SGFRScorer(backbone, levels=(1, 2))
+    with pytest.raises(ValueError, match=r"levels \(2, 5\) and ref_level 4 must lie in 1..4"):
+        SGFRScorer(backbone, levels=(2, 5), ref_level=4)
+    with pytest.raises(ValueError, match=r"returns layers \(1, 2, 3\) but levels \(3,\) and ref_level 4 are needed"):
+        SGFRScorer(_PoolBackbone(), levels=(3,))
     with pytest.raises(ValueError, match="s_ref=100 exceeds the 60 training images"):
         SGFRScorer(backbone, s_ref=100).fit(data[0])
     with pytest.raises(RuntimeError, match="call fit"):

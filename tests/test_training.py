@@ -72,6 +72,15 @@ def test_fit_refuses_a_folder_holding_a_run(tmp_path):
         _trainer(tmp_path, 2).fit(resume=True, overwrite=True)
 
 
+def test_load_model_reads_the_trainers_checkpoint_too(tmp_path):
+    trainer = _trainer(tmp_path, 1)
+    trainer.fit()
+    for name in ("model.safetensors", "checkpoint.safetensors"):
+        model = load_model(tmp_path / name, expected="VQVAE")
+        a, b = model.state_dict(), trainer.model.state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k].cpu()) for k in a)
+
+
 def test_early_stopping_rule():
     rule = EarlyStopping(patience=2)
     assert [rule.update(1.0, v) for v in (1.5, 1.0, 0.5, 2.0, 3.0)] == [False, False, False, False, True]

@@ -72,9 +72,13 @@ def save_model(model: torch.nn.Module, path: PathLike) -> None:
 
 
 def load_model(path: PathLike, expected: str = None) -> torch.nn.Module:
-    """Rebuilds the model a save_model file describes; ``expected`` (a class name)
-    turns a checkpoint of another model into an error."""
+    """Rebuilds the model a save_model file describes (the Trainer's model.safetensors),
+    or the model inside a Trainer's checkpoint.safetensors (its optimiser and RNG state
+    are left out); ``expected`` (a class name) turns a checkpoint of another model into
+    an error."""
     tensors, metadata = read(path)
+    if "trainer" in metadata:  # a training checkpoint: the model's tensors carry a "model." prefix
+        tensors = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     try:
         config = json.loads(metadata["config"])
         name = config.pop("model")

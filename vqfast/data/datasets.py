@@ -66,6 +66,12 @@ class AnomalyDataset(torch.utils.data.Dataset):
                     raise
                 self.skipped.append((str(record.image), str(exc)))
                 continue
+            if not self.records:
+                first, shape = record, tuple(item["image"].shape)
+            elif tuple(item["image"].shape) != shape:  # refused here, naming two files, not inside a DataLoader
+                raise DatasetError(f"{name}: images differ in size ({record.image} gives "
+                                   f"{tuple(item['image'].shape)}, {first.image} gives {shape}): pass a transform "
+                                   f"that resizes them, e.g. ImageTransform(size=({shape[1]}, {shape[2]}))")
             self.records.append(record)
             if self._cache is not None:
                 self._cache.append(item)
@@ -146,14 +152,35 @@ def magnetic_tile_records(root, split: str, split_file=None) -> List[Record]:
     return records
 
 
+def _mask_files(images: List[Path]) -> List[Path]:
+    """Files that look like masks beside their images: <stem>_mask.png next to <stem>.*,
+    or <stem>.png next to a <stem> image of another format (Magnetic Tile's layout)."""
+    by_stem: dict = {}
+    for p in images:
+        by_stem.setdefault(p.stem, []).append(p)
+    masks = [p for p in images if p.stem.endswith("_mask") and p.stem[:-5] in by_stem]
+    masks += [p for p in images if p.suffix.lower() == ".png" and len(by_stem[p.stem]) > 1]
+    return sorted(masks)
+
+
 def folder_records(root, label: int = 0, masks_root=None) -> List[Record]:
     """A plain folder of images, all with ``label``; masks, if given, are
-    <masks_root>/<stem>.png or <stem>_mask.png."""
+    <masks_root>/<stem>.png or <stem>_mask.png. With masks_root the same folder (e.g. a
+    Magnetic Tile class folder, x.jpg beside its mask x.png) the masks are not images;
+    without masks_root such a folder is refused rather than loading masks as images."""
+    root = Path(root)
+    images = list_images(root)
+    masks = _mask_files(images)
+    if masks and (masks_root is None or Path(masks_root).resolve() != root.resolve()):
+        raise DatasetError(f"{root}: holds {len(masks)} masks beside its images (e.g. {masks[0].name}): pass "
+                           f"masks_root={str(root)!r} to use them as masks, or move them out (for Magnetic Tile, "
+                           "vqfast.data.MagneticTile reads its layout)")
     records = []
-    for p in list_images(Path(root)):
+    for p in (p for p in images if p not in set(masks)):
         mask = None
         if masks_root is not None:
-            candidates = [Path(masks_root) / f"{p.stem}{suffix}.png" for suffix in ("", "_mask")]
+            candidates = [c for c in (Path(masks_root) / f"{p.stem}{suffix}.png" for suffix in ("", "_mask"))
+                          if c.resolve() != p.resolve()]
             mask = next((c for c in candidates if c.is_file()), candidates[0])
         records.append(Record(p, mask, label, "anomalous" if label else "good"))
     return records

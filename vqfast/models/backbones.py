@@ -71,6 +71,26 @@ def _downsample(c_in: int, c_out: int, stride: int):
     return nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
 
 
+def _read_state_dict(path: Path, name: str) -> Dict[str, torch.Tensor]:
+    """A torchvision-layout state dict from a .pth (torch.load with weights_only: no
+    code runs) or a .safetensors file; anything else is a ValueError naming the file."""
+    if not path.is_file():
+        raise ValueError(f"{path}: weights file not found")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch.load's errors on a non-checkpoint vary (IndexError, UnpicklingError, ...)
+        raise ValueError(f"{path}: not a readable {name} weights file (a torchvision .pth state dict or "
+                         f".safetensors): {type(exc).__name__}: {exc}") from exc
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise ValueError(f"{path}: holds a {type(state).__name__}, not a state dict of tensors")
+    return state
+
+
 def default_weights_file(name: str) -> Optional[Path]:
     home = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch"))
     path = home / "hub" / "checkpoints" / ARCHS[name][3]
@@ -83,11 +103,14 @@ class Backbone(nn.Module):
     Args:
         name: "resnet18", "resnet50" or "wide_resnet50_2".
         layers: which of layer1..layer4 to return, e.g. (1, 2, 3).
-        weights: a torchvision-format state-dict file; default: $TORCH_HOME's copy if any.
+        weights: a torchvision-format state-dict file (.pth, or .safetensors with the same
+            keys); default: $TORCH_HOME's copy if any.
         normalize: the input is (B, 1 or 3, H, W) in [0, 1]; grey is replicated and
             ImageNet mean/std applied. False: the input is already normalised RGB.
 
-    forward(x) -> {layer: (B, C_l, H / 2^(l+1), W / 2^(l+1))}. Eval mode always; on CUDA,
+    forward(x, layers=None) -> {layer: (B, C_l, H / 2^(l+1), W / 2^(l+1))}, for ``layers``
+    (default: the constructor's); a caller needing others (SGFR's levels) asks for them.
+    Eval mode always; on CUDA,
     channels-last and bf16 autocast, features returned as float32.
     """
 
@@ -121,9 +144,8 @@ class Backbone(nn.Module):
         self.pretrained = path is not None
         if path is not None:
             try:
-                state = torch.load(path, map_location="cpu", weights_only=True)
-                self.load_state_dict(state, strict=True)
-            except (RuntimeError, OSError, AttributeError) as exc:
+                self.load_state_dict(_read_state_dict(path, name), strict=True)
+            except RuntimeError as exc:
                 raise ValueError(f"{path}: not a torchvision {name} state dict ({exc})") from exc
         else:
             warnings.warn(f"{name}: no pretrained weights (pass weights= or put {ARCHS[name][3]} in "
@@ -136,7 +158,12 @@ class Backbone(nn.Module):
         return super().train(False)  # frozen: BatchNorm statistics never move
 
     @torch.no_grad()
-    def forward(self, x: torch.Tensor) -> Dict[int, torch.Tensor]:
+    def forward(self, x: torch.Tensor, layers: Optional[Sequence[int]] = None) -> Dict[int, torch.Tensor]:
+        """x (B, 1 or 3, H, W) in [0, 1] -> {layer: (B, C_l, H / 2^(l+1), W / 2^(l+1)) float32}
+        for ``layers`` (default: the ones given at construction), any of 1..4."""
+        layers = self.layers if layers is None else tuple(layers)
+        if not layers or not set(layers) <= {1, 2, 3, 4}:
+            raise ValueError(f"layers must be a non-empty subset of 1..4, got {layers}")
         if x.dim() != 4 or x.shape[1] not in (1, 3):
             raise ValueError(f"x must be (B, 1 or 3, H, W), got {tuple(x.shape)}")
         if self.normalize:
@@ -147,8 +174,8 @@ class Backbone(nn.Module):
         out = {}
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=cuda):
             x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-            for i in range(1, max(self.layers) + 1):
+            for i in range(1, max(layers) + 1):
                 x = getattr(self, f"layer{i}")(x)
-                if i in self.layers:
+                if i in layers:
                     out[i] = x.float()
         return out

@@ -21,6 +21,18 @@ class ScoreBatch(NamedTuple):
     anomaly_map: torch.Tensor  # (B, H, W) pixel anomaly scores
 
 
+def check_images(images, model: torch.nn.Module, model_name: str = "the model") -> None:
+    """A clear error for what score(images) cannot take: not a (B, C, H, W) floating
+    tensor, or on another device than ``model``'s parameters (named ``model_name``)."""
+    if not torch.is_tensor(images) or images.dim() != 4 or not images.is_floating_point():
+        got = f"{tuple(images.shape)} {images.dtype}" if torch.is_tensor(images) else type(images).__name__
+        raise ValueError(f"images must be a (B, C, H, W) floating tensor, got {got}")
+    param = next(iter(model.parameters()), None)
+    if param is not None and param.device != images.device:
+        raise ValueError(f"images are on {images.device} but {model_name} is on {param.device}: move the images "
+                         f"(images.to({str(param.device)!r})) or the model")
+
+
 def reduce_map(anomaly_map: torch.Tensor, reduction: str, topk: float) -> torch.Tensor:
     """(B, H, W) -> (B,): "max", "mean", or "topk_mean" (mean of the top ``topk``
     fraction of pixels, at least one)."""

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from vqfast.models.feature_ae import FeatureAE
-from vqfast.scorers.base import ScoreBatch, gaussian_blur, reduce_map
+from vqfast.scorers.base import ScoreBatch, check_images, gaussian_blur, reduce_map
 
 
 class FeatureAEScorer:
@@ -31,6 +31,7 @@ class FeatureAEScorer:
 
     @torch.no_grad()
     def score(self, images: torch.Tensor) -> ScoreBatch:
+        check_images(images, self.model)
         self.model.eval()
         size = images.shape[-2:]
         total = None

@@ -2,7 +2,7 @@
 
 import torch
 
-from vqfast.scorers.base import ScoreBatch, reduce_map
+from vqfast.scorers.base import ScoreBatch, check_images, reduce_map
 
 
 class RegenerativeScorer:
@@ -24,6 +24,7 @@ class RegenerativeScorer:
     @torch.no_grad()
     def score(self, images: torch.Tensor) -> ScoreBatch:
         """images: (B, C, H, W) on the model's device."""
+        check_images(images, self.model)
         self.model.eval()
         residual = (images - self.model.reconstruct(images)).abs().mean(1)
         return ScoreBatch(reduce_map(residual, self.reduction, self.topk), residual)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from vqfast.ops import restore_step
 from vqfast.reference import restoration as ref
 from vqfast.reference.restore_step import image_seeds, stream_seeds, token_nll
-from vqfast.scorers.base import ScoreBatch, reduce_map
+from vqfast.scorers.base import ScoreBatch, check_images, reduce_map
 
 
 @torch.no_grad()
@@ -116,7 +116,25 @@ def batched_restore(prior, tokens: torch.Tensor, threshold: float, seeds: torch.
 
 class _TokenScorer:
     def __init__(self, vq_model, prior, threshold: float):
+        vq_codes = vq_model.vq.codebook.shape[0]
+        if prior.config.num_codes != vq_codes:
+            raise ValueError(f"the prior models {prior.config.num_codes} codes but the VQ model's codebook has "
+                             f"{vq_codes}: train the prior on this VQ model's token grids "
+                             f"({type(prior.config).__name__}(num_codes={vq_codes}, ...))")
         self.vq_model, self.prior, self.threshold = vq_model, prior, float(threshold)
+
+    def _tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, h, w) token grids, checked against the prior's grid."""
+        check_images(images, self.vq_model, "the VQ model")
+        check_images(images, self.prior, "the prior")
+        tokens = self.vq_model.encode_indices(images)
+        grid = (self.prior.config.height, self.prior.config.width)
+        if tuple(tokens.shape[1:]) != grid:
+            f = images.shape[-1] // tokens.shape[-1]
+            raise ValueError(f"images of {images.shape[-2]}x{images.shape[-1]} give {tokens.shape[1]}x{tokens.shape[2]} "
+                             f"token grids but the prior models {grid[0]}x{grid[1]}: score images of "
+                             f"{grid[0] * f}x{grid[1] * f} (the size the prior's grids came from)")
+        return tokens
 
     def fit(self, dataset=None):
         """Nothing to fit here: train the prior with vqfast.training.Trainer and set the
@@ -135,7 +153,7 @@ class SampleWiseScorer(_TokenScorer):
     @torch.no_grad()
     def score(self, images: torch.Tensor) -> ScoreBatch:
         self._eval()
-        nll = self.prior.nll(self.vq_model.encode_indices(images)).float()
+        nll = self.prior.nll(self._tokens(images)).float()
         xi = torch.where(nll > self.threshold, nll, torch.zeros_like(nll))
         maps = F.interpolate(xi.unsqueeze(1), size=images.shape[-2:], mode="bilinear", align_corners=False)
         return ScoreBatch(xi.flatten(1).sum(1), maps.squeeze(1))
@@ -146,7 +164,7 @@ class SampleWiseScorer(_TokenScorer):
         from vqfast.profiling import time_callable
 
         self._eval()
-        tokens = self.vq_model.encode_indices(images)
+        tokens = self._tokens(images)
         dev = images.device
         return [time_callable(lambda: self.vq_model.encode_indices(images), name="encode (VQ)", device=dev,
                               repeats=repeats),
@@ -187,7 +205,7 @@ class _RestorationScorer(_TokenScorer):
         b = images.shape[0]
         if image_seeds is None:
             image_seeds = self.image_seeds(images)
-        tokens = self.vq_model.encode_indices(images)
+        tokens = self._tokens(images)
         restored = self.restore(tokens, image_seeds)
         decoded = self.vq_model.decode_indices(restored.flatten(0, 1)).clamp(0, 1)
         maps = weighted_residual_map(images, decoded.view(b, self.restorations, *decoded.shape[1:]), self.k)
@@ -202,7 +220,7 @@ class _RestorationScorer(_TokenScorer):
         self._eval()
         b, dev = images.shape[0], images.device
         seeds = self.image_seeds(images)
-        tokens = self.vq_model.encode_indices(images)
+        tokens = self._tokens(images)
         restored = self.restore(tokens, seeds)
         decoded = self.vq_model.decode_indices(restored.flatten(0, 1)).clamp(0, 1)
         stacked = decoded.view(b, self.restorations, *decoded.shape[1:])

@@ -19,12 +19,13 @@ from tqdm import tqdm
 
 from vqfast.models.backbones import Backbone
 from vqfast.ops import omp
-from vqfast.scorers.base import ScoreBatch, gaussian_blur, reduce_map
+from vqfast.scorers.base import ScoreBatch, check_images, gaussian_blur, reduce_map
 
 
 class SGFRScorer:
     """Args:
-    backbone: a Backbone returning (at least) ``levels`` and ``ref_level``.
+    backbone: a Backbone (asked for ``levels`` and ``ref_level`` whatever layers it was
+        built with), or any module returning a {level: (B, C, h, w)} dict holding them.
     levels: reconstruction levels (the paper: 2 and 3).
     ref_level: sampling level l_ref (the paper: l + 1); None: max(levels) + 1, capped at 4.
     s_ref, s: sampled bank size and atoms per reconstruction (Magnetic Tile: 10 and 7).
@@ -38,7 +39,10 @@ class SGFRScorer:
                  sigma: float = 4.0, batch_size: int = 16):
         self.ref_level = ref_level if ref_level is not None else min(max(levels) + 1, 4)
         needed = set(levels) | {self.ref_level}
-        if not needed <= set(backbone.layers):
+        if not needed <= {1, 2, 3, 4}:
+            raise ValueError(f"levels {tuple(levels)} and ref_level {self.ref_level} must lie in 1..4")
+        self._layers = tuple(sorted(needed)) if isinstance(backbone, Backbone) else None
+        if self._layers is None and not needed <= set(backbone.layers):
             raise ValueError(f"backbone returns layers {backbone.layers} but levels {tuple(levels)} and ref_level "
                              f"{self.ref_level} are needed")
         if s_ref < 1 or s < 1:
@@ -47,9 +51,11 @@ class SGFRScorer:
         self.s_ref, self.s, self.eps, self.sampling, self.sigma = s_ref, s, eps, sampling, sigma
         self.batch_size = batch_size
         self.bank = None  # {level: (N, w h c) float64}
+        self.image_size = None  # (H, W) of the fitted images: features of other sizes are other vectors
 
     def _features(self, images: torch.Tensor):
-        feats = self.backbone(images)
+        check_images(images, self.backbone, "the backbone")
+        feats = self.backbone(images) if self._layers is None else self.backbone(images, layers=self._layers)
         return {lvl: f.double() for lvl, f in feats.items() if lvl in self.levels or lvl == self.ref_level}
 
     @torch.no_grad()
@@ -60,6 +66,7 @@ class SGFRScorer:
         loader = torch.utils.data.DataLoader(dataset, batch_size=self.batch_size, shuffle=False)
         parts = {}
         for batch in tqdm(loader, desc="SGFR memory bank", disable=not progress):
+            self.image_size = tuple(batch["image"].shape[-2:])
             for lvl, f in self._features(batch["image"].to(device)).items():
                 parts.setdefault(lvl, []).append(f.flatten(1))
         self.bank = {lvl: torch.cat(p) for lvl, p in parts.items()}
@@ -73,8 +80,18 @@ class SGFRScorer:
     def sample(self, images: torch.Tensor) -> torch.Tensor:
         """(B, s_ref) indices of the sampled memory bank M_S per image (-1 where OMP
         stopped early); all N when sampling is off."""
+        self._check_fitted(images)
         y = self._features(images)[self.ref_level].flatten(1)
         return self._sample(y)
+
+    def _check_fitted(self, images: torch.Tensor) -> None:
+        if self.bank is None:
+            raise RuntimeError("call fit(dataset) first")
+        if torch.is_tensor(images) and tuple(images.shape[-2:]) != self.image_size:
+            h, w = self.image_size
+            raise ValueError(f"images are {images.shape[-2]}x{images.shape[-1]} but the memory bank was fitted on "
+                             f"{h}x{w} images: score at the fitted size (e.g. ImageTransform(size=({h}, {w}))) "
+                             "or fit on images of this size")
 
     def _sample(self, y_ref: torch.Tensor) -> torch.Tensor:
         n = self.bank[self.ref_level].shape[0]
@@ -86,8 +103,7 @@ class SGFRScorer:
     @torch.no_grad()
     def score(self, images: torch.Tensor) -> ScoreBatch:
         """images: (B, C, H, W) -> ScoreBatch with (B, H, W) maps (max as image score)."""
-        if self.bank is None:
-            raise RuntimeError("call fit(dataset) first")
+        self._check_fitted(images)
         feats = self._features(images)
         support = self._sample(feats[self.ref_level].flatten(1))
         h, w = images.shape[-2:]
