@@ -46,6 +46,7 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace a training run already in the output folder")
     args = p.parse_args(argv)
 
     out = Path(args.out or f"runs/magnetic_tile_{args.method}")
@@ -66,7 +67,7 @@ def main(argv=None):
         model = FeatureAE(FeatureAEConfig(weights=args.weights, backbone_seed=args.seed))
         config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=0.4, optimizer="sgd", momentum=0.9,
                              weight_decay=1e-4, early_stopping=False, max_minutes=args.minutes, seed=args.seed)
-        history = Trainer(model, train, config=config, out_dir=out / "train").fit(resume=args.resume)
+        history = Trainer(model, train, config=config, out_dir=out / "train").fit(resume=args.resume, overwrite=args.overwrite)
         results.update(pretrained=model.backbone.pretrained, epochs=history[-1]["epoch"],
                        stopped=history[-1]["stopped"], losses=[r["train"]["loss"] for r in history])
         scorer = FeatureAEScorer(model)

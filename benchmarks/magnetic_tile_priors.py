@@ -58,6 +58,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--test-limit", type=int, default=None, help="score only the first N test images (a smoke test)")
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace a training run already in the output folder")
     args = p.parse_args(argv)
 
     out = Path(args.out or f"runs/magnetic_tile_{args.prior}")
@@ -88,7 +89,7 @@ def main(argv=None):
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, max_minutes=args.minutes,
                          seed=args.seed)
     history = Trainer(prior, TokenGrids(tokens["train"]), TokenGrids(tokens["val"]), config, out_dir=out / "prior",
-                      input_key="tokens").fit(resume=args.resume)
+                      input_key="tokens").fit(resume=args.resume, overwrite=args.overwrite)
     prior.eval()
     results = {"vq": str(args.vq), "prior": prior.config_dict(), "args": vars(args), "epochs": history[-1]["epoch"],
                "stopped": history[-1]["stopped"], "train_minutes_this_run": (time.monotonic() - start) / 60,
@@ -107,9 +108,8 @@ def main(argv=None):
     for name, scorer in scorers.items():
         t0 = time.monotonic()
         folder = out / f"scores_{name.lower().replace('-', '_')}"
-        stamp = {"prior_step": history[-1]["step"], "thresholds": json.dumps(th)}
         scores, maps, labels, masks = score_dataset(scorer, test, batch_size=8, out_dir=folder, resume=args.resume,
-                                                    progress=True, stamp=stamp)
+                                                    progress=True)
         results["seconds_per_image"][name] = (time.monotonic() - t0) / len(test)
         pixel = name != "Sample-wise"  # the paper scores Sample-wise at the image level only
         results["scores"][name] = metrics.evaluate(labels, scores, masks if pixel else None, maps if pixel else None)

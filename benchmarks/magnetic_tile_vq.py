@@ -47,6 +47,7 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace a training run already in the output folder")
     args = p.parse_args(argv)
 
     args.out = args.out or f"runs/magnetic_tile_{args.model}"
@@ -70,7 +71,7 @@ def main(argv=None):
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lr_gamma=args.lr_gamma,
                          max_minutes=args.minutes, seed=args.seed)
     start = time.monotonic()
-    history = Trainer(model, train, val, config, out_dir=args.out).fit(resume=args.resume)
+    history = Trainer(model, train, val, config, out_dir=args.out).fit(resume=args.resume, overwrite=args.overwrite)
     train_minutes = (time.monotonic() - start) / 60
 
     results = {"model": name, "config": model.config_dict(),

@@ -11,7 +11,9 @@
 ``fast=True`` (default) runs all B x S restorations of a batch at once: with the
 prior's KV-cached pass (GPT-2) or batched full forwards that skip finished grids
 (PixelSNAIL); ``fast=False`` runs vqfast.reference.restoration's loops. Both
-draw the same counter-based uniforms, so they restore the same tokens.
+draw the same counter-based uniforms, so they restore the same tokens. An image's
+streams come from the scorer's seed and the image's own bits (not from a call
+counter): the same image gets the same score in any batch, call or resumed run.
 """
 
 import math
@@ -173,6 +175,12 @@ class SampleWiseScorer(_TokenScorer):
 
 
 class _RestorationScorer(_TokenScorer):
+    """Args: vq_model, prior (same codes and grid); threshold (lambda_P or lambda_LP);
+    restorations S; temperature of the samples; k of eq. 11 (None: the pixel count);
+    reduction and topk of the map to the image score; fast (batched passes) or the
+    reference loops; op_backend of restore_step; seed: with each image's bits, the
+    image's random streams (image_seeds), so a score never depends on call order."""
+
     def __init__(self, vq_model, prior, threshold: float, restorations: int = 5, temperature: float = 1.0,
                  k: Optional[float] = None, reduction: str = "max", topk: float = 0.01, fast: bool = True,
                  op_backend: str = "auto", seed: int = 0):
