@@ -61,7 +61,7 @@ def main(argv=None):
 
     if args.method == "sgfr":
         backbone = Backbone("wide_resnet50_2", layers=(2, 3, 4), weights=args.weights)
-        scorer = SGFRScorer(backbone, levels=(2, 3), ref_level=4, s_ref=args.s_ref, s=args.s).fit(train, progress=True)
+        scorer = SGFRScorer.magnetic_tile(backbone, s_ref=args.s_ref, s=args.s).fit(train, progress=True)
         results["pretrained"] = backbone.pretrained
     else:
         model = FeatureAE(FeatureAEConfig(weights=args.weights, backbone_seed=args.seed))

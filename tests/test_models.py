@@ -104,6 +104,48 @@ def test_vqvae_shapes_losses_and_architecture():
     torch.testing.assert_close(model.decode_indices(model(x).vq.indices), model.reconstruct(x))
 
 
+def test_vqvae_follows_appendix_a():
+    """Three encoder stages of (stride-2 4x4 conv, ReLU, 3 residual blocks), then the 1x1
+    projection; three decoder stages of 3 residual blocks each followed by a stride-2 4x4
+    transposed conv, dropout 0.05 before the last; the paper's optimiser settings."""
+    from vqfast.models.vqvae import ResBlock
+
+    model = VQVAE(VQVAEConfig())
+    enc = [type(m).__name__ for m in model.encoder]
+    stage = ["Conv2d", "ReLU", "ResBlock", "ResBlock", "ResBlock"]
+    assert enc == stage * 3 + ["Conv2d"]
+    dec = [type(m).__name__ for m in model.decoder]
+    assert dec == (["Conv2d"] + ["ResBlock"] * 3 + ["ConvTranspose2d", "ReLU"] + ["ResBlock"] * 3 +
+                   ["ConvTranspose2d", "ReLU"] + ["ResBlock"] * 3 + ["Dropout", "ConvTranspose2d"])
+    block = next(m for m in model.encoder if isinstance(m, ResBlock)).body
+    assert [type(m).__name__ for m in block] == ["Conv2d", "ReLU", "Conv2d", "ReLU"]
+    assert block[0].kernel_size == (3, 3) and block[2].kernel_size == (1, 1)
+    assert model.vq.codebook.shape == (256, 32) and model.vq.ema and model.config.beta == 0.25
+    paper = VQVAE.paper_train_config()
+    assert (paper.optimizer, paper.lr, paper.lr_gamma, paper.batch_size) == ("adam", 1e-4, 0.9999, 16)
+
+
+def test_dead_fraction_restarts_rarely_used_codes():
+    vq = _ready_ema_layer(decay=0.5)
+    vq.dead_fraction = 0.9  # 18 vectors, 3 codes: restart below 0.9 * 6 = 5.4 per batch
+    z = torch.zeros(2, 2, 3, 3)
+    z[0, 0, :, :] = 10.0  # 9 vectors on code 1, 9 on code 0, none on code 2
+    vq.train()(z)
+    assert vq.ema_count[0] > 5 and vq.ema_count[1] > 5 and vq.ema_count[2] == 1.0  # code 2 restarted
+
+
+def test_normalized_lookup_is_cosine_nearest():
+    vq = VectorQuantizer(3, 2, ema=False, normalize=True).eval()
+    with torch.no_grad():
+        vq.codebook.copy_(torch.tensor([[10.0, 0.0], [0.0, 0.1], [-1.0, -1.0]]))
+    vq.initialized.fill_(True)
+    z = torch.tensor([[0.1, 5.0], [3.0, 0.2], [-0.5, -0.4]]).T.reshape(1, 2, 1, 3)
+    out = vq(z)
+    assert out.indices.flatten().tolist() == [1, 0, 2]  # by angle, whatever the lengths
+    torch.testing.assert_close(out.quantized.norm(dim=1), torch.ones(1, 1, 3))
+    torch.testing.assert_close(vq.codes().norm(dim=1), torch.ones(3))
+
+
 def test_vqvae_rejects_bad_images():
     with pytest.raises(ValueError, match=r"x must be \(B, 3, H, W\) with H and W multiples of 8"):
         VQVAE(TINY)(torch.rand(1, 3, 30, 32))

@@ -58,3 +58,15 @@ def test_images_on_another_device_name_the_images_and_the_model():
     scorer = RegenerativeScorer(VQVAE(VQVAEConfig(hidden=8, res_blocks=1, num_codes=8, code_dim=4, downsamples=2)))
     with pytest.raises(ValueError, match="images are on meta but the model is on cpu: move the images"):
         scorer.score(torch.rand(1, 3, 16, 16, device="meta"))
+
+
+def test_default_image_score_is_the_papers_mean_l1():
+    """Section 4: the Regenerative score is "the L1 loss between an image x and its
+    reconstruction", the mean |x - x_hat|; max and top-k stay options."""
+    torch.manual_seed(0)
+    model = VQVAE(VQVAEConfig(hidden=8, res_blocks=1, num_codes=8, code_dim=4, downsamples=2)).eval()
+    x = torch.rand(3, 3, 16, 16)
+    out = RegenerativeScorer(model).score(x)
+    torch.testing.assert_close(out.pred_score, (x - model.reconstruct(x)).abs().mean((1, 2, 3)))
+    peak = RegenerativeScorer(model, reduction="max").score(x)
+    torch.testing.assert_close(peak.pred_score, out.anomaly_map.flatten(1).amax(1))

@@ -147,6 +147,39 @@ def test_scoring_at_another_size_or_device_says_so(backbone, data):
         scorer.score(torch.rand(1, 3, 64, 64, device="meta"))
 
 
+def test_eps_bounds_the_residual_norm_not_its_square(gen):
+    """Algorithm 1 stops once ||e_l||_2 <= eps: with eps just above the residual norm after
+    one atom, each reconstruction is the one-atom OMP (scikit-learn's, independently)."""
+    from sklearn.linear_model import orthogonal_mp
+
+    bank = _Items(_gratings(gen, False, 12, size=32))
+    test = torch.stack([t["image"] for t in _gratings(gen, False, 2, defect=True, size=32)])
+    backbone = _PoolBackbone()
+    feats = {lvl: f.double().flatten(1).numpy() for lvl, f in backbone(test).items()}
+    bank_f = {lvl: f.double().flatten(1).numpy() for lvl, f in backbone(torch.stack([t["image"] for t in bank])).items()}
+    for lvl in (1, 2):
+        one = orthogonal_mp(bank_f[lvl].T, feats[lvl].T, n_nonzero_coefs=1)  # (N, B)
+        norms = np.linalg.norm(feats[lvl].T - bank_f[lvl].T @ one, axis=0)
+        assert norms.min() > 1.0  # so that eps and eps^2 differ in what they allow
+        eps = float(norms.max()) * (1 + 1e-9)
+        # one level at a time, sampling off: the whole bank is the dictionary
+        scorer = SGFRScorer(backbone, levels=(lvl,), ref_level=3, s=6, eps=eps, sampling=False, sigma=0.0).fit(bank)
+        two = orthogonal_mp(bank_f[lvl].T, feats[lvl].T, n_nonzero_coefs=2)
+        assert np.linalg.norm(feats[lvl].T - bank_f[lvl].T @ two, axis=0).max() < eps  # a second atom would help
+        maps = scorer.score(test).anomaly_map
+        h = 32 // 2**lvl
+        residual = torch.from_numpy((feats[lvl].T - bank_f[lvl].T @ one).T).view(2, 3, h, h).norm(dim=1)
+        expected = torch.nn.functional.interpolate(residual[:, None], size=(32, 32), mode="bilinear",
+                                                   align_corners=False)[:, 0]
+        torch.testing.assert_close(maps, expected.float(), rtol=1e-5, atol=1e-6)
+
+
+def test_magnetic_tile_preset_is_section_4_2_1(backbone):
+    scorer = SGFRScorer.magnetic_tile(backbone)
+    assert (scorer.levels, scorer.ref_level, scorer.s_ref, scorer.s) == ((2, 3), 4, 10, 7)
+    assert SGFRScorer.magnetic_tile(backbone, s=5).s == 5
+
+
 @pytest.mark.parametrize("sigma", [1.0, 4.0])
 def test_gaussian_blur_matches_scipy(gen, sigma):
     maps = torch.rand(2, 40, 33, generator=gen, dtype=torch.float64)

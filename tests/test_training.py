@@ -81,6 +81,12 @@ def test_load_model_reads_the_trainers_checkpoint_too(tmp_path):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k].cpu()) for k in a)
 
 
+def test_adam_betas_reach_the_optimisers():
+    trainer = _trainer(None, 1, betas=(0.5, 0.9))
+    assert trainer.optimizers["gen"].param_groups[0]["betas"] == (0.5, 0.9)
+    assert _trainer(None, 1).optimizers["gen"].param_groups[0]["betas"] == (0.9, 0.999)
+
+
 def test_early_stopping_rule():
     rule = EarlyStopping(patience=2)
     assert [rule.update(1.0, v) for v in (1.5, 1.0, 0.5, 2.0, 3.0)] == [False, False, False, False, True]

@@ -9,7 +9,7 @@ from vqfast.checkpoint import load_model, save_model
 from vqfast.data import ProceduralDefects
 from vqfast.models import LPIPS, VQGAN, PatchDiscriminator, VQGANConfig, adaptive_weight
 from vqfast.models.lpips import lpips_weights_file
-from vqfast.models.vqgan import NonLocalBlock
+from vqfast.models.vqgan import NonLocalBlock, ResnetBlock
 from vqfast.training import TrainConfig, Trainer
 
 
@@ -78,12 +78,85 @@ def test_gan_training_steps_both_players(tmp_path, lpips_module):
 
 
 def test_trained_as_vqvae(lpips_module):
-    model = VQGAN(tiny(adversarial=False, perceptual_weight=0.0)).train()
+    model = VQGAN(tiny(adversarial=False, perceptual_weight=0.0, ema=False)).train()
     assert model.discriminator is None and model.lpips is None
-    terms = model.training_loss(torch.rand(2, 3, 16, 16))
+    x = torch.rand(2, 3, 16, 16)
+    terms = model.training_loss(x)
     assert set(terms) == {"loss", "recon", "commitment", "perplexity", "usage"}
-    # L_r + L_vq + beta L_c, where L_vq and L_c have the same value (stop-gradient apart)
+    # L_r (eq. 6, the MSE) + L_vq + beta L_c, where L_vq and L_c have the same value (stop-gradient apart)
     torch.testing.assert_close(terms["loss"], terms["recon"] + 1.25 * terms["commitment"])
+    torch.testing.assert_close(terms["recon"], (model(x).reconstruction - x).square().mean())
+    ema = VQGAN(tiny(adversarial=False, perceptual_weight=0.0)).train()  # default: EMA codebook, no L_vq
+    terms = ema.training_loss(x)
+    torch.testing.assert_close(terms["loss"], terms["recon"] + 0.25 * terms["commitment"])
+
+
+def _blocks_by_resolution(model, latent):
+    """[(kind, resolution, channels)] of the decoder's residual (R) and non-local (N)
+    blocks in order, from a forward pass of an (1, z, latent, latent) code map."""
+    seen = []
+    hooks = [m.register_forward_hook(lambda m, i, o: seen.append((type(m).__name__[0], o.shape[-1], o.shape[1])))
+             for m in model.decoder.modules() if isinstance(m, (ResnetBlock, NonLocalBlock))]
+    with torch.no_grad():
+        out = model.decode(torch.randn(1, model.config.z_channels, latent, latent))
+    for h in hooks:
+        h.remove()
+    return seen, out.shape
+
+
+def test_decoder_follows_table_2():
+    model = VQGAN(VQGANConfig(adversarial=False, perceptual_weight=0.0)).eval()
+    seen, shape = _blocks_by_resolution(model, 8)
+    assert shape == (1, 3, 128, 128)
+    middle, rest = seen[:3], seen[3:]
+    assert middle == [("R", 8, 256), ("N", 8, 256), ("R", 8, 256)]  # Residual + NonLocal + Residual
+    expected = ([("R", 8, 256), ("N", 8, 256)] * 3 +  # (Residual + NonLocal) x 3 -> 8x8x256
+                [("R", 8, 128), ("N", 8, 128)] * 3 +  # (Residual + NonLocal) x 3 + Upsample -> 16x16x128
+                [("R", 16, 128)] * 3 +  # Residual x 3 + Upsample -> 32x32x128
+                [("R", 32, 64)] * 3 +  # Residual x 3 + Upsample -> 64x64x64
+                [("R", 64, 64)] * 3)  # Residual x 3 + Upsample -> 128x128x64
+    assert rest == expected
+    taming, shape = _blocks_by_resolution(VQGAN(VQGANConfig(adversarial=False, perceptual_weight=0.0,
+                                                            decoder_layout="taming")).eval(), 8)
+    assert shape == (1, 3, 128, 128)
+    assert [b for b in taming if b[0] == "N"] == [("N", 8, 256)] + [("N", 16, 128)] * 3  # attention at 16x16
+    assert [b[1] for b in taming if b[0] == "R"][-3:] == [128] * 3  # its last level runs at full size
+    with pytest.raises(ValueError, match="decoder_layout must be"):
+        VQGANConfig(decoder_layout="other")
+
+
+def test_gan_loss_is_eq_13_log_loss(lpips_module):
+    """The default adversarial loss is eq. 13's: the discriminator minimises
+    -[log D(x) + log(1 - D(x_hat))] / 2, the generator the non-saturating -log D(x_hat)."""
+    torch.manual_seed(0)
+    model = VQGAN(tiny(), lpips=lpips_module).eval()
+    assert model.config.disc_loss == "vanilla"
+    x = torch.rand(2, 3, 16, 16)
+    terms = model.training_loss(x)
+    with torch.no_grad():
+        fake = torch.sigmoid(model.discriminator(model(x).reconstruction))
+        real = torch.sigmoid(model.discriminator(x))
+    torch.testing.assert_close(terms["disc_loss"], -0.5 * (real.log().mean() + (1 - fake).log().mean()))
+    torch.testing.assert_close(terms["g_loss"], -fake.log().mean())
+    hinge = VQGAN(tiny(disc_loss="hinge"), lpips=lpips_module).eval()
+    hinge.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        logits = hinge.discriminator(hinge(x).reconstruction)
+    torch.testing.assert_close(hinge.training_loss(x)["g_loss"], -logits.mean())
+
+
+def test_vqgan_recipe_keeps_its_codebook():
+    """The default codebook (EMA with dead-code restarts) stays in use on procedural
+    textures with the GAN on, where the paper's gradient codebook collapses."""
+    torch.manual_seed(0)
+    data = ProceduralDefects(64, 0, size=32)
+    cfg = dict(ch=16, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(), resolution=32, z_channels=16,
+               num_codes=32, disc_ch=16, disc_layers=2, disc_start=8, perceptual_weight=0.0)
+    config = TrainConfig(epochs=6, batch_size=16, lr=2e-3, betas=(0.5, 0.9), early_stopping=False)
+    model = VQGAN(VQGANConfig(**cfg))
+    history = Trainer(model, data, config=config, progress=False).fit()
+    assert "disc_loss" in history[-1]["train"]  # the GAN ran
+    assert history[-1]["train"]["perplexity"] >= 0.5 * 32
 
 
 def test_vanilla_loss_and_config_errors(lpips_module):

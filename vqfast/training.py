@@ -17,7 +17,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from tqdm import tqdm
@@ -32,6 +32,7 @@ class TrainConfig:
     lr: float = 1e-4
     optimizer: str = "adam"  # or "adamw", or "sgd" (with momentum)
     momentum: float = 0.9  # sgd only
+    betas: Tuple[float, float] = (0.9, 0.999)  # adam/adamw; taming's VQ-GAN recipe: (0.5, 0.9)
     weight_decay: float = 0.0
     lr_gamma: float = 1.0  # multiplies the learning rate after every epoch
     grad_clip: Optional[float] = None  # max global gradient norm
@@ -90,7 +91,8 @@ class Trainer:
         if config.optimizer == "sgd":
             opt_cls = functools.partial(torch.optim.SGD, momentum=config.momentum)
         else:
-            opt_cls = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
+            opt_cls = functools.partial(torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW,
+                                        betas=tuple(config.betas))
         disc = list(model.discriminator_parameters()) if hasattr(model, "discriminator_parameters") else []
         disc_ids = {id(p) for p in disc}
         self.params = {"gen": [p for p in self.model.parameters() if p.requires_grad and id(p) not in disc_ids]}

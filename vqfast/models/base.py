@@ -41,7 +41,7 @@ class VQAutoencoder(nn.Module):
 
     def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
         """(B, h, w) int64 token grid -> (B, C, H, W) image."""
-        return self.decode(F.embedding(indices, self.vq.codebook).permute(0, 3, 1, 2))
+        return self.decode(F.embedding(indices, self.vq.codes()).permute(0, 3, 1, 2))
 
     def forward(self, x: torch.Tensor) -> VQAutoencoderOutput:
         vq = self.vq(self.encode(x))

@@ -1,8 +1,10 @@
 """LPIPS (Zhang et al. 2018, VGG16 variant) implemented in vqfast.
 
-d(x, y) = sum over layers l of the spatial mean of || w_l * (u_l(x) - u_l(y)) ||^2,
+d(x, y) = sum over layers l of the spatial mean of sum_c w_lc (u_l(x) - u_l(y))_c^2,
 u_l the channel-unit-normalised VGG16 features after relu1_2, relu2_2, relu3_3,
-relu4_3 and relu5_3, w_l learned per-channel weights (the paper's eq. 14).
+relu4_3 and relu5_3, w_l >= 0 the learned per-channel weights: the lpips package's
+weighted sum of squares, which the code computes. The paper's eq. 14 writes
+||w_l * (u_l(x) - u_l(y))||^2, the same distance with its w_l the square roots of these.
 
 Weights never come from a download:
 - the per-channel weights are read from the installed ``lpips`` package's

@@ -10,6 +10,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from vqfast.ops import quantize
 
@@ -32,6 +33,12 @@ class VectorQuantizer(nn.Module):
     dead_threshold: in training with EMA, codes whose smoothed count (in vectors
         per batch) falls below this are restarted at random encoder outputs of the
         batch, as in Jukebox (0 disables).
+    dead_fraction: also restart codes whose smoothed count is below this fraction of
+        the batch's mean count per code (vectors in the batch / K), a threshold that
+        scales with the batch and the codebook (0 disables).
+    normalize: l2-normalise encoder outputs and codes before the lookup (cosine
+        nearest neighbour, as in ViT-VQGAN / improved VQ-GAN), which keeps far more of
+        the codebook in use; the quantised vectors are then unit vectors.
     backend: nearest_code backend.
 
     The codebook is initialised from random encoder outputs of the first training
@@ -39,7 +46,8 @@ class VectorQuantizer(nn.Module):
     """
 
     def __init__(self, num_codes: int, dim: int, beta: float = 0.25, ema: bool = True, decay: float = 0.99,
-                 eps: float = 1e-5, dead_threshold: float = 1.0, backend: str = "auto"):
+                 eps: float = 1e-5, dead_threshold: float = 1.0, dead_fraction: float = 0.0, normalize: bool = False,
+                 backend: str = "auto"):
         super().__init__()
         if num_codes < 1 or dim < 1:
             raise ValueError(f"num_codes and dim must be >= 1, got {num_codes}, {dim}")
@@ -47,6 +55,7 @@ class VectorQuantizer(nn.Module):
             raise ValueError(f"decay must be in (0, 1), got {decay}")
         self.num_codes, self.dim, self.beta, self.ema = num_codes, dim, beta, ema
         self.decay, self.eps, self.dead_threshold, self.backend = decay, eps, dead_threshold, backend
+        self.dead_fraction, self.normalize = dead_fraction, normalize
         init = torch.randn(num_codes, dim) / dim**0.5
         if ema:
             self.register_buffer("codebook", init)
@@ -55,6 +64,11 @@ class VectorQuantizer(nn.Module):
         else:
             self.codebook = nn.Parameter(init)
         self.register_buffer("initialized", torch.tensor(False))
+
+    def codes(self) -> torch.Tensor:
+        """(K, D): the vectors the lookup uses and the decoder receives (unit vectors with
+        ``normalize``)."""
+        return F.normalize(self.codebook, dim=1) if self.normalize else self.codebook
 
     @torch.no_grad()
     def _init_from(self, flat: torch.Tensor) -> None:
@@ -67,9 +81,11 @@ class VectorQuantizer(nn.Module):
 
     def forward(self, z: torch.Tensor) -> VQOutput:
         """z: (B, D, H, W) encoder output."""
+        if self.normalize:
+            z = F.normalize(z, dim=1)
         if self.training and not bool(self.initialized):
             self._init_from(z.detach().movedim(1, -1).reshape(-1, self.dim).float())
-        q = quantize(z, self.codebook, backend=self.backend)
+        q = quantize(z, self.codes(), backend=self.backend)
         counts = torch.bincount(q.indices.reshape(-1), minlength=self.num_codes).to(z.dtype)
         probs = counts / counts.sum()
         perplexity = torch.exp(-(probs * torch.log(probs.clamp_min(1e-12))).sum())
@@ -90,8 +106,9 @@ class VectorQuantizer(nn.Module):
         n = self.ema_count.sum()
         smoothed = (self.ema_count + self.eps) / (n + self.num_codes * self.eps) * n
         self.codebook.copy_(self.ema_sum / smoothed.unsqueeze(1))
-        if self.dead_threshold > 0:
-            dead = smoothed < self.dead_threshold
+        threshold = max(self.dead_threshold, self.dead_fraction * flat.shape[0] / self.num_codes)
+        if threshold > 0:
+            dead = smoothed < threshold
             n_dead = int(dead.sum())
             if n_dead:
                 pick = torch.randint(flat.shape[0], (n_dead,), device=flat.device)

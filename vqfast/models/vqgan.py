@@ -1,17 +1,33 @@
-"""The taming-style VQ model of tables 1-2, trained as a VQ-VAE or as a VQ-GAN (eq. 15).
+"""The VQ model of the density/restoration paper's tables 1-2, trained as a VQ-VAE or
+as a VQ-GAN (eq. 15).
 
-Encoder: conv, then per level ``num_res_blocks`` residual blocks (GroupNorm, Swish,
-3x3 convs) with non-local attention at the resolutions in ``attn_resolutions`` and a
-stride-2 downsample between levels; a middle residual / attention / residual stack;
-GroupNorm, Swish, conv to ``z_channels``. The decoder mirrors it with one more
-residual block per level and nearest-neighbour upsampling. The defaults (channels
-64-64-128-128-256, 128 x 128 input, 8 x 8 latents, 256-d codes, 128 codes) are the
-paper's best.
+Encoder (table 1): conv, then per level ``num_res_blocks`` residual blocks (GroupNorm,
+Swish, 3x3 convs) with non-local attention at the resolutions in ``attn_resolutions``
+and a stride-2 downsample between levels; a middle residual / attention / residual
+stack; GroupNorm, Swish, conv to ``z_channels``.
 
-VQ-GAN loss: L_r + L_p + L_vq + beta L_c + lambda L_GAN, with L_p the LPIPS distance,
-L_GAN from a PatchGAN discriminator and lambda = ||grad_GL(L_r + L_p)|| /
-(||grad_GL L_GAN|| + 1e-6) on the decoder's last layer G_L (eq. 16), from
-``disc_start`` steps on.
+Decoder, ``decoder_layout="paper"`` (table 2, the default): conv, the middle stack,
+then ``num_res_blocks + 1`` residual blocks per level from the deepest, each level's
+output channels ch * ch_mult[level]; the deepest level stays at the latent resolution
+and every other level ends in a nearest-neighbour upsample, so two levels run at the
+latent resolution (8 x 8), each of their residual blocks followed by a non-local block:
+(Res + NonLocal) x 3 at 8x8x256, (Res + NonLocal) x 3 + Upsample -> 16x16x128, then
+Res x 3 + Upsample to 32x32x128, 64x64x64 and 128x128x64. ``"taming"``: the taming
+transformers layout (each level at its own resolution, attention at
+``attn_resolutions``, no upsample after the last level), which table 2 departs from.
+The defaults (channels 64-64-128-128-256, 128 x 128 input, 8 x 8 latents, 256-d codes,
+128 codes) are the paper's best.
+
+VQ-GAN loss (eq. 15): L_r + L_p + L_vq + beta L_c + lambda L_GAN, with L_r the MSE (eq.
+6), L_p the LPIPS distance, L_GAN eq. 13's log-loss GAN of a PatchGAN discriminator
+(``disc_loss="vanilla"``, default; the generator minimises the non-saturating
+-log D(x_hat), the usual reading of the min-max game; ``"hinge"`` is taming's choice),
+and lambda = ||grad_GL(L_r + L_p)|| / (||grad_GL L_GAN|| + 1e-6) on the decoder's last
+layer G_L (eq. 16), from ``disc_start`` steps on.
+
+Codebook: EMA updates with dead-code restarts by default, which departs from the
+paper's L_vq gradient codebook (``ema=False``): on Magnetic Tile the gradient codebook
+collapsed to a perplexity of 5-8 of 128 codes (benchmarks/RESULTS.md).
 """
 
 import math
@@ -86,14 +102,19 @@ class VQGANConfig:
     z_channels: int = 256
     num_codes: int = 128
     beta: float = 0.25
-    ema: bool = False  # the paper trains the codebook by L_vq
+    ema: bool = True  # EMA codebook with dead-code restarts; False: the paper's L_vq gradient codebook
+    dead_threshold: float = 1.0  # EMA only: restart codes used by fewer vectors per batch (smoothed)
+    dead_fraction: float = 0.25  # EMA only: ... or by less than this fraction of the mean use per code
+    code_dim: Optional[int] = None  # factorised lookup in this many dimensions (None: z_channels, the paper)
+    normalize_codes: bool = False  # l2-normalised (cosine) lookup
     dropout: float = 0.0
+    decoder_layout: str = "paper"  # table 2; "taming": taming transformers' decoder
     # adversarial=False with perceptual_weight=0 trains the model as a VQ-VAE (L_r + L_vq + beta L_c)
     adversarial: bool = True
     perceptual_weight: float = 1.0
     disc_weight: float = 1.0  # multiplies the adaptive lambda
     disc_start: int = 10000  # generator steps before the GAN terms switch on
-    disc_loss: str = "hinge"  # or "vanilla"
+    disc_loss: str = "vanilla"  # eq. 13's log-loss GAN; or "hinge" (taming)
     disc_layers: int = 3
     disc_ch: int = 64
     backend: str = "auto"
@@ -102,6 +123,8 @@ class VQGANConfig:
         self.ch_mult, self.attn_resolutions = tuple(self.ch_mult), tuple(self.attn_resolutions)
         if self.disc_loss not in ("hinge", "vanilla"):
             raise ValueError(f"disc_loss must be 'hinge' or 'vanilla', got {self.disc_loss!r}")
+        if self.decoder_layout not in ("paper", "taming"):
+            raise ValueError(f"decoder_layout must be 'paper' or 'taming', got {self.decoder_layout!r}")
 
 
 def _encoder(cfg: VQGANConfig) -> nn.Sequential:
@@ -122,16 +145,19 @@ def _encoder(cfg: VQGANConfig) -> nn.Sequential:
 
 def _decoder(cfg: VQGANConfig) -> nn.Sequential:
     c = cfg.ch * cfg.ch_mult[-1]
-    res = cfg.resolution // 2 ** (len(cfg.ch_mult) - 1)
+    latent = res = cfg.resolution // 2 ** (len(cfg.ch_mult) - 1)
     layers = [nn.Conv2d(cfg.z_channels, c, 3, padding=1), ResnetBlock(c, c, cfg.dropout), NonLocalBlock(c),
               ResnetBlock(c, c, cfg.dropout)]
+    paper = cfg.decoder_layout == "paper"
     for level in reversed(range(len(cfg.ch_mult))):
+        attend = res == latent if paper else res in cfg.attn_resolutions
         for _ in range(cfg.num_res_blocks + 1):
             layers.append(ResnetBlock(c, cfg.ch * cfg.ch_mult[level], cfg.dropout))
             c = cfg.ch * cfg.ch_mult[level]
-            if res in cfg.attn_resolutions:
+            if attend:
                 layers.append(NonLocalBlock(c))
-        if level != 0:
+        # Table 2 upsamples at the end of every level but the deepest; taming at the end of every level but the last.
+        if (paper and level != len(cfg.ch_mult) - 1) or (not paper and level != 0):
             layers.append(Upsample(c))
             res *= 2
     layers += [_norm(c), nn.SiLU(), nn.Conv2d(c, cfg.in_channels, 3, padding=1)]
@@ -173,9 +199,11 @@ class VQGAN(VQAutoencoder):
         self.config = cfg = config or VQGANConfig()
         if cfg.resolution % 2 ** (len(cfg.ch_mult) - 1):
             raise ValueError(f"resolution {cfg.resolution} must be divisible by {2 ** (len(cfg.ch_mult) - 1)}")
-        self.encoder = nn.Sequential(_encoder(cfg), nn.Conv2d(cfg.z_channels, cfg.z_channels, 1))
-        self.vq = VectorQuantizer(cfg.num_codes, cfg.z_channels, cfg.beta, cfg.ema, backend=cfg.backend)
-        self.decoder = nn.Sequential(nn.Conv2d(cfg.z_channels, cfg.z_channels, 1), _decoder(cfg))
+        code_dim = cfg.code_dim or cfg.z_channels
+        self.encoder = nn.Sequential(_encoder(cfg), nn.Conv2d(cfg.z_channels, code_dim, 1))
+        self.vq = VectorQuantizer(cfg.num_codes, code_dim, cfg.beta, cfg.ema, dead_threshold=cfg.dead_threshold,
+                                  dead_fraction=cfg.dead_fraction, normalize=cfg.normalize_codes, backend=cfg.backend)
+        self.decoder = nn.Sequential(nn.Conv2d(code_dim, cfg.z_channels, 1), _decoder(cfg))
         self.discriminator = PatchDiscriminator(cfg.in_channels, cfg.disc_ch, cfg.disc_layers) if cfg.adversarial else None
         if cfg.perceptual_weight > 0 and lpips is None:
             from vqfast.models.lpips import LPIPS
@@ -214,7 +242,8 @@ class VQGAN(VQAutoencoder):
         total = nll + out.vq.loss
         gan_on = self.discriminator is not None and int(self.step) >= cfg.disc_start
         if gan_on:
-            g_loss = -self.discriminator(out.reconstruction).mean()
+            logits = self.discriminator(out.reconstruction)
+            g_loss = F.softplus(-logits).mean() if cfg.disc_loss == "vanilla" else -logits.mean()
             lam = adaptive_weight(nll, g_loss, self.last_layer) if self.training else torch.zeros(())
             total = total + cfg.disc_weight * lam * g_loss
             real, fake = self.discriminator(x.detach()), self.discriminator(out.reconstruction.detach())

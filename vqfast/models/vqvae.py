@@ -1,10 +1,16 @@
 """The VQ-VAE of the Performer paper (appendix A) and its "jukebox" loss.
 
-Encoder: three stride-2 4x4 convolutions with ReLU, three residual blocks
-(3x3 conv, ReLU, 1x1 conv, ReLU, added to the input), a 1x1 projection to the code
-dimension. Decoder mirrors it: a 1x1 projection, then three stages of three residual
-blocks each followed by a stride-2 4x4 transposed convolution, with dropout 0.05
-before the last one. Codebook 256 x 32, beta = 0.25, EMA updates by default.
+Appendix A: "an encoder consisting of three down-sampling layers that contain a
+convolution with stride 2 and kernel size 4 followed by a ReLU activation and 3 residual
+blocks" and "similar to the encoder, the decoder has 3 layers of 3 residual blocks,
+each followed by a transposed convolutional layer". The reading that fits both
+sentences: each of the three encoder stages is a stride-2 4x4 conv, ReLU and 3 residual
+blocks (3x3 conv, ReLU, 1x1 conv, ReLU, added to the input), then a 1x1 projection to
+the code dimension; the decoder is a 1x1 projection, then three stages of 3 residual
+blocks each followed by a stride-2 4x4 transposed convolution (ReLU between stages),
+with dropout 0.05 before the last one. Codebook 256 x 32, beta = 0.25, EMA updates by
+default. The paper trains with Adam, lr 1e-4, exponential decay 0.9999
+(``VQVAE.paper_train_config()``); its augmentations are not here.
 """
 
 from dataclasses import asdict, dataclass
@@ -22,7 +28,7 @@ from vqfast.models.vq import VectorQuantizer
 class VQVAEConfig:
     in_channels: int = 3
     hidden: int = 128
-    res_blocks: int = 3
+    res_blocks: int = 3  # per encoder and per decoder stage
     downsamples: int = 3
     num_codes: int = 256
     code_dim: int = 32
@@ -78,7 +84,7 @@ class VQVAE(VQAutoencoder):
         enc = []
         for i in range(config.downsamples):
             enc += [nn.Conv2d(c if i == 0 else h, h, 4, stride=2, padding=1), nn.ReLU()]
-        enc += [ResBlock(h) for _ in range(config.res_blocks)]
+            enc += [ResBlock(h) for _ in range(config.res_blocks)]
         enc += [nn.Conv2d(h, config.code_dim, 1)]
         self.encoder = nn.Sequential(*enc)
         self.vq = VectorQuantizer(config.num_codes, config.code_dim, config.beta, config.ema, config.ema_decay,
@@ -97,6 +103,14 @@ class VQVAE(VQAutoencoder):
     @property
     def downsample_factor(self) -> int:
         return 2**self.config.downsamples
+
+    @staticmethod
+    def paper_train_config(**overrides):
+        """Appendix A's optimiser: Adam, lr 1e-4, exponential decay 0.9999 per epoch,
+        batch 16 (the paper runs 20,000 epochs; set ``epochs`` or ``max_minutes``)."""
+        from vqfast.training import TrainConfig
+
+        return TrainConfig(**{"optimizer": "adam", "lr": 1e-4, "lr_gamma": 0.9999, "batch_size": 16, **overrides})
 
     def training_loss(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Jukebox loss: ||x - x_hat||^2 + w ||S(x) - S(x_hat)||^2 + beta L_c (+ L_vq

@@ -5,7 +5,8 @@ nominal training images are the dictionary columns. For a test image:
 1. sampling (eqs. 6-7): OMP of y_ref over all N training images at level l_ref picks
    M_S, the s_ref images whose span holds the test image's subspace;
 2. at every level l, OMP over the columns in M_S (at most s atoms, or until the
-   residual's squared norm is <= eps) gives the anomalous term e_l = y_l - X_l c_l;
+   residual's norm ||e_l||_2 <= eps, Algorithm 1's test) gives the anomalous term
+   e_l = y_l - X_l c_l;
 3. the map is the per-pixel L2 norm of e_l over channels, bilinearly resized to the
    image, summed over levels, smoothed with a Gaussian of sigma = 4; the image score
    is the map's maximum.
@@ -29,7 +30,8 @@ class SGFRScorer:
     levels: reconstruction levels (the paper: 2 and 3).
     ref_level: sampling level l_ref (the paper: l + 1); None: max(levels) + 1, capped at 4.
     s_ref, s: sampled bank size and atoms per reconstruction (Magnetic Tile: 10 and 7).
-    eps: stop a reconstruction once ||e_l||^2 <= eps (None: only s bounds it).
+    eps: stop a reconstruction once ||e_l||_2 <= eps (Algorithm 1, line 2: "while k < s
+        and ||e_l||_2 > eps"; None: only s bounds it).
     sampling: False reconstructs over the whole bank (the ablation of Figure 4).
     sigma: Gaussian smoothing of the map.
     """
@@ -57,6 +59,12 @@ class SGFRScorer:
         check_images(images, self.backbone, "the backbone")
         feats = self.backbone(images) if self._layers is None else self.backbone(images, layers=self._layers)
         return {lvl: f.double() for lvl, f in feats.items() if lvl in self.levels or lvl == self.ref_level}
+
+    @classmethod
+    def magnetic_tile(cls, backbone: Backbone, **overrides) -> "SGFRScorer":
+        """Section 4.2.1's MTD setting: feature levels 2, 3 and 4, the last used only for
+        subspace sampling (levels (2, 3), ref_level 4), s_ref = 10, s = 7."""
+        return cls(backbone, **{"levels": (2, 3), "ref_level": 4, "s_ref": 10, "s": 7, **overrides})
 
     @torch.no_grad()
     def fit(self, dataset, progress: bool = False):
@@ -107,6 +115,7 @@ class SGFRScorer:
         feats = self._features(images)
         support = self._sample(feats[self.ref_level].flatten(1))
         h, w = images.shape[-2:]
+        tol = None if self.eps is None else float(self.eps) ** 2  # omp's tol bounds ||e||^2
         total = torch.zeros(images.shape[0], h, w, dtype=torch.float64, device=images.device)
         for lvl in self.levels:
             f = feats[lvl]
@@ -115,7 +124,7 @@ class SGFRScorer:
                 idx = support[b][support[b] >= 0]
                 atoms = self.bank[lvl][idx]  # (|M_S|, D)
                 k = min(self.s, atoms.shape[0])
-                coef, _, _ = omp(self.gram[lvl][idx][:, idx], (atoms @ y[b]).unsqueeze(0), k, tol=self.eps,
+                coef, _, _ = omp(self.gram[lvl][idx][:, idx], (atoms @ y[b]).unsqueeze(0), k, tol=tol,
                                  y_norm_sq=y[b].square().sum().unsqueeze(0))
                 residual = (y[b] - coef[0] @ atoms).view(f.shape[1:])
                 per_pixel = residual.norm(dim=0)[None, None]
