@@ -10,7 +10,10 @@ The VQ model's token grids are computed once (train / validation / test) and cac
 <out>/tokens.safetensors; the prior trains on them with the shared engine (early
 stopping on the validation grids, --minutes budget). Thresholds are percentiles of the
 prior's NLLs on the validation grids, as the paper's tables set them: --sample-pct
-(lambda_S), --pixel-pct (lambda_P), --light-pct (lambda_LP). Then Sample-wise, Light-Pixel-wise,
+(lambda_S), --pixel-pct (lambda_P), --light-pct (lambda_LP), by default the percentiles
+the paper's tables 6-8 give for the same VQ model and prior (PAPER_PERCENTILES).
+Magnetic Tile's training split holds no defective image, so there is no validation set
+to search them on, and the test split is never used for it. Then Sample-wise, Light-Pixel-wise,
 Regenerative and Pixel-wise (fast) score the test split, each written per batch
 under <out>/scores_<scorer>; results go to <out>/results.json and print as Markdown.
 """
@@ -28,6 +31,11 @@ from vqfast.models import GPT2Prior, GPT2PriorConfig, PixelSNAIL, PixelSNAILConf
 from vqfast.scorers import RegenerativeScorer, reduce_map, score_dataset
 from vqfast.scorers.restoration import LightPixelWiseScorer, PixelWiseScorer, SampleWiseScorer, nll_threshold
 from vqfast.training import TrainConfig, Trainer
+
+
+# (lambda_S, lambda_P, lambda_LP) percentiles of tables 6, 7 and 8, per VQ model and prior.
+PAPER_PERCENTILES = {("VQVAE", "pixelsnail"): (60, 90, 80), ("VQVAE", "gpt2"): (40, 80, 40),
+                     ("VQGAN", "pixelsnail"): (60, 90, 60), ("VQGAN", "gpt2"): (40, 90, 80)}
 
 
 def _tokens(out: Path, vq_model, splits, resume: bool):
@@ -51,9 +59,9 @@ def main(argv=None):
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--channels", type=int, default=64, help="pixelsnail width (the paper's 128 on a GPU)")
-    p.add_argument("--sample-pct", type=float, default=60.0)
-    p.add_argument("--pixel-pct", type=float, default=90.0)
-    p.add_argument("--light-pct", type=float, default=80.0)
+    p.add_argument("--sample-pct", type=float, default=None, help="default: the paper's for this VQ model and prior")
+    p.add_argument("--pixel-pct", type=float, default=None)
+    p.add_argument("--light-pct", type=float, default=None)
     p.add_argument("--restorations", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--test-limit", type=int, default=None, help="score only the first N test images (a smoke test)")
@@ -95,14 +103,17 @@ def main(argv=None):
                "stopped": history[-1]["stopped"], "train_minutes_this_run": (time.monotonic() - start) / 60,
                "final_train": history[-1]["train"], "final_val": history[-1]["val"], "thresholds": {}, "scores": {},
                "seconds_per_image": {}}
-    for name, pct in (("sample", args.sample_pct), ("pixel", args.pixel_pct), ("light", args.light_pct)):
+    paper = PAPER_PERCENTILES[(type(vq_model).__name__, args.prior)]
+    chosen = [given if given is not None else default
+              for given, default in zip((args.sample_pct, args.pixel_pct, args.light_pct), paper)]
+    for name, pct in zip(("sample", "pixel", "light"), chosen):
         results["thresholds"][name] = {"percentile": pct, "value": nll_threshold(prior, tokens["val"], pct)}
     th = {n: v["value"] for n, v in results["thresholds"].items()}
     scorers = {  # the slow one last, so an interrupted run has the others
         "Sample-wise": SampleWiseScorer(vq_model, prior, th["sample"]),
         "Light-Pixel-wise": LightPixelWiseScorer(vq_model, prior, th["light"], restorations=args.restorations,
                                                  seed=args.seed),
-        "Regenerative": RegenerativeScorer(vq_model, reduction="max"),
+        "Regenerative": RegenerativeScorer(vq_model),  # the paper's mean L1
         "Pixel-wise": PixelWiseScorer(vq_model, prior, th["pixel"], restorations=args.restorations, seed=args.seed),
     }
     for name, scorer in scorers.items():

@@ -147,16 +147,19 @@ def test_gan_loss_is_eq_13_log_loss(lpips_module):
 
 def test_vqgan_recipe_keeps_its_codebook():
     """The default codebook (EMA with dead-code restarts) stays in use on procedural
-    textures with the GAN on, where the paper's gradient codebook collapses."""
-    torch.manual_seed(0)
-    data = ProceduralDefects(64, 0, size=32)
-    cfg = dict(ch=16, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(), resolution=32, z_channels=16,
-               num_codes=32, disc_ch=16, disc_layers=2, disc_start=8, perceptual_weight=0.0)
-    config = TrainConfig(epochs=6, batch_size=16, lr=2e-3, betas=(0.5, 0.9), early_stopping=False)
-    model = VQGAN(VQGANConfig(**cfg))
-    history = Trainer(model, data, config=config, progress=False).fit()
-    assert "disc_loss" in history[-1]["train"]  # the GAN ran
-    assert history[-1]["train"]["perplexity"] >= 0.5 * 32
+    textures with the GAN on (measured 23 of 32 codes, reconstruction no worse), where the
+    paper's gradient codebook (ema=False) drifts towards collapse (measured 7.5)."""
+    runs = {}
+    for ema in (True, False):
+        torch.manual_seed(0)
+        data = ProceduralDefects(64, 0, size=32)
+        cfg = dict(ch=16, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(), resolution=32, z_channels=16,
+                   num_codes=32, disc_ch=16, disc_layers=2, disc_start=8, perceptual_weight=0.0, ema=ema)
+        config = TrainConfig(epochs=6, batch_size=16, lr=2e-3, betas=(0.5, 0.9), early_stopping=False)
+        runs[ema] = Trainer(VQGAN(VQGANConfig(**cfg)), data, config=config, progress=False).fit()[-1]["train"]
+    assert "disc_loss" in runs[True]  # the GAN ran
+    assert runs[True]["perplexity"] >= 0.5 * 32 and runs[True]["perplexity"] > runs[False]["perplexity"] + 5
+    assert runs[True]["recon"] < 1.25 * runs[False]["recon"]
 
 
 def test_vanilla_loss_and_config_errors(lpips_module):

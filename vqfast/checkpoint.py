@@ -27,12 +27,14 @@ class CheckpointError(ValueError):
 def _model_registry():
     from vqfast.models.feature_ae import FeatureAE, FeatureAEConfig
     from vqfast.models.gpt2_prior import GPT2Prior, GPT2PriorConfig
+    from vqfast.models.performer import PerformerPrior, PerformerPriorConfig
     from vqfast.models.pixelsnail import PixelSNAIL, PixelSNAILConfig
     from vqfast.models.vqgan import VQGAN, VQGANConfig
     from vqfast.models.vqvae import VQVAE, VQVAEConfig
 
     return {"VQVAE": (VQVAE, VQVAEConfig), "VQGAN": (VQGAN, VQGANConfig), "FeatureAE": (FeatureAE, FeatureAEConfig),
-            "GPT2Prior": (GPT2Prior, GPT2PriorConfig), "PixelSNAIL": (PixelSNAIL, PixelSNAILConfig)}
+            "GPT2Prior": (GPT2Prior, GPT2PriorConfig), "PixelSNAIL": (PixelSNAIL, PixelSNAILConfig),
+            "PerformerPrior": (PerformerPrior, PerformerPriorConfig)}
 
 
 def write_atomic(path: PathLike, tensors: Dict[str, torch.Tensor], metadata: Dict[str, str]) -> None:

@@ -1,0 +1,244 @@
+"""Performer prior over VQ token grids (the VQ-VAE + transformer paper, appendix A) with
+FAVOR+ attention (Choromanski et al.), and its recurrent incremental form.
+
+A decoder-only transformer: token (K codes + a start token) and learned position
+embeddings, ``n_layer`` pre-LayerNorm blocks of causal FAVOR+ self-attention and a GELU
+feed-forward (4x wide), dropout in the embedding, attention output and feed-forward; a
+final LayerNorm and a K-way head. A grid is read in raster order after the start token,
+so the logits at position i predict grid token i given tokens < i.
+
+FAVOR+: softmax(q.k / sqrt(d)) ~ phi(q).phi(k) with positive random features
+phi(x) = exp(W x' - |x'|^2 / 2) / sqrt(m), x' = x / d^(1/4), W (m, d) orthogonal
+random projections (QR blocks, row norms drawn as the norms of Gaussian vectors). The
+numerical stabilisers keep causality exact: a query subtracts its own maximum (it
+cancels in its own ratio); a key subtracts max_j |w_j|^2 / 2, a constant of W that
+bounds every exponent by 0, where the usual maximum over all keys of the sequence would
+make a position's output depend on later tokens through rounding. Causal attention is
+a prefix sum, computed in chunks of ``chunk`` positions (within a chunk, a masked
+(chunk, chunk) product; across chunks, the running (m, d) state), so training memory
+per head is O(L (m + d) + chunk^2) instead of the naive O(L m d).
+
+The features are redrawn every ``redraw_every`` training steps and fixed at inference;
+draw r of layer l is a pure function of (seed, l, r), kept in the state dict.
+
+``FastPerformer`` runs one position for M sequences per step with the recurrent form of
+causal linear attention (per layer and head an (m, d) state and an (m,) normaliser: O(1)
+per token, no growing cache), so the Pixel-wise fast path restores all B x S grids in
+one pass, like GPT-2's KV cache.
+"""
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Dict, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vqfast.models.incremental import IncrementalPrior
+
+
+@dataclass
+class PerformerPriorConfig:
+    num_codes: int = 256  # K; the start token is index K
+    height: int = 16
+    width: int = 16
+    n_layer: int = 4
+    n_embd: int = 64
+    n_head: int = 8
+    nb_features: int = 64  # random features per head (m)
+    redraw_every: int = 1000  # training steps between feature redraws (0: never)
+    chunk: int = 64  # positions per block of the causal prefix sums
+    dropout: float = 0.1
+    seed: int = 0  # draws the random features
+
+    @property
+    def length(self) -> int:
+        return self.height * self.width
+
+
+def paper_mvtec_config(num_codes: int, height: int, width: int) -> PerformerPriorConfig:
+    """Appendix A's MVTec Performer: 16 layers, 8 heads, embedding 32, dropout 0.1 (train
+    with Adam, lr 1e-3, exponential decay 0.9999, cross-entropy)."""
+    return PerformerPriorConfig(num_codes, height, width, n_layer=16, n_embd=32, n_head=8, dropout=0.1)
+
+
+def orthogonal_features(m: int, d: int, generator: torch.Generator, dtype=torch.float64) -> torch.Tensor:
+    """(m, d) rows orthogonal within each block of d (QR of a Gaussian matrix), each row
+    rescaled to the norm of an independent d-dimensional Gaussian vector."""
+    blocks = []
+    for _ in range(math.ceil(m / d)):
+        q, _ = torch.linalg.qr(torch.randn(d, d, generator=generator, dtype=torch.float64))
+        blocks.append(q.T)
+    w = torch.cat(blocks)[:m]
+    norms = torch.randn(m, d, generator=generator, dtype=torch.float64).norm(dim=1, keepdim=True)
+    return (w * norms).to(dtype)
+
+
+def favor_features(x: torch.Tensor, proj: torch.Tensor, query: bool) -> torch.Tensor:
+    """x (..., d) queries or keys (not yet scaled), proj (m, d) -> (..., m) positive features."""
+    d = x.shape[-1]
+    x = x * d**-0.25
+    wx = x @ proj.T
+    exponent = wx - x.square().sum(-1, keepdim=True) / 2
+    if query:
+        exponent = exponent - exponent.amax(-1, keepdim=True).detach()
+    else:
+        exponent = exponent - proj.square().sum(-1).amax() / 2
+    return exponent.exp() / math.sqrt(proj.shape[0])
+
+
+def causal_linear_attention(qf: torch.Tensor, kf: torch.Tensor, v: torch.Tensor, chunk: int) -> torch.Tensor:
+    """qf, kf (..., L, m), v (..., L, d) -> (..., L, d): out_i = sum_{j<=i} (qf_i.kf_j) v_j /
+    sum_{j<=i} qf_i.kf_j, by chunked prefix sums."""
+    length = qf.shape[-2]
+    state = qf.new_zeros(*qf.shape[:-2], qf.shape[-1], v.shape[-1])
+    norm = qf.new_zeros(*qf.shape[:-2], qf.shape[-1])
+    tiny = torch.finfo(qf.dtype).tiny
+    outs = []
+    for c0 in range(0, length, chunk):
+        q, k, vv = qf[..., c0:c0 + chunk, :], kf[..., c0:c0 + chunk, :], v[..., c0:c0 + chunk, :]
+        a = torch.tril(q @ k.transpose(-1, -2))  # masked entries are exact zeros: no later key enters
+        num = a @ vv + q @ state
+        den = a.sum(-1) + (q * norm.unsqueeze(-2)).sum(-1)
+        outs.append(num / den.clamp_min(tiny).unsqueeze(-1))
+        state = state + k.transpose(-1, -2) @ vv
+        norm = norm + k.sum(-2)
+    return torch.cat(outs, -2)
+
+
+class PerformerBlock(nn.Module):
+    def __init__(self, cfg: PerformerPriorConfig):
+        super().__init__()
+        n = cfg.n_embd
+        self.n_head, self.head_dim, self.chunk = cfg.n_head, n // cfg.n_head, cfg.chunk
+        self.ln_1, self.ln_2 = nn.LayerNorm(n), nn.LayerNorm(n)
+        self.qkv, self.proj = nn.Linear(n, 3 * n), nn.Linear(n, n)
+        self.mlp = nn.Sequential(nn.Linear(n, 4 * n), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(4 * n, n))
+        self.drop = nn.Dropout(cfg.dropout)
+        self.register_buffer("features", torch.zeros(cfg.nb_features, self.head_dim))
+
+    def _heads(self, x: torch.Tensor):
+        b, t, _ = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
+        return q, k, v  # (B, H, T, d) each
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self._heads(self.ln_1(x))
+        feats = self.features.to(q.dtype)
+        o = causal_linear_attention(favor_features(q, feats, True), favor_features(k, feats, False), v, self.chunk)
+        x = x + self.drop(self.proj(o.transpose(1, 2).reshape(x.shape)))
+        return x + self.drop(self.mlp(self.ln_2(x)))
+
+
+class PerformerPrior(nn.Module):
+    """p(z_i | z_<i) over a (height, width) grid of K codes, raster order."""
+
+    def __init__(self, config: Optional[PerformerPriorConfig] = None):
+        super().__init__()
+        self.config = cfg = config or PerformerPriorConfig()
+        if cfg.n_embd % cfg.n_head:
+            raise ValueError(f"n_embd={cfg.n_embd} must be divisible by n_head={cfg.n_head}")
+        if cfg.nb_features < 1 or cfg.chunk < 1:
+            raise ValueError(f"nb_features and chunk must be >= 1, got {cfg.nb_features}, {cfg.chunk}")
+        self.tok = nn.Embedding(cfg.num_codes + 1, cfg.n_embd)
+        self.pos = nn.Embedding(cfg.length, cfg.n_embd)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(PerformerBlock(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.n_embd)
+        self.head = nn.Linear(cfg.n_embd, cfg.num_codes)
+        self.register_buffer("steps", torch.zeros((), dtype=torch.int64))  # training steps taken
+        self.register_buffer("draw", torch.zeros((), dtype=torch.int64))  # index of the current features
+        self._draw_features(0)
+
+    @property
+    def start_token(self) -> int:
+        return self.config.num_codes
+
+    @torch.no_grad()
+    def _draw_features(self, draw: int) -> None:
+        for layer, block in enumerate(self.blocks):
+            gen = torch.Generator().manual_seed(((self.config.seed * 1_000_003 + layer) * 1_000_003 + draw) % 2**63)
+            w = orthogonal_features(self.config.nb_features, block.head_dim, gen)
+            block.features.copy_(w.to(block.features.dtype))
+        self.draw.fill_(draw)
+
+    def _inputs(self, tokens: torch.Tensor) -> torch.Tensor:
+        flat = tokens.reshape(tokens.shape[0], -1)
+        if flat.shape[1] != self.config.length:
+            raise ValueError(f"tokens must hold {self.config.height}x{self.config.width} = {self.config.length} "
+                             f"positions, got shape {tuple(tokens.shape)}")
+        if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= self.config.num_codes):
+            raise ValueError(f"tokens hold codes outside [0, K={self.config.num_codes})")
+        return torch.cat([flat.new_full((flat.shape[0], 1), self.start_token), flat[:, :-1]], 1)
+
+    def logits(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(M, h, w) or (M, T) int64 -> (M, T, K) logits of every grid token given the ones before it."""
+        inputs = self._inputs(tokens)
+        x = self.drop(self.tok(inputs) + self.pos.weight[: inputs.shape[1]])
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.ln_f(x))
+
+    def nll(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(M, h, w) -> (M, h, w) negative log-likelihood of each token under its prefix."""
+        logits = self.logits(tokens).float()
+        flat = tokens.reshape(tokens.shape[0], -1)
+        return F.cross_entropy(logits.transpose(1, 2), flat, reduction="none").view(tokens.shape)
+
+    def training_loss(self, tokens: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Mean NLL per token (nats); in training, redraws the features every redraw_every steps."""
+        if self.training:
+            every = self.config.redraw_every
+            if every and int(self.steps) and int(self.steps) % every == 0:
+                self._draw_features(int(self.draw) + 1)
+            self.steps += 1
+        loss = self.nll(tokens).mean()
+        return {"loss": loss, "bits_per_token": loss / math.log(2)}
+
+    def config_dict(self) -> dict:
+        return {"model": "PerformerPrior", **asdict(self.config)}
+
+    def fast(self) -> "FastPerformer":
+        """A FastPerformer on this prior's weights (shared, not copied), in eval mode."""
+        return FastPerformer(self)
+
+
+class FastPerformer(IncrementalPrior):
+    """Incremental inference for a PerformerPrior by the recurrent form of causal linear
+    attention. ``reset(M)`` zeroes the per-layer states (layers, M, H, m, d) and
+    normalisers (layers, M, H, m); ``step(inputs (M,), position) -> (M, K)``."""
+
+    def __init__(self, prior: PerformerPrior):
+        super().__init__()
+        self.prior = prior
+        self.length, self.num_codes, self.start_token = prior.config.length, prior.config.num_codes, prior.start_token
+        self.state: Optional[torch.Tensor] = None
+        self.norm: Optional[torch.Tensor] = None
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.prior.head.weight.dtype
+
+    def reset(self, m: int) -> None:
+        cfg, w = self.prior.config, self.prior.head.weight
+        d = cfg.n_embd // cfg.n_head
+        self.state = torch.zeros(cfg.n_layer, m, cfg.n_head, cfg.nb_features, d, dtype=w.dtype, device=w.device)
+        self.norm = torch.zeros(cfg.n_layer, m, cfg.n_head, cfg.nb_features, dtype=w.dtype, device=w.device)
+
+    @torch.no_grad()
+    def step(self, inputs: torch.Tensor, position: int) -> torch.Tensor:
+        p = self.prior
+        x = p.tok(inputs) + p.pos.weight[position]  # (M, n)
+        tiny = torch.finfo(x.dtype).tiny
+        for i, block in enumerate(p.blocks):
+            q, k, v = (t[:, :, 0] for t in block._heads(block.ln_1(x)[:, None]))  # (M, H, d)
+            feats = block.features.to(q.dtype)
+            qf, kf = favor_features(q, feats, True), favor_features(k, feats, False)  # (M, H, m)
+            self.state[i] += kf.unsqueeze(-1) * v.unsqueeze(-2)
+            self.norm[i] += kf
+            num = (qf.unsqueeze(-2) @ self.state[i]).squeeze(-2)  # (M, H, d)
+            den = (qf * self.norm[i]).sum(-1, keepdim=True).clamp_min(tiny)
+            x = x + block.proj((num / den).reshape(x.shape))
+            x = x + block.mlp(block.ln_2(x))
+        return p.head(p.ln_f(x))
