@@ -278,10 +278,12 @@ class RestorationCase:
     restorations: int
     restored: float = 0.2  # threshold: this quantile from the top of the NLLs of prior-sampled grids
     dtype: str = "float32"
+    prior: str = "gpt2"  # or "performer" (FAVOR+, its recurrent step; 64 features per head)
 
     @property
     def title(self) -> str:
-        return (f"Pixel-wise restoration  GPT-2 {self.n_layer}L/{self.n_embd}/{self.n_head}h  {self.grid}x{self.grid} "
+        name = {"gpt2": "GPT-2", "performer": "Performer"}[self.prior]
+        return (f"Pixel-wise restoration  {name} {self.n_layer}L/{self.n_embd}/{self.n_head}h  {self.grid}x{self.grid} "
                 f"grid  K={self.num_codes}  B={self.batch} S={self.restorations}  {self.dtype}  ({self.label}; the "
                 "reference loop runs the full prior after every restored token)")
 
@@ -290,10 +292,16 @@ class RestorationCase:
         mode, grids sampled from it (a restoration pass with threshold -1 is ancestral
         sampling), and the threshold over which ``restored`` of their tokens lie."""
         from vqfast.models.gpt2_prior import GPT2Prior, GPT2PriorConfig
+        from vqfast.models.performer import PerformerPrior, PerformerPriorConfig
 
         torch.manual_seed(0)
-        cfg = GPT2PriorConfig(self.num_codes, self.grid, self.grid, self.n_layer, self.n_embd, self.n_head)
-        prior = GPT2Prior(cfg).to(device, getattr(torch, self.dtype)).eval()
+        if self.prior == "gpt2":
+            prior = GPT2Prior(GPT2PriorConfig(self.num_codes, self.grid, self.grid, self.n_layer, self.n_embd,
+                                              self.n_head))
+        else:
+            prior = PerformerPrior(PerformerPriorConfig(self.num_codes, self.grid, self.grid, self.n_layer, self.n_embd,
+                                                        self.n_head))
+        prior = prior.to(device, getattr(torch, self.dtype)).eval()
         seeds = torch.arange(self.batch, dtype=torch.int64, device=device)
         start = torch.zeros(self.batch, self.grid, self.grid, dtype=torch.int64, device=device)
         tokens, _ = prior.fast().restore(start, -1.0, seeds + 10**6)
@@ -304,10 +312,13 @@ class RestorationCase:
 
 
 RESTORATION_CASES = {
-    "cpu": [RestorationCase("issue target: fast >= 30x reference, identical tokens", 4, 256, 8, 16, 512, 8, 5)],
+    "cpu": [RestorationCase("issue target: fast >= 30x reference, identical tokens", 4, 256, 8, 16, 512, 8, 5),
+            RestorationCase("Performer target: fast >= 30x reference, identical tokens", 4, 256, 8, 16, 512, 8, 5,
+                            prior="performer")],
     "cuda": [RestorationCase("issue target: <= 10 ms per image", 24, 1024, 16, 8, 512, 32, 5),
              RestorationCase("CPU target shape", 4, 256, 8, 16, 512, 8, 5)],
-    "quick": [RestorationCase("smoke test", 2, 64, 4, 6, 64, 2, 2)],
+    "quick": [RestorationCase("smoke test", 2, 64, 4, 6, 64, 2, 2),
+              RestorationCase("smoke test", 2, 64, 4, 6, 64, 2, 2, prior="performer")],
 }
 
 
