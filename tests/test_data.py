@@ -225,3 +225,57 @@ def test_procedural_is_deterministic_and_masks_are_exact():
     train, test = procedural_splits(size=32, n_train=5, n_test_normal=2, n_test_anomalous=3)
     assert len(train) == 5 and test.labels.tolist() == [0, 0, 1, 1, 1]
     assert {a[i]["defect"] for i in range(3, 12)} <= {"blob", "scratch", "patch"}
+
+
+def test_augment_is_a_pure_function_of_seed_and_key():
+    from vqfast.data import Augment
+
+    item = make_sample(0, 0, 32, True, 3)
+    aug = Augment(seed=3)
+    a, b = aug(item, 7), aug(item, 7)
+    assert torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"])
+    assert not torch.equal(aug(item, 8)["image"], a["image"]) and not torch.equal(Augment(seed=4)(item, 7)["image"],
+                                                                                  a["image"])
+    off = Augment(noise_std=0, contrast=0, intensity=0, translate=0, rotate=0, scale=0)
+    assert torch.equal(off(item, 1)["image"], item["image"]) and torch.equal(off(item, 1)["mask"], item["mask"])
+
+
+def test_augment_moves_the_mask_with_the_image():
+    from vqfast.data import Augment
+
+    image = torch.zeros(1, 32, 32)
+    image[:, 8:16, 8:16] = 1.0
+    item = {"image": image, "mask": image[0] > 0.5, "label": 1}
+    shift = Augment(noise_std=0, contrast=0, intensity=0, rotate=0, scale=0, translate=0.25, seed=0)
+    out = shift(item, 0)
+
+    def centre(m):
+        ys, xs = torch.nonzero(m, as_tuple=True)
+        return torch.stack([ys.float().mean(), xs.float().mean()])
+
+    moved = centre(out["mask"]) - centre(item["mask"])
+    assert moved.abs().max() > 1  # it moved
+    assert (moved - (centre(out["image"][0] > 0.5) - centre(item["mask"]))).abs().max() <= 1  # with the image
+    assert abs(int(out["mask"].sum()) - 64) <= 16
+
+
+def test_trainer_feeds_augmented_epochs_reproducibly(tmp_path):
+    from vqfast.data import Augment, AugmentedDataset
+    from vqfast.models import VQVAE, VQVAEConfig
+    from vqfast.training import TrainConfig, Trainer
+
+    def trainer(out, epochs):
+        torch.manual_seed(0)
+        data = AugmentedDataset(ProceduralDefects(8, 0, size=16), Augment(seed=1))
+        model = VQVAE(VQVAEConfig(hidden=8, res_blocks=1, num_codes=8, code_dim=4, downsamples=2))
+        return Trainer(model, data, config=TrainConfig(epochs=epochs, batch_size=4, lr=1e-3), out_dir=out,
+                       progress=False)
+
+    straight = trainer(tmp_path / "a", 3)
+    straight.fit()
+    assert straight.train_set.epoch == 2  # the last epoch's draws
+    trainer(tmp_path / "b", 1).fit()
+    resumed = trainer(tmp_path / "b", 3)
+    resumed.fit(resume=True)
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -119,6 +119,8 @@ class Trainer:
         self.model.train(train)
         sums: Dict[str, float] = {}
         counts: Dict[str, int] = {}  # per term: the GAN terms appear from disc_start on
+        if train and hasattr(dataset, "set_epoch"):  # e.g. AugmentedDataset: draws keyed by (epoch, item)
+            dataset.set_epoch(self.epoch)
         bar = tqdm(self._loader(dataset, shuffle=train), desc=f"epoch {self.epoch + 1} {'train' if train else 'val'}",
                    disable=not self.progress, leave=False)
         for batch in bar:

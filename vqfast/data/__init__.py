@@ -1,5 +1,6 @@
 """Datasets, transforms and the procedural demo data."""
 
+from vqfast.data.augment import Augment, AugmentedDataset
 from vqfast.data.datasets import (
     AnomalyDataset,
     FrameSequences,
@@ -13,6 +14,6 @@ from vqfast.data.tokens import TokenGrids, encode_dataset
 from vqfast.data.transforms import DatasetError, ImageTransform
 
 __all__ = [
-    "AnomalyDataset", "DatasetError", "FrameSequences", "ImageFolder", "ImageTransform", "MagneticTile",
+    "AnomalyDataset", "Augment", "AugmentedDataset", "DatasetError", "FrameSequences", "ImageFolder", "ImageTransform", "MagneticTile",
     "MVTecAD", "ProceduralDefects", "Record", "TokenGrids", "encode_dataset", "procedural_splits",
 ]
