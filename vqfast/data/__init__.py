@@ -10,10 +10,10 @@ from vqfast.data.datasets import (
     Record,
 )
 from vqfast.data.procedural import ProceduralDefects, procedural_splits
-from vqfast.data.tokens import TokenGrids, encode_dataset
+from vqfast.data.tokens import TokenGrids, encode_dataset, mask_tokens, unmask_tokens
 from vqfast.data.transforms import DatasetError, ImageTransform
 
 __all__ = [
     "AnomalyDataset", "Augment", "AugmentedDataset", "DatasetError", "FrameSequences", "ImageFolder", "ImageTransform", "MagneticTile",
-    "MVTecAD", "ProceduralDefects", "Record", "TokenGrids", "encode_dataset", "procedural_splits",
+    "MVTecAD", "ProceduralDefects", "Record", "TokenGrids", "encode_dataset", "mask_tokens", "procedural_splits", "unmask_tokens",
 ]

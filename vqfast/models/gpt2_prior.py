@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vqfast.data.tokens import prior_loss
 from vqfast.models.incremental import IncrementalPrior
 from vqfast.ops.decode_attention import resolve as resolve_decode_attention
 
@@ -86,21 +87,27 @@ class GPT2Prior(nn.Module):
         start = flat.new_full((flat.shape[0], 1), self.start_token)
         return torch.cat([start, flat[:, :-1]], 1)
 
-    def logits(self, tokens: torch.Tensor) -> torch.Tensor:
+    def logits(self, tokens: torch.Tensor, key_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Full forward: (M, h, w) or (M, T) int64 -> (M, T, K) logits of every grid
-        token given the ones before it."""
-        return self.model(input_ids=self._inputs(tokens)).logits[..., : self.config.num_codes]
+        token given the ones before it. key_mask (M, h, w) bool: tokens no later position
+        attends to (ILTM)."""
+        inputs = self._inputs(tokens)
+        attention = None
+        if key_mask is not None:
+            attention = torch.ones_like(inputs)
+            attention[:, 1:] = (~key_mask.reshape(inputs.shape[0], -1)[:, :-1]).long()  # input i+1 is token i
+        return self.model(input_ids=inputs, attention_mask=attention).logits[..., : self.config.num_codes]
 
-    def nll(self, tokens: torch.Tensor) -> torch.Tensor:
+    def nll(self, tokens: torch.Tensor, key_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """(M, h, w) -> (M, h, w) negative log-likelihood of each token under its prefix."""
-        logits = self.logits(tokens).float()
+        logits = self.logits(tokens, key_mask).float()
         flat = tokens.reshape(tokens.shape[0], -1)
         return F.cross_entropy(logits.transpose(1, 2), flat, reduction="none").view(tokens.shape)
 
     def training_loss(self, tokens: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """Mean NLL per token (nats) of a batch of (B, h, w) grids."""
-        loss = self.nll(tokens).mean()
-        return {"loss": loss, "bits_per_token": loss / math.log(2)}
+        """Mean NLL per token (nats) of a batch of (B, h, w) grids; masked tokens
+        (vqfast.data.mask_tokens) are left out of the loss and of attention as keys."""
+        return prior_loss(self, tokens)
 
     def config_dict(self) -> dict:
         return {"model": "GPT2Prior", **asdict(self.config)}

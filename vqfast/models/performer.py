@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vqfast.data.tokens import prior_loss
 from vqfast.models.incremental import IncrementalPrior
 
 
@@ -123,10 +124,14 @@ class PerformerBlock(nn.Module):
         q, k, v = self.qkv(x).view(b, t, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
         return q, k, v  # (B, H, T, d) each
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, hidden: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x (B, T, n); hidden (B, T) bool: inputs no position attends to (zero key features)."""
         q, k, v = self._heads(self.ln_1(x))
         feats = self.features.to(q.dtype)
-        o = causal_linear_attention(favor_features(q, feats, True), favor_features(k, feats, False), v, self.chunk)
+        kf = favor_features(k, feats, False)
+        if hidden is not None:
+            kf = kf * (~hidden)[:, None, :, None].to(kf.dtype)
+        o = causal_linear_attention(favor_features(q, feats, True), kf, v, self.chunk)
         x = x + self.drop(self.proj(o.transpose(1, 2).reshape(x.shape)))
         return x + self.drop(self.mlp(self.ln_2(x)))
 
@@ -172,29 +177,35 @@ class PerformerPrior(nn.Module):
             raise ValueError(f"tokens hold codes outside [0, K={self.config.num_codes})")
         return torch.cat([flat.new_full((flat.shape[0], 1), self.start_token), flat[:, :-1]], 1)
 
-    def logits(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(M, h, w) or (M, T) int64 -> (M, T, K) logits of every grid token given the ones before it."""
+    def logits(self, tokens: torch.Tensor, key_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(M, h, w) or (M, T) int64 -> (M, T, K) logits of every grid token given the ones
+        before it. key_mask (M, h, w) bool: tokens no later position attends to (ILTM)."""
         inputs = self._inputs(tokens)
+        hidden = None
+        if key_mask is not None:
+            hidden = torch.zeros_like(inputs, dtype=torch.bool)
+            hidden[:, 1:] = key_mask.reshape(inputs.shape[0], -1)[:, :-1]  # input i+1 is token i
         x = self.drop(self.tok(inputs) + self.pos.weight[: inputs.shape[1]])
         for block in self.blocks:
-            x = block(x)
+            x = block(x, hidden)
         return self.head(self.ln_f(x))
 
-    def nll(self, tokens: torch.Tensor) -> torch.Tensor:
+    def nll(self, tokens: torch.Tensor, key_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """(M, h, w) -> (M, h, w) negative log-likelihood of each token under its prefix."""
-        logits = self.logits(tokens).float()
+        logits = self.logits(tokens, key_mask).float()
         flat = tokens.reshape(tokens.shape[0], -1)
         return F.cross_entropy(logits.transpose(1, 2), flat, reduction="none").view(tokens.shape)
 
     def training_loss(self, tokens: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """Mean NLL per token (nats); in training, redraws the features every redraw_every steps."""
+        """Mean NLL per token (nats), masked tokens (vqfast.data.mask_tokens) left out of
+        the loss and of attention as keys; in training, redraws the features every
+        redraw_every steps."""
         if self.training:
             every = self.config.redraw_every
             if every and int(self.steps) and int(self.steps) % every == 0:
                 self._draw_features(int(self.draw) + 1)
             self.steps += 1
-        loss = self.nll(tokens).mean()
-        return {"loss": loss, "bits_per_token": loss / math.log(2)}
+        return prior_loss(self, tokens)
 
     def config_dict(self) -> dict:
         return {"model": "PerformerPrior", **asdict(self.config)}

@@ -209,6 +209,9 @@ class PixelSNAIL(nn.Module):
         return F.cross_entropy(logits.transpose(1, 2), grid.flatten(1), reduction="none").view(tokens.shape)
 
     def training_loss(self, tokens: torch.Tensor) -> Dict[str, torch.Tensor]:
+        if bool((tokens < 0).any()):
+            raise ValueError("PixelSNAIL cannot leave masked tokens out of attention (its masked convolutions see every "
+                             "earlier token): ILTM needs a GPT2Prior or a PerformerPrior")
         loss = self.nll(tokens).mean()
         return {"loss": loss, "bits_per_token": loss / math.log(2)}
 

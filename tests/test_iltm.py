@@ -1,0 +1,96 @@
+"""ILTM: masked tokens get no gradient and no attention; a planted anomalous patch is
+masked by round 2 and the model's NLL on it rises; rounds resume."""
+
+import pytest
+import torch
+
+from vqfast.checkpoint import load_model
+from vqfast.data import mask_tokens, unmask_tokens
+from vqfast.iltm import iltm_fit, suspected_anomalies
+from vqfast.models import GPT2Prior, GPT2PriorConfig, PerformerPrior, PerformerPriorConfig
+from vqfast.models.pixelsnail import PixelSNAIL, PixelSNAILConfig
+from vqfast.training import RunExistsError, TrainConfig
+
+
+def _priors():
+    torch.manual_seed(0)
+    return [PerformerPrior(PerformerPriorConfig(num_codes=8, height=6, width=6, n_layer=2, n_embd=32, n_head=4,
+                                                nb_features=16, dropout=0.0)),
+            GPT2Prior(GPT2PriorConfig(num_codes=8, height=6, width=6, n_layer=2, n_embd=32, n_head=4, dropout=0.0))]
+
+
+@pytest.mark.parametrize("index", [0, 1], ids=["performer", "gpt2"])
+def test_masked_tokens_get_no_gradient_and_no_attention(gen, index):
+    prior = _priors()[index].double().eval()
+    tokens = torch.randint(0, 8, (2, 6, 6), generator=gen)
+    mask = torch.zeros(2, 6, 6, dtype=torch.bool)
+    mask.view(2, -1)[:, [5, 17]] = True
+    logits = prior.logits(tokens, mask)
+    other = tokens.clone()
+    other.view(2, -1)[:, [5, 17]] = (other.view(2, -1)[:, [5, 17]] + 3) % 8
+    changed = prior.logits(other, mask)
+    # a masked token is nobody's key: only its own next position (whose query it is) may move
+    moved = (changed - logits).abs().amax(-1)  # (2, 36)
+    assert bool((moved[:, [6, 18]] > 1e-9).all())
+    keep = torch.ones(36, dtype=torch.bool)
+    keep[[6, 18]] = False
+    assert float(moved[:, keep].max()) < 1e-12
+    # the loss leaves masked targets out: their logits get no gradient
+    leaf = logits.detach().requires_grad_(True)
+    from vqfast.data.tokens import prior_loss
+
+    class Fixed:
+        def nll(self, t, key_mask=None):
+            return torch.nn.functional.cross_entropy(leaf.transpose(1, 2), t.reshape(2, -1), reduction="none").view(t.shape)
+
+    prior_loss(Fixed(), mask_tokens(tokens, mask))["loss"].backward()
+    assert float(leaf.grad.view(2, 36, 8)[:, [5, 17]].abs().max()) == 0.0
+    assert float(leaf.grad.abs().sum()) > 0
+    assert torch.equal(unmask_tokens(mask_tokens(tokens, mask))[0], tokens)
+
+
+def _grids(gen, n=48):
+    """A cyclic pattern, token = (column + 2 row + offset) mod 8 with one random offset
+    per grid (only the first token is unpredictable); a fifth of the grids carry a 3x3
+    patch of random tokens."""
+    offsets = torch.randint(0, 8, (n, 1, 1), generator=gen)
+    grids = (torch.arange(6).view(1, 1, 6) + 2 * torch.arange(6).view(1, 6, 1) + offsets) % 8
+    patch = torch.zeros(n, 6, 6, dtype=torch.bool)
+    for i in range(0, n, 5):
+        r, c = torch.randint(0, 4, (2,), generator=gen).tolist()
+        patch[i, r:r + 3, c:c + 3] = True
+    grids = torch.where(patch, torch.randint(0, 8, (n, 6, 6), generator=gen), grids)
+    return grids, patch
+
+
+def test_a_planted_patch_is_masked_by_round_2_and_its_nll_rises(gen, tmp_path):
+    torch.manual_seed(0)
+    prior = _priors()[0]
+    grids, patch = _grids(gen)
+    config = TrainConfig(epochs=25, batch_size=16, lr=3e-3, early_stopping=False)
+    history = iltm_fit(prior, grids, rounds=2, config=config, percentile=92, out_dir=tmp_path, progress=False)
+    assert not bool(history[0].any())
+    masks = history[1]  # what round 2 trained with
+    assert masks[patch].float().mean() > 0.5 and masks[~patch].float().mean() < 0.05
+    with torch.no_grad():
+        after = prior.eval().nll(grids)
+    first = load_model(tmp_path / "round_0" / "model.safetensors")  # the model after round 1
+    with torch.no_grad():
+        before = first.eval().nll(grids)
+    assert float(after[masks].mean()) > float(before[masks].mean()) + 0.1  # no longer fitted to the patch
+    with pytest.raises(RunExistsError, match="already holds an ILTM run"):
+        iltm_fit(prior, grids, rounds=2, config=config, percentile=92, out_dir=tmp_path, progress=False)
+    again = iltm_fit(prior, grids, rounds=2, config=config, percentile=92, out_dir=tmp_path, resume=True,
+                     progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(again, history))
+
+
+def test_suspected_anomalies_and_bad_arguments(gen):
+    prior = _priors()[0].eval()
+    grids, _ = _grids(gen, 10)
+    assert suspected_anomalies(prior, grids, percentile=90).float().mean() == pytest.approx(0.1, abs=0.03)
+    with pytest.raises(ValueError, match="exactly one of threshold and percentile"):
+        suspected_anomalies(prior, grids)
+    with pytest.raises(ValueError, match="ILTM needs a GPT2Prior or a PerformerPrior"):
+        PixelSNAIL(PixelSNAILConfig(num_codes=8, height=6, width=6, channels=16, blocks=1, res_blocks=1,
+                                    attn_heads=2)).training_loss(mask_tokens(grids, grids > 5))
