@@ -4,7 +4,13 @@ the prior rows of benchmarks/RESULTS.md.
     python benchmarks/magnetic_tile_vq.py --model vqvae --out runs/mt_vqvae        # the VQ model first
     python benchmarks/magnetic_tile_priors.py --vq runs/mt_vqvae --prior gpt2 --out runs/mt_vqvae_gpt2
     python benchmarks/magnetic_tile_priors.py --vq runs/mt_vqvae --prior pixelsnail --out runs/mt_vqvae_snail
+    python benchmarks/magnetic_tile_priors.py --vq runs/mt_vqvae --prior performer --iltm-rounds 2 --out runs/mt_perf
     ... --resume    # continue an interrupted run (training and scoring)
+
+--prior performer trains the Performer (FAVOR+) prior and adds the KDE scorer (tokens
+with p < exp(-lambda_P) resampled, S restorations, one decode each); --iltm-rounds R
+trains it (GPT-2 or Performer) by ILTM in R rounds sharing the --minutes budget, masking
+the tokens over --iltm-percentile of the training NLLs after each round.
 
 The VQ model's token grids are computed once (train / validation / test) and cached in
 <out>/tokens.safetensors; the prior trains on them with the shared engine (early
@@ -20,6 +26,7 @@ under <out>/scores_<scorer>; results go to <out>/results.json and print as Markd
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 
@@ -27,15 +34,18 @@ import torch
 
 from vqfast import checkpoint, metrics
 from vqfast.data import ImageTransform, MagneticTile, TokenGrids, encode_dataset
-from vqfast.models import GPT2Prior, GPT2PriorConfig, PixelSNAIL, PixelSNAILConfig
-from vqfast.scorers import RegenerativeScorer, reduce_map, score_dataset
+from vqfast.iltm import iltm_fit
+from vqfast.models import GPT2Prior, GPT2PriorConfig, PerformerPrior, PerformerPriorConfig, PixelSNAIL, PixelSNAILConfig
+from vqfast.scorers import KDEScorer, RegenerativeScorer, reduce_map, score_dataset
 from vqfast.scorers.restoration import LightPixelWiseScorer, PixelWiseScorer, SampleWiseScorer, nll_threshold
 from vqfast.training import TrainConfig, Trainer
 
 
 # (lambda_S, lambda_P, lambda_LP) percentiles of tables 6, 7 and 8, per VQ model and prior.
+# The Performer is a transformer: it takes the GPT-2 ("Transformer") column's percentiles.
 PAPER_PERCENTILES = {("VQVAE", "pixelsnail"): (60, 90, 80), ("VQVAE", "gpt2"): (40, 80, 40),
-                     ("VQGAN", "pixelsnail"): (60, 90, 60), ("VQGAN", "gpt2"): (40, 90, 80)}
+                     ("VQGAN", "pixelsnail"): (60, 90, 60), ("VQGAN", "gpt2"): (40, 90, 80),
+                     ("VQVAE", "performer"): (40, 80, 40), ("VQGAN", "performer"): (40, 90, 80)}
 
 
 def _tokens(out: Path, vq_model, splits, resume: bool):
@@ -52,7 +62,10 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "magnetic_tile"))
     p.add_argument("--vq", required=True, help="out folder of magnetic_tile_vq.py (holds model.safetensors)")
-    p.add_argument("--prior", choices=["gpt2", "pixelsnail"], default="gpt2")
+    p.add_argument("--prior", choices=["gpt2", "pixelsnail", "performer"], default="gpt2")
+    p.add_argument("--iltm-rounds", type=int, default=1, help="ILTM rounds (1: plain training); --minutes is shared")
+    p.add_argument("--iltm-percentile", type=float, default=95.0, help="ILTM: tokens over this NLL percentile masked")
+    p.add_argument("--kde", action="store_true", help="also score with KDE maps (default with --prior performer)")
     p.add_argument("--out", default=None, help="default runs/magnetic_tile_<prior>")
     p.add_argument("--minutes", type=float, default=8.0, help="prior training budget")
     p.add_argument("--epochs", type=int, default=200)
@@ -90,14 +103,22 @@ def main(argv=None):
     k = vq_model.config.num_codes
     if args.prior == "gpt2":
         prior = GPT2Prior(GPT2PriorConfig(num_codes=k, height=h, width=w))
+    elif args.prior == "performer":
+        prior = PerformerPrior(PerformerPriorConfig(num_codes=k, height=h, width=w))
     else:
         prior = PixelSNAIL(PixelSNAILConfig(num_codes=k, height=h, width=w, channels=args.channels))
 
     start = time.monotonic()
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, max_minutes=args.minutes,
-                         seed=args.seed)
-    history = Trainer(prior, TokenGrids(tokens["train"]), TokenGrids(tokens["val"]), config, out_dir=out / "prior",
-                      input_key="tokens").fit(resume=args.resume, overwrite=args.overwrite)
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                         max_minutes=args.minutes / args.iltm_rounds, seed=args.seed)
+    if args.iltm_rounds > 1:
+        iltm_fit(prior, tokens["train"], args.iltm_rounds, config, out_dir=out / "prior_iltm",
+                 percentile=args.iltm_percentile, val_tokens=tokens["val"], resume=args.resume)
+        history = json.loads(checkpoint.read(out / "prior_iltm" / f"round_{args.iltm_rounds - 1}" /
+                                             "checkpoint.safetensors")[1]["trainer"])["history"]
+    else:
+        history = Trainer(prior, TokenGrids(tokens["train"]), TokenGrids(tokens["val"]), config, out_dir=out / "prior",
+                          input_key="tokens").fit(resume=args.resume, overwrite=args.overwrite)
     prior.eval()
     results = {"vq": str(args.vq), "prior": prior.config_dict(), "args": vars(args), "epochs": history[-1]["epoch"],
                "stopped": history[-1]["stopped"], "train_minutes_this_run": (time.monotonic() - start) / 60,
@@ -116,6 +137,9 @@ def main(argv=None):
         "Regenerative": RegenerativeScorer(vq_model),  # the paper's mean L1
         "Pixel-wise": PixelWiseScorer(vq_model, prior, th["pixel"], restorations=args.restorations, seed=args.seed),
     }
+    if args.kde or args.prior == "performer":  # tokens with p < exp(-lambda_P) resampled, S restorations, one decode each
+        scorers["KDE"] = KDEScorer(vq_model, prior, math.exp(-th["pixel"]), restorations=args.restorations,
+                                   seed=args.seed)
     for name, scorer in scorers.items():
         t0 = time.monotonic()
         folder = out / f"scores_{name.lower().replace('-', '_')}"

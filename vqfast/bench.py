@@ -355,10 +355,14 @@ def restoration_providers(case: RestorationCase, prior, threshold: float) -> Dic
     return providers
 
 
-def run_restoration(device: torch.device, quick: bool = False, repeats: int = 3, echo: Callable[[str], None] = print):
-    """Reference vs fast Pixel-wise restoration, one table per case, with the fraction
-    of tokens restored and whether the token grids are identical."""
-    for case in RESTORATION_CASES["quick" if quick else device.type if device.type in ("cpu", "cuda") else "cpu"]:
+def run_restoration(device: torch.device, quick: bool = False, repeats: int = 3, echo: Callable[[str], None] = print,
+                    cases=None):
+    """Reference vs fast Pixel-wise restoration, one table per case (default: the
+    built-in cases for the device), with the fraction of tokens restored and whether the
+    token grids are identical."""
+    if cases is None:
+        cases = RESTORATION_CASES["quick" if quick else device.type if device.type in ("cpu", "cuda") else "cpu"]
+    for case in cases:
         prior, tokens, threshold, seeds = case.build(device)
         results, timings = {}, []
         for name, fn in restoration_providers(case, prior, threshold).items():
