@@ -13,15 +13,15 @@ query against the cache is ``vqfast.ops.decode_attention``.
 
 import functools
 import math
-from dataclasses import asdict, dataclass
-from typing import Dict, Optional
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vqfast.data.tokens import prior_loss
 from vqfast.models.incremental import IncrementalPrior
+from vqfast.models.raster_prior import RasterPrior
 from vqfast.ops.decode_attention import resolve as resolve_decode_attention
 
 
@@ -55,7 +55,7 @@ def _restore_tied_head(module, state_dict, prefix, *args):
         state_dict.setdefault(prefix + "model.lm_head.weight", state_dict[wte])
 
 
-class GPT2Prior(nn.Module):
+class GPT2Prior(RasterPrior):
     """p(z_i | z_<i) over a (height, width) grid of K codes, raster order."""
 
     def __init__(self, config: Optional[GPT2PriorConfig] = None):
@@ -74,19 +74,6 @@ class GPT2Prior(nn.Module):
         self.register_state_dict_post_hook(_drop_tied_head)
         self.register_load_state_dict_pre_hook(_restore_tied_head)
 
-    @property
-    def start_token(self) -> int:
-        return self.config.num_codes
-
-    def _inputs(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(M, h, w) or (M, T) grid -> (M, T) model inputs: start, z_0 .. z_{T-2}."""
-        flat = tokens.reshape(tokens.shape[0], -1)
-        if flat.shape[1] != self.config.length:
-            raise ValueError(f"tokens must hold {self.config.height}x{self.config.width} = {self.config.length} "
-                             f"positions, got shape {tuple(tokens.shape)}")
-        start = flat.new_full((flat.shape[0], 1), self.start_token)
-        return torch.cat([start, flat[:, :-1]], 1)
-
     def logits(self, tokens: torch.Tensor, key_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Full forward: (M, h, w) or (M, T) int64 -> (M, T, K) logits of every grid
         token given the ones before it. key_mask (M, h, w) bool: tokens no later position
@@ -97,20 +84,6 @@ class GPT2Prior(nn.Module):
             attention = torch.ones_like(inputs)
             attention[:, 1:] = (~key_mask.reshape(inputs.shape[0], -1)[:, :-1]).long()  # input i+1 is token i
         return self.model(input_ids=inputs, attention_mask=attention).logits[..., : self.config.num_codes]
-
-    def nll(self, tokens: torch.Tensor, key_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """(M, h, w) -> (M, h, w) negative log-likelihood of each token under its prefix."""
-        logits = self.logits(tokens, key_mask).float()
-        flat = tokens.reshape(tokens.shape[0], -1)
-        return F.cross_entropy(logits.transpose(1, 2), flat, reduction="none").view(tokens.shape)
-
-    def training_loss(self, tokens: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """Mean NLL per token (nats) of a batch of (B, h, w) grids; masked tokens
-        (vqfast.data.mask_tokens) are left out of the loss and of attention as keys."""
-        return prior_loss(self, tokens)
-
-    def config_dict(self) -> dict:
-        return {"model": "GPT2Prior", **asdict(self.config)}
 
     def fast(self) -> "FastGPT2":
         """A FastGPT2 on this prior's weights (shared, not copied), in eval mode."""

@@ -28,15 +28,14 @@ one pass, like GPT-2's KV cache.
 """
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Dict, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from vqfast.data.tokens import prior_loss
 from vqfast.models.incremental import IncrementalPrior
+from vqfast.models.raster_prior import RasterPrior
 
 
 @dataclass
@@ -136,7 +135,7 @@ class PerformerBlock(nn.Module):
         return x + self.drop(self.mlp(self.ln_2(x)))
 
 
-class PerformerPrior(nn.Module):
+class PerformerPrior(RasterPrior):
     """p(z_i | z_<i) over a (height, width) grid of K codes, raster order."""
 
     def __init__(self, config: Optional[PerformerPriorConfig] = None):
@@ -156,10 +155,6 @@ class PerformerPrior(nn.Module):
         self.register_buffer("draw", torch.zeros((), dtype=torch.int64))  # index of the current features
         self._draw_features(0)
 
-    @property
-    def start_token(self) -> int:
-        return self.config.num_codes
-
     @torch.no_grad()
     def _draw_features(self, draw: int) -> None:
         for layer, block in enumerate(self.blocks):
@@ -167,15 +162,6 @@ class PerformerPrior(nn.Module):
             w = orthogonal_features(self.config.nb_features, block.head_dim, gen)
             block.features.copy_(w.to(block.features.dtype))
         self.draw.fill_(draw)
-
-    def _inputs(self, tokens: torch.Tensor) -> torch.Tensor:
-        flat = tokens.reshape(tokens.shape[0], -1)
-        if flat.shape[1] != self.config.length:
-            raise ValueError(f"tokens must hold {self.config.height}x{self.config.width} = {self.config.length} "
-                             f"positions, got shape {tuple(tokens.shape)}")
-        if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= self.config.num_codes):
-            raise ValueError(f"tokens hold codes outside [0, K={self.config.num_codes})")
-        return torch.cat([flat.new_full((flat.shape[0], 1), self.start_token), flat[:, :-1]], 1)
 
     def logits(self, tokens: torch.Tensor, key_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """(M, h, w) or (M, T) int64 -> (M, T, K) logits of every grid token given the ones
@@ -190,12 +176,6 @@ class PerformerPrior(nn.Module):
             x = block(x, hidden)
         return self.head(self.ln_f(x))
 
-    def nll(self, tokens: torch.Tensor, key_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """(M, h, w) -> (M, h, w) negative log-likelihood of each token under its prefix."""
-        logits = self.logits(tokens, key_mask).float()
-        flat = tokens.reshape(tokens.shape[0], -1)
-        return F.cross_entropy(logits.transpose(1, 2), flat, reduction="none").view(tokens.shape)
-
     def training_loss(self, tokens: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Mean NLL per token (nats), masked tokens (vqfast.data.mask_tokens) left out of
         the loss and of attention as keys; in training, redraws the features every
@@ -205,10 +185,7 @@ class PerformerPrior(nn.Module):
             if every and int(self.steps) and int(self.steps) % every == 0:
                 self._draw_features(int(self.draw) + 1)
             self.steps += 1
-        return prior_loss(self, tokens)
-
-    def config_dict(self) -> dict:
-        return {"model": "PerformerPrior", **asdict(self.config)}
+        return super().training_loss(tokens)
 
     def fast(self) -> "FastPerformer":
         """A FastPerformer on this prior's weights (shared, not copied), in eval mode."""
@@ -246,9 +223,11 @@ class FastPerformer(IncrementalPrior):
             q, k, v = (t[:, :, 0] for t in block._heads(block.ln_1(x)[:, None]))  # (M, H, d)
             feats = block.features.to(q.dtype)
             qf, kf = favor_features(q, feats, True), favor_features(k, feats, False)  # (M, H, m)
-            self.state[i] += kf.unsqueeze(-1) * v.unsqueeze(-2)
+            mh = qf.shape[0] * qf.shape[1]
+            state = self.state[i].view(mh, *self.state.shape[-2:])
+            state.baddbmm_(kf.reshape(mh, -1, 1), v.reshape(mh, 1, -1))  # in place: no (M, H, m, d) temporary
             self.norm[i] += kf
-            num = (qf.unsqueeze(-2) @ self.state[i]).squeeze(-2)  # (M, H, d)
+            num = torch.bmm(qf.reshape(mh, 1, -1), state).view(v.shape)  # (M, H, d)
             den = (qf * self.norm[i]).sum(-1, keepdim=True).clamp_min(tiny)
             x = x + block.proj((num / den).reshape(x.shape))
             x = x + block.mlp(block.ln_2(x))
