@@ -97,3 +97,10 @@ def test_scorer_map_is_the_kde_inside_the_mask(gen):
         KDEScorer(vq, prior, probability=1.5)
     with pytest.raises(ValueError, match="at least 2 samples per pixel"):
         KDEScorer(vq, prior, probability=0.1, restorations=1)
+
+
+def test_profile_stages():
+    vq, prior = _models()
+    timings = KDEScorer(vq, prior, probability=0.05, restorations=2).profile(torch.rand(1, 3, 24, 24), repeats=1)
+    assert [t.name for t in timings] == ["encode (VQ)", "restore (prior + sampling)", "decode (VQ, every sample)",
+                                         "KDE map", "score (total)"]

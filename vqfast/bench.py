@@ -6,6 +6,7 @@ benchmarks/bench_<op>.py runs the same providers under pytest-benchmark.
 """
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass
 from typing import Callable, Dict, List, Optional
@@ -379,14 +380,14 @@ def run_restoration(device: torch.device, quick: bool = False, repeats: int = 3,
 
 
 def run_token_scorers(device: torch.device, quick: bool = False, echo: Callable[[str], None] = print):
-    """Stage timings of the Sample-, Pixel- (fast), Light-Pixel-wise and Regenerative
-    scorers on one batch: a Performer-paper VQ-VAE (128 x 128 images, 16 x 16 tokens,
+    """Stage timings of the Sample-, Pixel- (fast), Light-Pixel-wise, KDE-map and
+    Regenerative scorers on one batch: a Performer-paper VQ-VAE (128 x 128 images, 16 x 16 tokens,
     256 codes) and the CPU-target GPT-2 prior (4 layers, 256 wide, 8 heads), batch 8; on
     CUDA the GPU target instead: 64 x 64 images (8 x 8 tokens), a gpt2-medium-size prior,
     batch 32. Random weights, thresholds at the 80th NLL percentile of the batch."""
     from vqfast.models import VQVAE, VQVAEConfig
     from vqfast.models.gpt2_prior import GPT2Prior, GPT2PriorConfig, gpt2_medium_config
-    from vqfast.scorers import RegenerativeScorer
+    from vqfast.scorers import KDEScorer, RegenerativeScorer
     from vqfast.scorers.restoration import LightPixelWiseScorer, PixelWiseScorer, SampleWiseScorer, nll_threshold
 
     torch.manual_seed(0)
@@ -404,6 +405,7 @@ def run_token_scorers(device: torch.device, quick: bool = False, echo: Callable[
     scorers = {"Sample-wise": SampleWiseScorer(vq_model, prior, lam),
                "Pixel-wise (fast, S=5)": PixelWiseScorer(vq_model, prior, lam),
                "Light-Pixel-wise (fast, S=5)": LightPixelWiseScorer(vq_model, prior, lam),
+               "KDE map (p < exp(-lambda), S=5, one decode each)": KDEScorer(vq_model, prior, math.exp(-lam)),
                "Regenerative": RegenerativeScorer(vq_model)}
     for name, scorer in scorers.items():
         timings = scorer.profile(images, repeats=3)

@@ -122,3 +122,26 @@ class KDEScorer(PixelWiseScorer):
         maps = torch.where(inside, abnormality, torch.full_like(abnormality, outside))
         return ScoreBatch(reduce_map(maps, self.reduction, self.topk), maps)
 
+    @torch.no_grad()
+    def profile(self, images: torch.Tensor, repeats: int = 3):
+        """Timings of each stage: encode (VQ), restoration, decodes, the KDE map, and
+        the whole score call."""
+        from vqfast.profiling import time_callable
+
+        self._eval()
+        dev, shape = images.device, tuple(images.shape[1:])
+        seeds = self.image_seeds(images)
+        tokens = self._tokens(images)
+        restored = self.restore(tokens, seeds)
+        samples = self._decode_samples(restored, seeds, shape)
+        return [
+            time_callable(lambda: self.vq_model.encode_indices(images), name="encode (VQ)", device=dev, repeats=repeats),
+            time_callable(lambda: self.restore(tokens, seeds), name="restore (prior + sampling)", device=dev,
+                          repeats=repeats, warmup=1),
+            time_callable(lambda: self._decode_samples(restored, seeds, shape), name="decode (VQ, every sample)",
+                          device=dev, repeats=repeats),
+            time_callable(lambda: kde_abnormality(images, samples, self.bandwidth_floor), name="KDE map", device=dev,
+                          repeats=repeats),
+            time_callable(lambda: self.score(images, seeds), name="score (total)", device=dev, repeats=repeats,
+                          warmup=1),
+        ]
