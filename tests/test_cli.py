@@ -47,6 +47,8 @@ def test_demo_writes_results_and_resumes(tmp_path, capsys):
     assert results["epochs"] == 1 and 0.0 <= results["regenerative"]["aupro"] <= 1.0
     assert 0.0 <= results["pixel_wise"]["aupro"] <= 1.0 and "image_auroc" in results["sample_wise"]
     assert results["pixel_wise_restoration"]["identical_tokens"] is True
+    assert 0.0 <= results["performer_pixel_wise"]["aupro"] <= 1.0 and "pixel_auroc" in results["kde"]
+    assert "Performer prior (FAVOR+)" in printed
     assert main(["demo", "--out", str(out), "--epochs", "2", "--prior-epochs", "1", "--resume"]) == 0
     assert json.loads((out / "results.json").read_text())["epochs"] == 2
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
