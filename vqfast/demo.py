@@ -11,6 +11,7 @@ grids, scored Pixel-wise by its recurrent pass and by KDE abnormality maps. Ever
 ``--resume`` continues), then model.safetensors and results.json.
 """
 
+import functools
 import json
 import math
 from pathlib import Path
@@ -51,23 +52,30 @@ def run_demo(out_dir="vqfast-demo", epochs: int = 20, seed: int = 0, resume: boo
     echo("\n" + format_table(scorer.profile(batch), title=f"stage timings, batch of 32 on {batch.device}"))
     out = Path(out_dir)
     results = {"regenerative": result, "epochs": history[-1]["epoch"]}
-    results.update(_prior_stage(model, train, test, out / "prior", prior_epochs, seed, resume, overwrite, echo))
-    results.update(_performer_stage(model, train, test, out / "performer", prior_epochs, seed, resume, overwrite, echo))
+    tokens = encode_dataset(model, train)  # both priors learn these grids
+    fit = functools.partial(_fit_prior, tokens=tokens, epochs=prior_epochs, seed=seed, resume=resume,
+                            overwrite=overwrite)
+    results.update(_prior_stage(model, tokens, test, lambda prior: fit(prior, out / "prior"), echo))
+    results.update(_performer_stage(model, tokens, test, lambda prior: fit(prior, out / "performer"), echo))
     (out / "results.json").write_text(json.dumps(results, indent=2))
     echo(f"\nwrote {out / 'model.safetensors'}, {out / 'prior'}, {out / 'metrics.jsonl'} and {out / 'results.json'}")
     return result
 
 
-def _prior_stage(vq_model, train, test, out_dir: Path, epochs: int, seed: int, resume: bool, overwrite: bool,
-                 echo) -> dict:
-    tokens = encode_dataset(vq_model, train)
-    _, h, w = tokens.shape
-    prior = GPT2Prior(GPT2PriorConfig(num_codes=DEMO_MODEL.num_codes, height=h, width=w, n_layer=2, n_embd=64,
-                                      n_head=4))
+def _fit_prior(prior, out_dir: Path, tokens, epochs: int, seed: int, resume: bool, overwrite: bool):
+    """Trains a prior on the token grids (checkpoints in out_dir); returns its history, prior in eval mode."""
     config = TrainConfig(epochs=epochs, batch_size=32, lr=3e-3, seed=seed, early_stopping=False)
     history = Trainer(prior, TokenGrids(tokens), None, config, out_dir=out_dir,
                       input_key="tokens").fit(resume=resume, overwrite=overwrite)
     prior.eval()
+    return history
+
+
+def _prior_stage(vq_model, tokens, test, fit, echo) -> dict:
+    _, h, w = tokens.shape
+    prior = GPT2Prior(GPT2PriorConfig(num_codes=DEMO_MODEL.num_codes, height=h, width=w, n_layer=2, n_embd=64,
+                                      n_head=4))
+    history = fit(prior)
     echo(f"\nGPT-2 prior on the {h}x{w} token grids: {history[-1]['epoch']} epochs, "
          f"{history[-1]['train']['bits_per_token']:.3f} bits per token")
     results = {}
@@ -94,18 +102,13 @@ def _prior_stage(vq_model, train, test, out_dir: Path, epochs: int, seed: int, r
     return results
 
 
-def _performer_stage(vq_model, train, test, out_dir: Path, epochs: int, seed: int, resume: bool, overwrite: bool,
-                     echo) -> dict:
+def _performer_stage(vq_model, tokens, test, fit, echo) -> dict:
     """The Performer paper's family: a small FAVOR+ prior on the same token grids, its
     recurrent Pixel-wise pass and the KDE abnormality maps."""
-    tokens = encode_dataset(vq_model, train)
     _, h, w = tokens.shape
     prior = PerformerPrior(PerformerPriorConfig(num_codes=DEMO_MODEL.num_codes, height=h, width=w, n_layer=2,
                                                 n_embd=64, n_head=4, nb_features=32))
-    config = TrainConfig(epochs=epochs, batch_size=32, lr=3e-3, seed=seed, early_stopping=False)
-    history = Trainer(prior, TokenGrids(tokens), None, config, out_dir=out_dir,
-                      input_key="tokens").fit(resume=resume, overwrite=overwrite)
-    prior.eval()
+    history = fit(prior)
     echo(f"\nPerformer prior (FAVOR+) on the same grids: {history[-1]['epoch']} epochs, "
          f"{history[-1]['train']['bits_per_token']:.3f} bits per token")
     lam = nll_threshold(prior, tokens, 90)
