@@ -28,6 +28,10 @@ std::tuple<at::Tensor, at::Tensor> restore_step_cpu(const at::Tensor& logits, co
 // positions count. Returns (M, H, d).
 at::Tensor decode_attention_cpu(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                                 int64_t length, double scale);
+// Per row n of z (N, D): the index of the code at 0-based position rank[n] (int64, in
+// [0, K)) of the row's ascending (squared L2 distance, index) order over codebook (K, D).
+// z and codebook float32 or float64. Returns (N,) int64.
+at::Tensor code_at_rank_cpu(const at::Tensor& z, const at::Tensor& codebook, const at::Tensor& rank);
 // CPU instruction-set variants this machine can run, best first.
 std::vector<std::string> cpu_isas();
 

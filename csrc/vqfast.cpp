@@ -21,6 +21,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("temperature"));
   m.def("decode_attention_cpu", &vqfast::decode_attention_cpu, "single-query attention over a KV cache (CPU)",
         py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("length"), py::arg("scale"));
+  m.def("code_at_rank_cpu", &vqfast::code_at_rank_cpu, "the code at a given rank of each row's distance order (CPU)",
+        py::arg("z"), py::arg("codebook"), py::arg("rank"));
   m.def("cpu_isas", &vqfast::cpu_isas, "CPU instruction-set variants available here, best first");
 #ifdef WITH_CUDA
   m.def("nearest_code_cuda", &vqfast::nearest_code_cuda, "fused nearest-codebook search (CUDA)", py::arg("z"),

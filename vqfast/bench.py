@@ -228,8 +228,8 @@ def feature_scorer_cases(quick: bool):
     import warnings
 
     from vqfast.data import ProceduralDefects
-    from vqfast.models import Backbone, FeatureAE, FeatureAEConfig
-    from vqfast.scorers import FeatureAEScorer, SGFRScorer
+    from vqfast.models import DSR, Backbone, DSRConfig, FeatureAE, FeatureAEConfig
+    from vqfast.scorers import DSRScorer, FeatureAEScorer, SGFRScorer
 
     name, size, n_bank = ("resnet18", 64, 16) if quick else ("wide_resnet50_2", 256, 64)
 
@@ -245,8 +245,13 @@ def feature_scorer_cases(quick: bool):
         backbone = quiet(lambda: Backbone(name, layers=(2, 3, 4))).to(device)
         return SGFRScorer(backbone).fit(ProceduralDefects(n_bank, 0, size=size))
 
+    def dsr(device):
+        cfg = DSRConfig(num_codes=64, code_dim=16, hidden=16, res_hidden=8, unet_width=8) if quick else DSRConfig()
+        return DSRScorer(DSR(cfg).to(device).eval())
+
     return [(f"Feature AE ({name})", feature_ae, (4, 3, size, size)),
-            (f"SGFR ({name}, bank of {n_bank}, s_ref 10, s 7)", sgfr, (4, 3, size, size))]
+            (f"SGFR ({name}, bank of {n_bank}, s_ref 10, s 7)", sgfr, (4, 3, size, size)),
+            ("DSR (CPU-sized DSRConfig, untrained)", dsr, (4, 3, size, size))]
 
 
 def run_models(device: torch.device, quick: bool = False, repeats: int = 5, echo: Callable[[str], None] = print):

@@ -25,6 +25,7 @@ class CheckpointError(ValueError):
 
 
 def _model_registry():
+    from vqfast.models.dsr import DSR, DSRConfig
     from vqfast.models.feature_ae import FeatureAE, FeatureAEConfig
     from vqfast.models.gpt2_prior import GPT2Prior, GPT2PriorConfig
     from vqfast.models.performer import PerformerPrior, PerformerPriorConfig
@@ -34,7 +35,7 @@ def _model_registry():
 
     return {"VQVAE": (VQVAE, VQVAEConfig), "VQGAN": (VQGAN, VQGANConfig), "FeatureAE": (FeatureAE, FeatureAEConfig),
             "GPT2Prior": (GPT2Prior, GPT2PriorConfig), "PixelSNAIL": (PixelSNAIL, PixelSNAILConfig),
-            "PerformerPrior": (PerformerPrior, PerformerPriorConfig)}
+            "PerformerPrior": (PerformerPrior, PerformerPriorConfig), "DSR": (DSR, DSRConfig)}
 
 
 def write_atomic(path: PathLike, tensors: Dict[str, torch.Tensor], metadata: Dict[str, str]) -> None:

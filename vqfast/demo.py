@@ -6,7 +6,8 @@ and prints the detection metrics and a per-stage timing table; then trains a sma
 GPT-2 prior on the VQ-VAE's token grids, scores the test split Sample-wise and
 Pixel-wise, and times the fast Pixel-wise pass against the published loop on two
 images (the same restored tokens); then a small Performer (FAVOR+) prior on the same
-grids, scored Pixel-wise by its recurrent pass and by KDE abnormality maps. Everything lands in
+grids, scored Pixel-wise by its recurrent pass and by KDE abnormality maps; then a small
+DSR trained in its three stages on the same images. Everything lands in
 ``out_dir`` as it is produced: checkpoints and metrics.jsonl during training (so
 ``--resume`` continues), then model.safetensors and results.json.
 """
@@ -18,14 +19,16 @@ from pathlib import Path
 
 import torch
 
-from vqfast.data import TokenGrids, encode_dataset, procedural_splits
-from vqfast.models import VQVAE, GPT2Prior, GPT2PriorConfig, PerformerPrior, PerformerPriorConfig, VQVAEConfig
+from vqfast.data import DSRAnomalies, TokenGrids, encode_dataset, procedural_splits
+from vqfast.models import DSR, VQVAE, DSRConfig, GPT2Prior, GPT2PriorConfig, PerformerPrior, PerformerPriorConfig, VQVAEConfig
 from vqfast.profiling import format_table, time_callable
-from vqfast.scorers import KDEScorer, RegenerativeScorer, evaluate_scorer
+from vqfast.scorers import DSRScorer, KDEScorer, RegenerativeScorer, evaluate_scorer
 from vqfast.scorers.restoration import PixelWiseScorer, SampleWiseScorer, nll_threshold
 from vqfast.training import TrainConfig, Trainer
 
 DEMO_MODEL = VQVAEConfig(hidden=32, res_blocks=2, num_codes=64, code_dim=16, downsamples=2)
+DEMO_DSR = DSRConfig(num_codes=64, code_dim=16, hidden=32, res_hidden=16, object_mid=16, unet_width=8)
+DSR_KEYS = {1: "image", 2: ("image", "mask", "strength", "use_both", "use_lo", "seed"), 3: ("image", "mask")}
 
 
 def run_demo(out_dir="vqfast-demo", epochs: int = 20, seed: int = 0, resume: bool = False, echo=print,
@@ -57,8 +60,10 @@ def run_demo(out_dir="vqfast-demo", epochs: int = 20, seed: int = 0, resume: boo
                             overwrite=overwrite)
     results.update(_prior_stage(model, tokens, test, lambda prior: fit(prior, out / "prior"), echo))
     results.update(_performer_stage(model, tokens, test, lambda prior: fit(prior, out / "performer"), echo))
+    results.update(_dsr_stage(train, test, out / "dsr", epochs, seed, resume, overwrite, echo))
     (out / "results.json").write_text(json.dumps(results, indent=2))
-    echo(f"\nwrote {out / 'model.safetensors'}, {out / 'prior'}, {out / 'metrics.jsonl'} and {out / 'results.json'}")
+    echo(f"\nwrote {out / 'model.safetensors'}, {out / 'prior'}, {out / 'performer'}, {out / 'dsr'}, "
+         f"{out / 'metrics.jsonl'} and {out / 'results.json'}")
     return result
 
 
@@ -119,3 +124,23 @@ def _performer_stage(vq_model, tokens, test, fit, echo) -> dict:
         echo(f"  {name:<20} image AUROC {r['image_auroc']:.4f}, pixel AUROC {r['pixel_auroc']:.4f}, "
              f"AUPRO {r['aupro']:.4f}")
     return results
+
+
+def _dsr_stage(train, test, out: Path, epochs: int, seed: int, resume: bool, overwrite: bool, echo) -> dict:
+    """DSR (the dual subspace re-projection network) in its three stages on the training
+    images: the discrete model, then feature-space anomalies, then the upsampling module."""
+    model = DSR(DEMO_DSR)
+    for stage in (1, 2, 3):
+        model.set_stage(stage)
+        data = train if stage == 1 else DSRAnomalies(train, stage, seed=seed + stage)
+        config = TrainConfig(epochs=max(1, epochs // 2) if stage == 1 else max(1, epochs // 10), batch_size=16,
+                             lr=2e-3 if stage == 1
+                             else 5e-4, seed=seed + stage, early_stopping=False)
+        history = Trainer(model, data, None, config, out_dir=out / f"stage{stage}", input_key=DSR_KEYS[stage]).fit(
+            resume=resume, overwrite=overwrite)
+        echo(f"\nDSR stage {stage}: {history[-1]['epoch']} epochs, loss {history[-1]['train']['loss']:.4g}")
+    model.eval()
+    r = evaluate_scorer(DSRScorer(model), test)
+    echo(f"  dsr                  image AUROC {r['image_auroc']:.4f}, pixel AUROC {r['pixel_auroc']:.4f}, "
+         f"AUPRO {r['aupro']:.4f}")
+    return {"dsr": r}

@@ -41,6 +41,9 @@ class TrainConfig:
     patience: int = 5  # stop once validation loss exceeded training loss more than this often
     check_every: int = 2  # epochs between validation checks
     max_minutes: Optional[float] = None  # wall-clock budget, checked after each epoch
+    max_steps: Optional[int] = None  # iteration budget: training ends after this many optimiser steps
+    lr_milestones: Tuple[int, ...] = ()  # steps after which the learning rate is multiplied by milestone_gamma
+    milestone_gamma: float = 0.1
     seed: int = 0
 
 
@@ -71,7 +74,7 @@ class Trainer:
     device: defaults to CUDA when available.
     loss_fn: (model, images) -> dict with "loss"; default model.training_loss.
     input_key: the item field fed to the model ("image"; "tokens" for priors over
-        vqfast.data.TokenGrids).
+        vqfast.data.TokenGrids), or a tuple of fields, fed as a dict (DSR's stages).
     """
 
     def __init__(self, model: torch.nn.Module, train_set, val_set=None, config: Optional[TrainConfig] = None, *,
@@ -124,7 +127,12 @@ class Trainer:
         bar = tqdm(self._loader(dataset, shuffle=train), desc=f"epoch {self.epoch + 1} {'train' if train else 'val'}",
                    disable=not self.progress, leave=False)
         for batch in bar:
-            x = batch[self.input_key].to(self.device, non_blocking=True)
+            if isinstance(self.input_key, (tuple, list)):
+                x = {k: batch[k].to(self.device, non_blocking=True) for k in self.input_key}
+                n = x[self.input_key[0]].shape[0]
+            else:
+                x = batch[self.input_key].to(self.device, non_blocking=True)
+                n = x.shape[0]
             with torch.set_grad_enabled(train), self._autocast():
                 terms = self.loss_fn(self.model, x)
             loss = terms["loss"]
@@ -135,11 +143,16 @@ class Trainer:
                 if "disc" in self.optimizers and "disc_loss" in terms:
                     self._step("disc", terms["disc_loss"])  # its graph starts at detached images
                 self.step += 1
-            n = x.shape[0]
+                if self.step in self.config.lr_milestones:
+                    for opt in self.optimizers.values():
+                        for group in opt.param_groups:
+                            group["lr"] *= self.config.milestone_gamma
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach()) * n
                 counts[k] = counts.get(k, 0) + n
             bar.set_postfix(loss=f"{sums['loss'] / counts['loss']:.4g}")
+            if train and self.config.max_steps is not None and self.step >= self.config.max_steps:
+                break
         return {k: v / counts[k] for k, v in sums.items()}
 
     def _step(self, name: str, loss: torch.Tensor) -> None:
@@ -203,6 +216,8 @@ class Trainer:
                     record["val_exceeded_train"] = self.stopping.exceeded
                     if stop and self.config.early_stopping:
                         stop_reason = f"validation loss exceeded training loss {self.stopping.exceeded} times"
+                if self.config.max_steps is not None and self.step >= self.config.max_steps:
+                    stop_reason = stop_reason or f"step budget of {self.config.max_steps} used"
                 if self.config.max_minutes is not None and time.monotonic() - start > 60 * self.config.max_minutes:
                     stop_reason = stop_reason or f"time budget of {self.config.max_minutes} min used"
                 record["stopped"] = stop_reason

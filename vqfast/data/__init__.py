@@ -9,11 +9,12 @@ from vqfast.data.datasets import (
     MVTecAD,
     Record,
 )
+from vqfast.data.synthetic import DSRAnomalies, perlin_mask, perlin_noise
 from vqfast.data.procedural import ProceduralDefects, procedural_splits
 from vqfast.data.tokens import TokenGrids, encode_dataset, mask_tokens, unmask_tokens
 from vqfast.data.transforms import DatasetError, ImageTransform
 
 __all__ = [
-    "AnomalyDataset", "Augment", "AugmentedDataset", "DatasetError", "FrameSequences", "ImageFolder", "ImageTransform", "MagneticTile",
-    "MVTecAD", "ProceduralDefects", "Record", "TokenGrids", "encode_dataset", "mask_tokens", "procedural_splits", "unmask_tokens",
+    "AnomalyDataset", "Augment", "AugmentedDataset", "DSRAnomalies", "DatasetError", "FrameSequences", "ImageFolder", "ImageTransform", "MagneticTile",
+    "MVTecAD", "ProceduralDefects", "Record", "TokenGrids", "encode_dataset", "mask_tokens", "perlin_mask", "perlin_noise", "procedural_splits", "unmask_tokens",
 ]

@@ -2,12 +2,13 @@
 
 from vqfast.scorers.base import (ScoreBatch, check_images, evaluate_scorer, gaussian_blur, reduce_map, score_dataset,
                                  scorer_fingerprint)
+from vqfast.scorers.dsr import DSRScorer
 from vqfast.scorers.feature_ae import FeatureAEScorer
 from vqfast.scorers.kde import KDEScorer, kde_abnormality
 from vqfast.scorers.regenerative import RegenerativeScorer
 from vqfast.scorers.restoration import LightPixelWiseScorer, PixelWiseScorer, SampleWiseScorer, nll_threshold
 from vqfast.scorers.sgfr import SGFRScorer
 
-__all__ = ["FeatureAEScorer", "KDEScorer", "LightPixelWiseScorer", "PixelWiseScorer", "RegenerativeScorer", "SGFRScorer",
+__all__ = ["DSRScorer", "FeatureAEScorer", "KDEScorer", "LightPixelWiseScorer", "PixelWiseScorer", "RegenerativeScorer", "SGFRScorer",
            "SampleWiseScorer", "ScoreBatch", "check_images", "evaluate_scorer", "gaussian_blur", "kde_abnormality", "nll_threshold",
            "reduce_map", "score_dataset", "scorer_fingerprint"]
