@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from vqfast import metrics
-from vqfast.data import DSRAnomalies, ImageTransform, MagneticTile
+from vqfast.data import balanced_subset, DSRAnomalies, ImageTransform, MagneticTile
 from vqfast.models import DSR, DSRConfig
 from vqfast.models.dsr import paper_config
 from vqfast.scorers import DSRScorer, score_dataset
@@ -59,11 +59,8 @@ def main(argv=None):
     transform = ImageTransform(size=args.size, channels=args.channels)
     full = MagneticTile(args.data, "train", transform)
     test = MagneticTile(args.data, "test", transform)
-    if args.test_limit is not None:
-        labels = test.labels
-        normal, defective = (labels == 0).nonzero()[:, 0].tolist(), (labels == 1).nonzero()[:, 0].tolist()
-        half = args.test_limit // 2
-        test = torch.utils.data.Subset(test, normal[:half] + defective[: args.test_limit - half])
+    if args.test_limit is not None:  # half defect-free, half defective
+        test = balanced_subset(test, args.test_limit)
     order = torch.randperm(len(full), generator=torch.Generator().manual_seed(args.seed)).tolist()
     n_val = len(full) // 10
     train, val = torch.utils.data.Subset(full, order[n_val:]), torch.utils.data.Subset(full, order[:n_val])
@@ -96,9 +93,10 @@ def main(argv=None):
     scores, maps, labels, masks = score_dataset(DSRScorer(model), test, batch_size=8, out_dir=out / "scores",
                                                 resume=args.resume, progress=True)
     results["seconds_per_image"] = (time.monotonic() - t0) / len(test)
+    results["general_model"] = model.general_origin
     results["scores"] = metrics.evaluate(labels, scores, masks, maps)
     (out / "results.json").write_text(json.dumps(results, indent=2))
-    print(f"\nDSR on Magnetic Tile, {args.size}x{args.size}:")
+    print(f"\nDSR on Magnetic Tile, {args.size}x{args.size}; general model: {model.general_origin}")
     for stage, r in results["stages"].items():
         print(f"  stage {stage}: {r}")
     r = results["scores"]

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from vqfast import checkpoint, metrics
-from vqfast.data import ImageTransform, MagneticTile, TokenGrids, encode_dataset
+from vqfast.data import balanced_subset, ImageTransform, MagneticTile, TokenGrids, encode_dataset
 from vqfast.iltm import iltm_fit
 from vqfast.models import GPT2Prior, GPT2PriorConfig, PerformerPrior, PerformerPriorConfig, PixelSNAIL, PixelSNAILConfig
 from vqfast.scorers import KDEScorer, RegenerativeScorer, reduce_map, score_dataset
@@ -91,10 +91,7 @@ def main(argv=None):
     full = MagneticTile(args.data, "train", transform)
     test = MagneticTile(args.data, "test", transform)
     if args.test_limit is not None:  # half defect-free, half defective
-        labels = test.labels
-        normal, defective = (labels == 0).nonzero()[:, 0].tolist(), (labels == 1).nonzero()[:, 0].tolist()
-        half = args.test_limit // 2
-        test = torch.utils.data.Subset(test, normal[:half] + defective[: args.test_limit - half])
+        test = balanced_subset(test, args.test_limit)
     order = torch.randperm(len(full), generator=torch.Generator().manual_seed(args.seed)).tolist()
     n_val = len(full) // 10  # the same held-out tenth as magnetic_tile_vq.py
     splits = {"train": torch.utils.data.Subset(full, order[n_val:]), "val": torch.utils.data.Subset(full, order[:n_val])}

@@ -49,6 +49,7 @@ def test_demo_writes_results_and_resumes(tmp_path, capsys):
     assert results["pixel_wise_restoration"]["identical_tokens"] is True
     assert 0.0 <= results["performer_pixel_wise"]["aupro"] <= 1.0 and "pixel_auroc" in results["kde"]
     assert "Performer prior (FAVOR+)" in printed
+    assert "DSR stage 3" in printed and 0.0 <= results["dsr"]["aupro"] <= 1.0 and (out / "dsr" / "stage3").is_dir()
     assert main(["demo", "--out", str(out), "--epochs", "2", "--prior-epochs", "1", "--resume"]) == 0
     assert json.loads((out / "results.json").read_text())["epochs"] == 2
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2

@@ -168,6 +168,9 @@ def test_three_stages_train_resume_and_round_trip(tmp_path):
         assert history[-1]["lr"] == pytest.approx(2e-5)  # x0.1 after step 2
         again = Trainer(model, train, None, cfg, out_dir=tmp_path / f"stage{stage}", input_key=key, progress=False)
         assert again.fit(resume=True) == history  # finished: resuming is a no-op
+        saved = checkpoint.load_model(tmp_path / f"stage{stage}" / "model.safetensors", expected="DSR")
+        own = model.state_dict()
+        assert all(torch.equal(v, own[k]) for k, v in saved.state_dict().items())  # each stage's round trip
     model.eval()
     loaded = checkpoint.load_model(tmp_path / "stage3" / "model.safetensors", expected="DSR").eval()
     x = torch.stack([data[i]["image"] for i in range(2)])
@@ -220,7 +223,8 @@ def test_load_general_reads_the_authors_names(tmp_path):
     own = model.state_dict()
     for theirs, ours in names.items():
         assert torch.equal(own[ours], state[theirs]), ours
-    assert int(model.general_source) == 1 and bool(model.vq_lo.initialized)
+    assert int(model.general_source) == 1 and bool(model.vq_lo.initialized) and "authors'" in model.general_origin
+    assert "trained here" in _model().general_origin
     state["_vq_vae_top._embedding.weight"] = torch.randn(7, 3)
     torch.save(state, tmp_path / "wrong.pckl")
     with pytest.raises(ValueError, match="vq_lo.codebook has shape"):

@@ -49,7 +49,16 @@ def test_chunked_prefix_sums_equal_the_recurrent_form_and_each_other(gen):
     prior = _prior(chunk=7).double().eval()
     tokens = torch.randint(0, 16, (3, 5, 6), generator=gen)
     full = prior.logits(tokens)
-    torch.testing.assert_close(prior.fast().logits(tokens), full, rtol=1e-12, atol=1e-12)  # recurrent step
+    fast = prior.fast()
+    torch.testing.assert_close(fast.logits(tokens), full, rtol=1e-12, atol=1e-12)  # recurrent step
+    state = fast.state
+    torch.testing.assert_close(fast.logits(tokens), full, rtol=1e-12, atol=1e-12)  # a second pass starts from zero
+    assert fast.state is state  # ... on the same tensors (a captured CUDA graph replays on their addresses)
+    saved = [block.features.clone() for block in prior.blocks]
+    prior._draw_features(5)  # redrawn features reach the next pass
+    torch.testing.assert_close(fast.logits(tokens), prior.logits(tokens), rtol=1e-12, atol=1e-12)
+    for block, features in zip(prior.blocks, saved):
+        block.features.copy_(features)
     for chunk in (1, 30, 64):
         for block in prior.blocks:
             block.chunk = chunk

@@ -1,12 +1,14 @@
 """One training loop for every vqfast model.
 
-Adam/AdamW/SGD with momentum, exponential learning-rate decay, bf16 autocast on CUDA, gradient
-clipping, the papers' early-stopping rule or a fixed budget, tqdm progress, a JSON-
-lines log and an atomic checkpoint after every epoch; ``fit(resume=True)`` continues
+Adam/AdamW/SGD with momentum, exponential learning-rate decay per epoch and step
+milestones (x milestone_gamma after given optimiser steps: the iteration schedules of DSR),
+bf16 autocast on CUDA, gradient clipping, the papers' early-stopping rule or a time or step
+budget, tqdm progress, a JSON-lines log and an atomic checkpoint after every epoch; ``fit(resume=True)`` continues
 from the last checkpoint exactly (same step, optimiser state, RNG state and data
 order).
 
-The model provides ``training_loss(images) -> {"loss": scalar, ...}`` and
+The model provides ``training_loss(images) -> {"loss": scalar, ...}`` (or of a dict of
+item fields, with a tuple ``input_key``) and
 ``config_dict()``. A model with ``discriminator_parameters()`` (a GAN) gets a second
 optimiser for them, stepped on the ``"disc_loss"`` term after the generator step.
 """

@@ -3,6 +3,7 @@
 from vqfast.data.augment import Augment, AugmentedDataset
 from vqfast.data.datasets import (
     AnomalyDataset,
+    balanced_subset,
     FrameSequences,
     ImageFolder,
     MagneticTile,
@@ -15,6 +16,6 @@ from vqfast.data.tokens import TokenGrids, encode_dataset, mask_tokens, unmask_t
 from vqfast.data.transforms import DatasetError, ImageTransform
 
 __all__ = [
-    "AnomalyDataset", "Augment", "AugmentedDataset", "DSRAnomalies", "DatasetError", "FrameSequences", "ImageFolder", "ImageTransform", "MagneticTile",
+    "AnomalyDataset", "Augment", "balanced_subset", "AugmentedDataset", "DSRAnomalies", "DatasetError", "FrameSequences", "ImageFolder", "ImageTransform", "MagneticTile",
     "MVTecAD", "ProceduralDefects", "Record", "TokenGrids", "encode_dataset", "mask_tokens", "perlin_mask", "perlin_noise", "procedural_splits", "unmask_tokens",
 ]

@@ -62,13 +62,13 @@ class Augment:
         return out
 
 
-class AugmentedDataset(torch.utils.data.Dataset):
-    """Items of ``dataset`` through ``augment``, keyed by (epoch, index). The Trainer calls
-    ``set_epoch`` before each epoch; ``epoch=None`` (or ``augment=None``) serves the
-    items unchanged, e.g. for validation."""
+class EpochKeyed(torch.utils.data.Dataset):
+    """A wrapper of ``dataset`` whose items depend on the epoch, which the Trainer sets
+    with ``set_epoch`` before each one: draws keyed by (epoch, index) make an item the
+    same whatever the batch, worker or order it is read in."""
 
-    def __init__(self, dataset, augment: Optional[Augment]):
-        self.dataset, self.augment = dataset, augment
+    def __init__(self, dataset):
+        self.dataset = dataset
         self.epoch: Optional[int] = 0
 
     def set_epoch(self, epoch: Optional[int]) -> None:
@@ -76,6 +76,15 @@ class AugmentedDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.dataset)
+
+
+class AugmentedDataset(EpochKeyed):
+    """Items of ``dataset`` through ``augment``, keyed by (epoch, index); ``epoch=None``
+    (or ``augment=None``) serves the items unchanged, e.g. for validation."""
+
+    def __init__(self, dataset, augment: Optional[Augment]):
+        super().__init__(dataset)
+        self.augment = augment
 
     def __getitem__(self, i: int) -> dict:
         item = self.dataset[i]

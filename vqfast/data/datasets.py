@@ -213,6 +213,14 @@ def frame_sequence_records(root) -> List[Record]:
     return records
 
 
+def balanced_subset(dataset, n: int) -> torch.utils.data.Subset:
+    """The first n // 2 defect-free and the first n - n // 2 defective items of a dataset
+    with ``labels`` (a smoke test's test split that still has both classes)."""
+    labels = torch.as_tensor(dataset.labels)
+    normal, defective = (labels == 0).nonzero()[:, 0].tolist(), (labels == 1).nonzero()[:, 0].tolist()
+    return torch.utils.data.Subset(dataset, normal[: n // 2] + defective[: n - n // 2])
+
+
 class MVTecAD(AnomalyDataset):
     def __init__(self, root, category: str, split: str = "train", transform=None, *, skip_bad=False, cache=True):
         super().__init__(mvtec_records(root, category, split), transform, skip_bad=skip_bad, cache=cache,

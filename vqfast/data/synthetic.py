@@ -6,10 +6,11 @@ run sees the data the uninterrupted one saw.
 """
 
 import math
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
+
+from vqfast.data.augment import EpochKeyed
 
 
 def perlin_noise(height: int, width: int, res_y: int, res_x: int, generator: torch.Generator) -> torch.Tensor:
@@ -53,7 +54,7 @@ def perlin_mask(height: int, width: int, generator: torch.Generator, max_log_sca
     return (rotated[0] > threshold).float()
 
 
-class DSRAnomalies(torch.utils.data.Dataset):
+class DSRAnomalies(EpochKeyed):
     """The items of ``dataset`` with what DSR's stage 2 or 3 trains on.
 
     stage 2 (feature-space anomalies, drawn by the model): "mask" (1, H, W), all zero
@@ -64,8 +65,7 @@ class DSRAnomalies(torch.utils.data.Dataset):
         Perlin region, x' = (1 - m) x + m (beta x + (1 - beta) c), beta ~ U[0, 0.8];
         "mask" the region.
 
-    The Trainer calls ``set_epoch`` before each epoch; draws are keyed by
-    (seed, epoch, index).
+    Draws are keyed by (seed, epoch, index) (vqfast.data.augment.EpochKeyed).
     """
 
     def __init__(self, dataset, stage: int, seed: int = 0, p_anomalous: float = 0.5, strength_min: float = 0.2,
@@ -74,15 +74,9 @@ class DSRAnomalies(torch.utils.data.Dataset):
             raise ValueError(f"stage must be 2 or 3 (stage 1 trains on the plain images), got {stage!r}")
         if not 0 <= p_anomalous <= 1:
             raise ValueError(f"p_anomalous must be in [0, 1], got {p_anomalous}")
-        self.dataset, self.stage, self.seed = dataset, stage, seed
+        super().__init__(dataset)
+        self.stage, self.seed = stage, seed
         self.p_anomalous, self.strength_min, self.max_beta = p_anomalous, strength_min, max_beta
-        self.epoch: Optional[int] = 0
-
-    def set_epoch(self, epoch: Optional[int]) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.dataset)
 
     def __getitem__(self, i: int) -> dict:
         item = dict(self.dataset[i])

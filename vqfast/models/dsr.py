@@ -498,6 +498,13 @@ class DSR(nn.Module):
             self.general_source.fill_(1)
         return self
 
+    @property
+    def general_origin(self) -> str:
+        """Where the discrete model and general decoder come from, in words."""
+        if int(self.general_source) == 1:
+            return "the authors' pretrained discrete model (load_general)"
+        return "trained here on the user's images (stage 1)"
+
     def config_dict(self) -> dict:
         return {"model": "DSR", **asdict(self.config)}
 

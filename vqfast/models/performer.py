@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Dict, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from vqfast.models.incremental import IncrementalPrior
@@ -194,41 +195,70 @@ class PerformerPrior(RasterPrior):
 
 class FastPerformer(IncrementalPrior):
     """Incremental inference for a PerformerPrior by the recurrent form of causal linear
-    attention. ``reset(M)`` zeroes the per-layer states (layers, M, H, m, d) and
-    normalisers (layers, M, H, m); ``step(inputs (M,), position) -> (M, K)``."""
+    attention. ``reset(M)`` zeroes the per-layer states (layers, M, H, m, d + 1): the
+    key-value sums with the normaliser (the key-feature sums) as their last column, so
+    one batched product updates both and one reads numerator and denominator together;
+    ``step(inputs (M,), position) -> (M, K)``."""
 
     def __init__(self, prior: PerformerPrior):
         super().__init__()
         self.prior = prior
         self.length, self.num_codes, self.start_token = prior.config.length, prior.config.num_codes, prior.start_token
         self.state: Optional[torch.Tensor] = None
-        self.norm: Optional[torch.Tensor] = None
+        self._features = []  # per layer: (m, d) features pre-scaled by d^-1/4, the key shift
 
     @property
     def dtype(self) -> torch.dtype:
         return self.prior.head.weight.dtype
 
+    @torch.no_grad()
     def reset(self, m: int) -> None:
         cfg, w = self.prior.config, self.prior.head.weight
         d = cfg.n_embd // cfg.n_head
-        self.state = torch.zeros(cfg.n_layer, m, cfg.n_head, cfg.nb_features, d, dtype=w.dtype, device=w.device)
-        self.norm = torch.zeros(cfg.n_layer, m, cfg.n_head, cfg.nb_features, dtype=w.dtype, device=w.device)
+        shape = (cfg.n_layer, m, cfg.n_head, cfg.nb_features, d + 1)
+        if self.state is None or self.state.shape != shape or self.state.dtype != w.dtype or self.state.device != w.device:
+            self.state = torch.zeros(shape, dtype=w.dtype, device=w.device)
+            self._features = [(w.new_empty(d, cfg.nb_features), w.new_empty(())) for _ in self.prior.blocks]
+            self._values = w.new_ones(m, cfg.n_head, d + 1)  # [v, 1]: the last column feeds the normaliser
+            self._graphs = {}  # captured passes point at the old tensors
+        else:
+            self.state.zero_()  # in place: a captured pass replays on these addresses
+        for (scaled, shift), block in zip(self._features, self.prior.blocks):
+            # favor_features' scaling, folded into the (transposed) features once per pass
+            # (they may have been redrawn since the last one)
+            proj = block.features.to(w.dtype)
+            scaled.copy_(proj.T * d**-0.25)
+            shift.copy_(proj.square().sum(-1).amax() / 2)
 
     @torch.no_grad()
     def step(self, inputs: torch.Tensor, position: int) -> torch.Tensor:
+        """Few, fused ops per layer: at M = 40 rows a step is as much per-op overhead as
+        arithmetic. The queries' exp(-|q|^2 / 2) and every feature's 1 / sqrt(m) scale a
+        query's numerator and denominator alike, so they are left out (the full forward
+        keeps them; the ratio is the same up to rounding)."""
         p = self.prior
         x = p.tok(inputs) + p.pos.weight[position]  # (M, n)
+        m_rows, n = x.shape
         tiny = torch.finfo(x.dtype).tiny
+        values = self._values
         for i, block in enumerate(p.blocks):
-            q, k, v = (t[:, :, 0] for t in block._heads(block.ln_1(x)[:, None]))  # (M, H, d)
-            feats = block.features.to(q.dtype)
-            qf, kf = favor_features(q, feats, True), favor_features(k, feats, False)  # (M, H, m)
-            mh = qf.shape[0] * qf.shape[1]
-            state = self.state[i].view(mh, *self.state.shape[-2:])
-            state.baddbmm_(kf.reshape(mh, -1, 1), v.reshape(mh, 1, -1))  # in place: no (M, H, m, d) temporary
-            self.norm[i] += kf
-            num = torch.bmm(qf.reshape(mh, 1, -1), state).view(v.shape)  # (M, H, d)
-            den = (qf * self.norm[i]).sum(-1, keepdim=True).clamp_min(tiny)
-            x = x + block.proj((num / den).reshape(x.shape))
-            x = x + block.mlp(block.ln_2(x))
+            h, d = block.n_head, block.head_dim
+            qkv = F.linear(F.layer_norm(x, (n,), block.ln_1.weight, block.ln_1.bias, block.ln_1.eps),
+                           block.qkv.weight, block.qkv.bias).view(m_rows, 3, h, d)
+            proj, key_shift = self._features[i]
+            wx = torch.matmul(qkv[:, :2], proj)  # (M, 2, H, m): queries and keys at once
+            wq, wk = wx[:, 0], wx[:, 1]
+            qf = wq.sub_(wq.amax(-1, keepdim=True)).exp_()  # the queries' stabiliser: their own maximum
+            # the keys': exp(w.k - |k|^2 / 2 - one constant), so no future key shifts a past one
+            kf = wk.sub_(qkv[:, 1].square().sum(-1, keepdim=True), alpha=d**-0.5 / 2).sub_(key_shift).exp_()
+            values[..., :d].copy_(qkv[:, 2])
+            state = self.state[i].view(m_rows * h, -1, d + 1)
+            state.baddbmm_(kf.reshape(m_rows * h, -1, 1), values.view(m_rows * h, 1, d + 1))  # in place
+            out = torch.bmm(qf.reshape(m_rows * h, 1, -1), state).view(m_rows, h, d + 1)
+            attn = out[..., :d] / out[..., d:].clamp_min(tiny)
+            x = x + F.linear(attn.reshape(m_rows, n), block.proj.weight, block.proj.bias)
+            fc1, _, _, fc2 = block.mlp  # eval: dropout is the identity, not called
+            hidden = F.gelu(F.linear(F.layer_norm(x, (n,), block.ln_2.weight, block.ln_2.bias, block.ln_2.eps),
+                                     fc1.weight, fc1.bias))
+            x = x + F.linear(hidden, fc2.weight, fc2.bias)
         return p.head(p.ln_f(x))
