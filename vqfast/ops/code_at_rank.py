@@ -4,7 +4,7 @@ import torch
 
 from vqfast import _ext
 from vqfast.ops._checks import check_finite, check_same_device, check_tensor
-from vqfast.ops._dispatch import resolve_backend
+from vqfast.ops._dispatch import _warn_once, resolve_backend
 from vqfast.reference.code_at_rank import code_at_rank as _reference
 
 DTYPES = (torch.float32, torch.float64)
@@ -72,5 +72,9 @@ def code_at_rank(z: torch.Tensor, codebook: torch.Tensor, rank: torch.Tensor, ba
     if backend in ("cuda", "triton"):
         raise RuntimeError(f"backend={backend!r} is unavailable for code_at_rank: it has no {backend} kernel "
                            "(on CUDA tensors 'auto' sorts in row chunks)")
-    resolved = "reference" if z.is_cuda and backend == "auto" else resolve_backend("code_at_rank", backend, z.device)
+    if z.is_cuda and backend == "auto":
+        _warn_once("code_at_rank", z.device, "it has no CUDA kernel; rows are sorted in chunks on the GPU")
+        resolved = "reference"
+    else:
+        resolved = resolve_backend("code_at_rank", backend, z.device)
     return _code_at_rank_op(z, codebook, rank, resolved)
