@@ -29,9 +29,6 @@ from vqfast.models.dsr import paper_config
 from vqfast.scorers import DSRScorer, score_dataset
 from vqfast.training import TrainConfig, Trainer
 
-STAGE_KEYS = {1: "image", 2: ("image", "mask", "strength", "use_both", "use_lo", "seed"), 3: ("image", "mask")}
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "magnetic_tile"))
@@ -82,7 +79,7 @@ def main(argv=None):
         data = train if stage == 1 else DSRAnomalies(train, stage, seed=args.seed + stage)
         check = val if stage == 1 else None  # stages 2 and 3 draw their anomalies: no clean validation loss
         t0 = time.monotonic()
-        history = Trainer(model, data, check, cfg, out_dir=out / f"stage{stage}", input_key=STAGE_KEYS[stage]).fit(
+        history = Trainer(model, data, check, cfg, out_dir=out / f"stage{stage}", input_key=DSR.STAGE_INPUTS[stage]).fit(
             resume=args.resume, overwrite=args.overwrite)
         results["stages"][str(stage)] = {"epochs": history[-1]["epoch"], "steps": history[-1]["step"],
                                          "stopped": history[-1]["stopped"], "final_train": history[-1]["train"],

@@ -156,12 +156,11 @@ def test_only_the_stage_trains(stage):
 def test_three_stages_train_resume_and_round_trip(tmp_path):
     data = _dsr_items(6)
     model = _model()
-    keys = ("image", "mask", "strength", "use_both", "use_lo", "seed")
     for stage in (1, 2, 3):
         model.set_stage(stage)
         train = data if stage == 1 else DSRAnomalies(data, stage, seed=stage)
         cfg = TrainConfig(epochs=2, batch_size=3, lr=2e-4, max_steps=3, lr_milestones=(2,), early_stopping=False)
-        key = "image" if stage == 1 else (keys if stage == 2 else ("image", "mask"))
+        key = DSR.STAGE_INPUTS[stage]
         history = Trainer(model, train, None, cfg, out_dir=tmp_path / f"stage{stage}", input_key=key,
                           progress=False).fit()
         assert history[-1]["step"] == 3 and "step budget" in history[-1]["stopped"]

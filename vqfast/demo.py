@@ -28,7 +28,6 @@ from vqfast.training import TrainConfig, Trainer
 
 DEMO_MODEL = VQVAEConfig(hidden=32, res_blocks=2, num_codes=64, code_dim=16, downsamples=2)
 DEMO_DSR = DSRConfig(num_codes=64, code_dim=16, hidden=32, res_hidden=16, object_mid=16, unet_width=8)
-DSR_KEYS = {1: "image", 2: ("image", "mask", "strength", "use_both", "use_lo", "seed"), 3: ("image", "mask")}
 
 
 def run_demo(out_dir="vqfast-demo", epochs: int = 20, seed: int = 0, resume: bool = False, echo=print,
@@ -136,7 +135,7 @@ def _dsr_stage(train, test, out: Path, epochs: int, seed: int, resume: bool, ove
         config = TrainConfig(epochs=max(1, epochs // 2) if stage == 1 else max(1, epochs // 10), batch_size=16,
                              lr=2e-3 if stage == 1
                              else 5e-4, seed=seed + stage, early_stopping=False)
-        history = Trainer(model, data, None, config, out_dir=out / f"stage{stage}", input_key=DSR_KEYS[stage]).fit(
+        history = Trainer(model, data, None, config, out_dir=out / f"stage{stage}", input_key=DSR.STAGE_INPUTS[stage]).fit(
             resume=resume, overwrite=overwrite)
         echo(f"\nDSR stage {stage}: {history[-1]['epoch']} epochs, loss {history[-1]['train']['loss']:.4g}")
     model.eval()

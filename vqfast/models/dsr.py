@@ -259,6 +259,8 @@ class DSR(nn.Module):
     module pools the 1/8 latents twice, then instance-normalises them). ``predict(x)`` -> (map (B, H, W), score (B,))."""
 
     STAGES = (1, 2, 3)
+    # The Trainer's input_key per stage: the item fields training_loss reads (vqfast.data.DSRAnomalies).
+    STAGE_INPUTS = {1: "image", 2: ("image", "mask", "strength", "use_both", "use_lo", "seed"), 3: ("image", "mask")}
 
     def __init__(self, config: Optional[DSRConfig] = None):
         super().__init__()
@@ -447,9 +449,7 @@ class DSR(nn.Module):
         self.eval()
         with torch.no_grad():
             e = self.encode(x)
-            i_gen = self.decode_general(e["q_lo"], e["q_hi"])
-            _, _, i_spc = self.decode_object(e["q_lo"], e["q_hi"])
-            probs = self.anomaly_module(torch.cat((i_spc, i_gen), 1)).softmax(1)
+            i_gen, i_spc, probs = self._masks(x)
             dev = x.device
             out = [time_callable(lambda: self.encode(x), name="encode + quantise", device=dev, repeats=repeats),
                    time_callable(lambda: self.decode_general(e["q_lo"], e["q_hi"]), name="general decoder", device=dev,
