@@ -12,16 +12,22 @@ with p < exp(-lambda_P) resampled, S restorations, one decode each); --iltm-roun
 trains it (GPT-2 or Performer) by ILTM in R rounds sharing the --minutes budget, masking
 the tokens over --iltm-percentile of the training NLLs after each round.
 
-The VQ model's token grids are computed once (train / validation / test) and cached in
+The VQ model's token grids are computed once (training and validation) and cached in
 <out>/tokens.safetensors; the prior trains on them with the shared engine (early
-stopping on the validation grids, --minutes budget). Thresholds are percentiles of the
-prior's NLLs on the validation grids, as the paper's tables set them: --sample-pct
-(lambda_S), --pixel-pct (lambda_P), --light-pct (lambda_LP), by default the percentiles
-the paper's tables 6-8 give for the same VQ model and prior (PAPER_PERCENTILES).
-Magnetic Tile's training split holds no defective image, so there is no validation set
-to search them on, and the test split is never used for it. Then Sample-wise, Light-Pixel-wise,
-Regenerative and Pixel-wise (fast) score the test split, each written per batch
-under <out>/scores_<scorer>; results go to <out>/results.json and print as Markdown.
+stopping on the validation grids, --minutes budget). Validation, as the paper
+sets it up: the held-out tenth of the defect-free training images (also the early-stopping
+split) and a seeded tenth of each defect class carved from the test split
+(vqfast.data.carve_defective); the test metrics are on the rest of the test split.
+Thresholds are percentiles of the prior's NLLs on the normal validation grids: lambda_S,
+lambda_P and lambda_LP are each searched over --search (the grid of the paper's tables
+13-24) on the validation split only (vqfast.scorers.search_percentile: highest image
+AUROC); --sample-pct / --pixel-pct / --light-pct fix one instead. Then the scorers in
+--scorers score the whole test split, each written per batch under <out>/scores_<scorer>
+(per-image results, so they serve any split of it; validation scores under
+<out>/search_<scorer>), and are evaluated on the test images not carved for validation;
+results go to <out>/results.json and
+print as Markdown, with the percentile the paper's tables 6-8 chose for the same VQ
+model and prior (PAPER_PERCENTILES) beside the one searched here.
 """
 
 import argparse
@@ -33,10 +39,10 @@ from pathlib import Path
 import torch
 
 from vqfast import checkpoint, metrics
-from vqfast.data import balanced_subset, ImageTransform, MagneticTile, TokenGrids, encode_dataset
+from vqfast.data import balanced_subset, carve_defective, ImageTransform, MagneticTile, TokenGrids, encode_dataset
 from vqfast.iltm import iltm_fit
 from vqfast.models import GPT2Prior, GPT2PriorConfig, PerformerPrior, PerformerPriorConfig, PixelSNAIL, PixelSNAILConfig
-from vqfast.scorers import KDEScorer, RegenerativeScorer, reduce_map, score_dataset
+from vqfast.scorers import PAPER_GRID, KDEScorer, RegenerativeScorer, reduce_map, score_dataset, search_percentile
 from vqfast.scorers.restoration import LightPixelWiseScorer, PixelWiseScorer, SampleWiseScorer, nll_threshold
 from vqfast.training import TrainConfig, Trainer
 
@@ -58,6 +64,13 @@ def _tokens(out: Path, vq_model, splits, resume: bool):
     return tokens
 
 
+SCORERS = ("Sample-wise", "Light-Pixel-wise", "Regenerative", "Pixel-wise", "KDE")
+
+
+def _folder(scorer: str) -> str:
+    return scorer.lower().replace("-", "_")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "magnetic_tile"))
@@ -72,9 +85,11 @@ def main(argv=None):
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--channels", type=int, default=64, help="pixelsnail width (the paper's 128 on a GPU)")
-    p.add_argument("--sample-pct", type=float, default=None, help="default: the paper's for this VQ model and prior")
-    p.add_argument("--pixel-pct", type=float, default=None)
-    p.add_argument("--light-pct", type=float, default=None)
+    p.add_argument("--search", default=",".join(map(str, PAPER_GRID)), help="percentiles to search each threshold over")
+    p.add_argument("--sample-pct", type=float, default=None, help="fix lambda_S's percentile instead of searching it")
+    p.add_argument("--pixel-pct", type=float, default=None, help="fix lambda_P's percentile (also the KDE scorer's)")
+    p.add_argument("--light-pct", type=float, default=None, help="fix lambda_LP's percentile")
+    p.add_argument("--scorers", default=",".join(SCORERS), help="comma-separated subset of " + ",".join(SCORERS))
     p.add_argument("--restorations", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--test-limit", type=int, default=None, help="score only the first N test images (a smoke test)")
@@ -90,12 +105,16 @@ def main(argv=None):
     transform = ImageTransform(size=size, channels=vq_model.config.in_channels)
     full = MagneticTile(args.data, "train", transform)
     test = MagneticTile(args.data, "test", transform)
+    val_defective, _ = carve_defective(test, 0.1, seed=args.seed)
     if args.test_limit is not None:  # half defect-free, half defective
         test = balanced_subset(test, args.test_limit)
+    held_out = set(val_defective.indices)
+    keep = torch.tensor([i not in held_out for i in (test.indices if args.test_limit is not None else range(len(test)))])
     order = torch.randperm(len(full), generator=torch.Generator().manual_seed(args.seed)).tolist()
     n_val = len(full) // 10  # the same held-out tenth as magnetic_tile_vq.py
     splits = {"train": torch.utils.data.Subset(full, order[n_val:]), "val": torch.utils.data.Subset(full, order[:n_val])}
     tokens = _tokens(out, vq_model, splits, args.resume)
+    val = torch.utils.data.ConcatDataset([splits["val"], val_defective])
     _, h, w = tokens["train"].shape
     k = vq_model.config.num_codes
     if args.prior == "gpt2":
@@ -121,28 +140,44 @@ def main(argv=None):
                "stopped": history[-1]["stopped"], "train_minutes_this_run": (time.monotonic() - start) / 60,
                "final_train": history[-1]["train"], "final_val": history[-1]["val"], "thresholds": {}, "scores": {},
                "seconds_per_image": {}}
-    paper = PAPER_PERCENTILES[(type(vq_model).__name__, args.prior)]
-    chosen = [given if given is not None else default
-              for given, default in zip((args.sample_pct, args.pixel_pct, args.light_pct), paper)]
-    for name, pct in zip(("sample", "pixel", "light"), chosen):
-        results["thresholds"][name] = {"percentile": pct, "value": nll_threshold(prior, tokens["val"], pct)}
-    th = {n: v["value"] for n, v in results["thresholds"].items()}
-    scorers = {  # the slow one last, so an interrupted run has the others
-        "Sample-wise": SampleWiseScorer(vq_model, prior, th["sample"]),
-        "Light-Pixel-wise": LightPixelWiseScorer(vq_model, prior, th["light"], restorations=args.restorations,
-                                                 seed=args.seed),
-        "Regenerative": RegenerativeScorer(vq_model),  # the paper's mean L1
-        "Pixel-wise": PixelWiseScorer(vq_model, prior, th["pixel"], restorations=args.restorations, seed=args.seed),
+    paper = dict(zip(("sample", "pixel", "light"), PAPER_PERCENTILES[(type(vq_model).__name__, args.prior)]))
+    fixed = {"sample": args.sample_pct, "pixel": args.pixel_pct, "light": args.light_pct}
+    builders = {  # threshold -> scorer; the slow one last, so an interrupted run has the others
+        "Sample-wise": ("sample", lambda t: SampleWiseScorer(vq_model, prior, t)),
+        "Light-Pixel-wise": ("light", lambda t: LightPixelWiseScorer(vq_model, prior, t, restorations=args.restorations,
+                                                                     seed=args.seed)),
+        "Regenerative": (None, lambda t: RegenerativeScorer(vq_model)),  # the paper's mean L1
+        "Pixel-wise": ("pixel", lambda t: PixelWiseScorer(vq_model, prior, t, restorations=args.restorations,
+                                                          seed=args.seed)),
+        # tokens with p < exp(-lambda_P) resampled, S restorations, one decode each
+        "KDE": ("pixel", lambda t: KDEScorer(vq_model, prior, math.exp(-t), restorations=args.restorations,
+                                             seed=args.seed)),
     }
-    if args.kde or args.prior == "performer":  # tokens with p < exp(-lambda_P) resampled, S restorations, one decode each
-        scorers["KDE"] = KDEScorer(vq_model, prior, math.exp(-th["pixel"]), restorations=args.restorations,
-                                   seed=args.seed)
-    for name, scorer in scorers.items():
+    chosen = [n for n in args.scorers.split(",") if n != "KDE" or args.kde or args.prior == "performer"]
+    unknown = set(chosen) - set(builders)
+    if unknown:
+        p.error(f"--scorers takes {','.join(SCORERS)}, got {','.join(sorted(unknown))}")
+    grid = [float(v) for v in args.search.split(",")]
+    for name in chosen:  # each searched on validation, then scored on test
+        kind, build = builders[name]
+        key = f"{kind} ({name})"
+        if kind is None:
+            pass
+        elif fixed[kind] is not None:
+            results["thresholds"][key] = {"percentile": fixed[kind], "paper": paper[kind], "searched": None,
+                                          "value": nll_threshold(prior, tokens["val"], fixed[kind])}
+        else:
+            found = search_percentile(build, prior, tokens["val"], val, grid, batch_size=8,
+                                      out_dir=out / f"search_{_folder(name)}", resume=args.resume, progress=True)
+            results["thresholds"][key] = {"percentile": found["percentile"], "paper": paper[kind],
+                                          "value": found["threshold"], "searched": found["grid"], "rule": found["rule"]}
+            (out / "results.json").write_text(json.dumps(results, indent=2))
+        scorer = build(None if kind is None else results["thresholds"][key]["value"])
         t0 = time.monotonic()
-        folder = out / f"scores_{name.lower().replace('-', '_')}"
-        scores, maps, labels, masks = score_dataset(scorer, test, batch_size=8, out_dir=folder, resume=args.resume,
-                                                    progress=True)
-        results["seconds_per_image"][name] = (time.monotonic() - t0) / len(test)
+        folder = out / f"scores_{_folder(name)}"
+        scores, maps, labels, masks = (t[keep] for t in score_dataset(scorer, test, batch_size=8, out_dir=folder,
+                                                                      resume=args.resume, progress=True))
+        results["seconds_per_image"][name] = (time.monotonic() - t0) / len(test)  # of a resumed run: the rest only
         pixel = name != "Sample-wise"  # the paper scores Sample-wise at the image level only
         results["scores"][name] = metrics.evaluate(labels, scores, masks if pixel else None, maps if pixel else None)
         if name != "Sample-wise":
@@ -150,6 +185,10 @@ def main(argv=None):
         (out / "results.json").write_text(json.dumps(results, indent=2))
 
     print(f"\n{args.prior} prior on {args.vq}: {results['epochs']} epochs ({results['stopped']})")
+    for key, t in results["thresholds"].items():
+        found = "" if t["searched"] is None else " searched: " + ", ".join(
+            f"{r['percentile']:g} -> {r['image_auroc']:.3f}" for r in t["searched"])
+        print(f"{key}: percentile {t['percentile']:g} (paper {t['paper']:g}){found}")
     print("| scorer | image AUROC | best F1 | pixel AUROC | AUPRO | s / image |")
     print("|---|---|---|---|---|---|")
     for name, r in results["scores"].items():

@@ -4,6 +4,8 @@ from vqfast.data.augment import Augment, AugmentedDataset
 from vqfast.data.datasets import (
     AnomalyDataset,
     balanced_subset,
+    carve_defective,
+    dataset_labels,
     FrameSequences,
     ImageFolder,
     MagneticTile,
@@ -16,6 +18,6 @@ from vqfast.data.tokens import TokenGrids, encode_dataset, mask_tokens, unmask_t
 from vqfast.data.transforms import DatasetError, ImageTransform
 
 __all__ = [
-    "AnomalyDataset", "Augment", "balanced_subset", "AugmentedDataset", "DSRAnomalies", "DatasetError", "FrameSequences", "ImageFolder", "ImageTransform", "MagneticTile",
+    "AnomalyDataset", "Augment", "balanced_subset", "carve_defective", "dataset_labels", "AugmentedDataset", "DSRAnomalies", "DatasetError", "FrameSequences", "ImageFolder", "ImageTransform", "MagneticTile",
     "MVTecAD", "ProceduralDefects", "Record", "TokenGrids", "encode_dataset", "mask_tokens", "perlin_mask", "perlin_noise", "procedural_splits", "unmask_tokens",
 ]

@@ -215,10 +215,49 @@ def frame_sequence_records(root) -> List[Record]:
 
 def balanced_subset(dataset, n: int) -> torch.utils.data.Subset:
     """The first n // 2 defect-free and the first n - n // 2 defective items of a dataset
-    with ``labels`` (a smoke test's test split that still has both classes)."""
-    labels = torch.as_tensor(dataset.labels)
+    (a smoke test's test split that still has both classes)."""
+    labels = dataset_labels(dataset)
     normal, defective = (labels == 0).nonzero()[:, 0].tolist(), (labels == 1).nonzero()[:, 0].tolist()
     return torch.utils.data.Subset(dataset, normal[: n // 2] + defective[: n - n // 2])
+
+
+def dataset_labels(dataset) -> torch.Tensor:
+    """(N,) int64 labels of a dataset, a Subset or a ConcatDataset of them, without
+    loading images where the dataset keeps records."""
+    if isinstance(dataset, torch.utils.data.ConcatDataset):
+        return torch.cat([dataset_labels(d) for d in dataset.datasets])
+    if isinstance(dataset, torch.utils.data.Subset):
+        return dataset_labels(dataset.dataset)[torch.as_tensor(dataset.indices, dtype=torch.int64)]
+    if hasattr(dataset, "labels"):
+        return torch.as_tensor(dataset.labels, dtype=torch.int64)
+    return torch.tensor([int(dataset[i]["label"]) for i in range(len(dataset))], dtype=torch.int64)
+
+
+def carve_defective(dataset, fraction: float, seed: int = 0) -> Tuple[torch.utils.data.Subset, torch.utils.data.Subset]:
+    """(carved, rest): ``fraction`` of each defect class's items, drawn with ``seed``
+    (rounded, at least one per class that has any), and every other item in order.
+
+    The density/restoration paper validates on "10% of normal images and 10% of
+    anomalous images" and tests on the rest; with a fixed split whose training part is
+    defect-free, the anomalous tenth has to come from the test split, stratified so that
+    every defect class is in both."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+    base, index = (dataset.dataset, list(dataset.indices)) if isinstance(dataset, torch.utils.data.Subset) \
+        else (dataset, list(range(len(dataset))))
+    classes = {}
+    for position, i in enumerate(index):
+        record = base.records[i]
+        if record.label == 1:
+            classes.setdefault(record.defect, []).append(position)
+    generator = torch.Generator().manual_seed(seed)
+    carved = set()
+    for defect in sorted(classes):
+        members = classes[defect]
+        take = max(1, round(fraction * len(members)))
+        carved.update(members[j] for j in torch.randperm(len(members), generator=generator)[:take].tolist())
+    return (torch.utils.data.Subset(base, [index[j] for j in sorted(carved)]),
+            torch.utils.data.Subset(base, [index[j] for j in range(len(index)) if j not in carved]))
 
 
 class MVTecAD(AnomalyDataset):
