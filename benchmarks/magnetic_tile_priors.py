@@ -22,7 +22,7 @@ Thresholds are percentiles of the prior's NLLs on the normal validation grids: l
 lambda_P and lambda_LP are each searched over --search (the grid of the paper's tables
 13-24) on the validation split only (vqfast.scorers.search_percentile: highest image
 AUROC); --sample-pct / --pixel-pct / --light-pct fix one instead. Then the scorers in
---scorers score the whole test split, each written per batch under <out>/scores_<scorer>
+--scorers score the whole test split, each written per batch under <out>/scores_<scorer>_p<percentile>
 (per-image results, so they serve any split of it; validation scores under
 <out>/search_<scorer>), and are evaluated on the test images not carved for validation;
 results go to <out>/results.json and
@@ -42,16 +42,9 @@ from vqfast import checkpoint, metrics
 from vqfast.data import balanced_subset, carve_defective, ImageTransform, MagneticTile, TokenGrids, encode_dataset
 from vqfast.iltm import iltm_fit
 from vqfast.models import GPT2Prior, GPT2PriorConfig, PerformerPrior, PerformerPriorConfig, PixelSNAIL, PixelSNAILConfig
-from vqfast.scorers import PAPER_GRID, KDEScorer, RegenerativeScorer, reduce_map, score_dataset, search_percentile
+from vqfast.scorers import PAPER_GRID, PAPER_PERCENTILES, KDEScorer, RegenerativeScorer, reduce_map, score_dataset, search_percentile
 from vqfast.scorers.restoration import LightPixelWiseScorer, PixelWiseScorer, SampleWiseScorer, nll_threshold
 from vqfast.training import TrainConfig, Trainer
-
-
-# (lambda_S, lambda_P, lambda_LP) percentiles of tables 6, 7 and 8, per VQ model and prior.
-# The Performer is a transformer: it takes the GPT-2 ("Transformer") column's percentiles.
-PAPER_PERCENTILES = {("VQVAE", "pixelsnail"): (60, 90, 80), ("VQVAE", "gpt2"): (40, 80, 40),
-                     ("VQGAN", "pixelsnail"): (60, 90, 60), ("VQGAN", "gpt2"): (40, 90, 80),
-                     ("VQVAE", "performer"): (40, 80, 40), ("VQGAN", "performer"): (40, 90, 80)}
 
 
 def _tokens(out: Path, vq_model, splits, resume: bool):
@@ -174,7 +167,8 @@ def main(argv=None):
             (out / "results.json").write_text(json.dumps(results, indent=2))
         scorer = build(None if kind is None else results["thresholds"][key]["value"])
         t0 = time.monotonic()
-        folder = out / f"scores_{_folder(name)}"
+        folder = out / f"scores_{_folder(name)}" if kind is None else \
+            out / f"scores_{_folder(name)}_p{results['thresholds'][key]['percentile']:g}"
         scores, maps, labels, masks = (t[keep] for t in score_dataset(scorer, test, batch_size=8, out_dir=folder,
                                                                       resume=args.resume, progress=True))
         results["seconds_per_image"][name] = (time.monotonic() - t0) / len(test)  # of a resumed run: the rest only

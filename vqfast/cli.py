@@ -1,8 +1,12 @@
-"""The ``vqfast`` command line: ``vqfast demo`` (the main job), ``vqfast bench`` and ``vqfast info``."""
+"""The vqfast command line. vqfast train trains a method on a folder of defect-free
+images, vqfast score scores a folder with a trained run, vqfast report draws the results;
+vqfast demo runs everything on built-in data; vqfast bench times the kernels; vqfast info
+says what this installation can run. Every command takes --help."""
 
 import argparse
 import importlib.util
 import sys
+from pathlib import Path
 
 import torch
 
@@ -61,6 +65,149 @@ def _demo(args) -> int:
     return 0
 
 
+def _settings(args) -> dict:
+    given = dict(args.settings or {})
+    for key in ("size", "channels", "epochs", "minutes", "batch_size", "lr", "seed", "vq"):
+        if getattr(args, key, None) is not None:
+            given[key] = getattr(args, key)
+    return given
+
+
+def _train(args) -> int:
+    from vqfast.app import distributed
+    from vqfast.app.methods import train
+
+    _need(args, "data", "out")
+    distributed.init()
+    device = args.device if args.device != "auto" else None
+    train(args.method, args.data, args.format, args.out, _settings(args), category=args.category,
+          resume=args.resume, overwrite=args.overwrite, skip_bad=args.skip_bad, device=device)
+    if distributed.rank_world()[0] == 0:
+        print(f"run written to {args.out}; score with: vqfast score SCORER --run {args.out} --data PATH --out DIR")
+    distributed.close()
+    return 0
+
+
+def _score(args) -> int:
+    from vqfast.app import distributed
+    from vqfast.app.score import score
+
+    _need(args, "run", "data", "out")
+    distributed.init()
+    threshold = args.threshold if args.threshold == "auto" else _number("--threshold", args.threshold)
+    score(args.scorer, args.run, args.data, args.format, args.out, category=args.category, split=args.split,
+          threshold=threshold, percentile=args.percentile, restorations=args.restorations, resume=args.resume,
+          skip_bad=args.skip_bad, batch_size=args.batch_size, maps=not args.no_maps,
+          device=args.device if args.device != "auto" else None)
+    distributed.close()
+    return 0
+
+
+def _report(args) -> int:
+    from vqfast.app.report import report
+
+    _need(args, "scores")
+    report(args.scores, max_overlays=args.max_overlays)
+    return 0
+
+
+def _number(flag: str, text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise UsageError(f"{flag} takes 'auto' or a number, got {text!r}") from None
+
+
+class UsageError(ValueError):
+    """A flag or config value that is missing or malformed."""
+
+
+def _need(args, *names) -> None:
+    missing = [n for n in names if getattr(args, n, None) in (None, "")]
+    if missing:
+        raise UsageError(f"missing {', '.join('--' + n.replace('_', '-') for n in missing)} "
+                         "(give it on the command line or in the --config file)")
+
+
+def _key_value(text: str):
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    return key.strip().replace("-", "_"), value.strip()
+
+
+class _Settings(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        current = dict(getattr(namespace, self.dest) or {})
+        current[values[0]] = values[1]
+        setattr(namespace, self.dest, current)
+
+
+def _read_config(path) -> dict:
+    """A TOML (.toml) or YAML (.yaml/.yml) file of flag names (underscores or dashes)
+    and method settings."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read the --config file ({exc.strerror})") from None
+    try:
+        if path.suffix.lower() == ".toml":
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10
+                import tomli as tomllib
+            values = tomllib.loads(text)
+        elif path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            values = yaml.safe_load(text) or {}
+        else:
+            raise UsageError(f"{path}: --config takes a .toml, .yaml or .yml file")
+    except UsageError:
+        raise
+    except Exception as exc:  # the parsers' own error types; the message names the line
+        raise UsageError(f"{path}: not valid {path.suffix[1:].upper()} ({exc})") from None
+    if not isinstance(values, dict):
+        raise UsageError(f"{path}: expected a table of settings at the top level")
+    return {str(k).replace("-", "_"): v for k, v in values.items()}
+
+
+def _apply_config(args, sub: argparse.ArgumentParser, argv) -> argparse.Namespace:
+    """Config values become the defaults of the flags they name (the command line wins);
+    other keys are method settings (train) or refused (score, report)."""
+    config = _read_config(args.config)
+    flags = {a.dest for a in sub._actions}
+    known = {k: v for k, v in config.items() if k in flags and k not in ("config", "settings")}
+    rest = {k: v for k, v in config.items() if k not in known}
+    if rest and "settings" not in flags:
+        raise UsageError(f"{args.config}: unknown keys {', '.join(sorted(rest))} for vqfast {args.command}")
+    sub.set_defaults(**known)
+    new = sub.parse_args(argv[1:])
+    new.command, new.func = args.command, args.func
+    if "settings" in flags:
+        new.settings = {**rest, **(new.settings or {})}
+    return new
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    from vqfast.app.data import FORMATS
+
+    p.add_argument("--data", help="the folder of images")
+    p.add_argument("--format", choices=FORMATS, default="folder",
+                   help="its layout: mvtec (an MVTec-AD root, with --category), mtd (Magnetic Tile with its "
+                        "split.json), folder (images, or sub-folders good/ and defect classes), frames "
+                        "(video sequences with labels.txt); default folder")
+    p.add_argument("--category", help="the MVTec-AD object, e.g. bottle")
+    p.add_argument("--out", help="the folder to write into")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable images (counted) instead of stopping")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="default: cuda when available")
+    p.add_argument("--config", metavar="FILE", help="a TOML or YAML file of these options (flags win)")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -71,9 +218,80 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _add_train(sub) -> argparse.ArgumentParser:
+    from vqfast.app.methods import METHODS
+
+    lines = "\n".join(f"  {m.name}: {m.help}" for m in METHODS.values())
+    p = sub.add_parser("train", help="train a method on a folder of defect-free images",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Train METHOD on the defect-free images of --data into the run folder --out "
+                                   "(config, checkpoints, metrics.jsonl and what vqfast score needs). Defaults "
+                                   "are the papers', scaled down where a paper's size does not fit a CPU (said "
+                                   "below).\n\nmethods:\n" + lines + "\n\nMethod settings (the names in "
+                                   "run.json) are changed with --set KEY=VALUE or a --config file.")
+    p.add_argument("method", choices=list(METHODS), help="what to train")
+    _common(p)
+    p.add_argument("--size", type=_positive_int, help="image side in pixels (default: the method's)")
+    p.add_argument("--channels", type=_positive_int, help="1 for grey, 3 for colour (default: the method's)")
+    p.add_argument("--epochs", type=_positive_int, help="most epochs to train")
+    p.add_argument("--minutes", type=float, help="training time budget in minutes")
+    p.add_argument("--batch-size", type=_positive_int)
+    p.add_argument("--lr", type=float, help="learning rate")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--vq", metavar="RUN", help="priors: the vqvae or vqgan run whose token grids they model")
+    p.add_argument("--set", dest="settings", metavar="KEY=VALUE", type=_key_value, action=_Settings,
+                   help="a method setting, e.g. --set codes=512 (repeatable)")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    p.set_defaults(func=_train)
+    return p
+
+
+def _add_score(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("score", help="score a folder with a trained run, one record per image",
+                       description="Score the images of --data with SCORER of the run in --run. Writes "
+                                   "scores.csv and scores.jsonl (path, score, label if known, decision) as it "
+                                   "goes, anomaly maps as maps/*.npy, and summary.json with metrics when labels "
+                                   "exist. Image size and preprocessing come from the run.")
+    p.add_argument("scorer", help="regenerative (VQ runs); pixel, sample, light, kde (prior runs); sgfr; "
+                                  "feature-ae; dsr")
+    p.add_argument("--run", "--run-dir", dest="run",
+                   help="the run folder vqfast train wrote (under torchrun write --run-dir: torchrun takes --run "
+                        "for its own --run-path)")
+    _common(p)
+    p.add_argument("--split", choices=["test", "train"], default="test", help="mvtec / mtd: which split")
+    p.add_argument("--threshold", default="auto",
+                   help="the score at or above which an image is flagged: a number, or auto (best F1 on "
+                        "labelled validation images; else the 99th percentile of the run's held-out "
+                        "defect-free images' scores)")
+    p.add_argument("--percentile", type=float,
+                   help="prior scorers: the percentile of the validation NLLs that sets the token threshold "
+                        "(default: the paper's for this VQ model and prior)")
+    p.add_argument("--restorations", type=_positive_int, default=5, help="restoration scorers: samples per image")
+    p.add_argument("--batch-size", type=_positive_int, default=8)
+    p.add_argument("--no-maps", action="store_true", help="do not save anomaly maps")
+    p.set_defaults(func=_score)
+    return p
+
+
+def _add_report(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("report", help="metrics, curves and overlays of a score folder, in one index.html",
+                       description="Write metrics.json, ROC and PR curves, per-image overlays (image, heat map, "
+                                   "ground-truth and predicted contours) and index.html into the --scores "
+                                   "folder of vqfast score.")
+    p.add_argument("--scores", help="the --out folder of vqfast score")
+    p.add_argument("--max-overlays", type=_positive_int, default=48, help="overlays of the highest-scored images")
+    p.add_argument("--config", metavar="FILE", help="a TOML or YAML file of these options (flags win)")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    p.set_defaults(func=_report)
+    return p
+
+
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="vqfast", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"vqfast {__import__('vqfast').__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    subs = {"train": _add_train(sub), "score": _add_score(sub), "report": _add_report(sub)}
     demo = sub.add_parser("demo", help="train, score and evaluate on the embedded procedural dataset")
     demo.add_argument("--out", default="vqfast-demo", help="folder for checkpoints, logs and results")
     demo.add_argument("--epochs", type=_positive_int, default=20)
@@ -97,13 +315,19 @@ def main(argv=None) -> int:
     info = sub.add_parser("info", help="what this installation can run")
     info.set_defaults(func=_info)
     args = parser.parse_args(argv)
+    from vqfast.app.methods import RunError
     from vqfast.checkpoint import CheckpointError
     from vqfast.data import DatasetError
     from vqfast.training import RunExistsError
 
     try:
+        if getattr(args, "config", None):
+            args = _apply_config(args, subs[args.command], argv)
         return args.func(args)
-    except (CheckpointError, DatasetError, RunExistsError) as exc:  # the user's files: a message, not a traceback
+    except (CheckpointError, DatasetError, RunExistsError, RunError, UsageError) as exc:
+        # the user's files and flags: one line saying what is wrong, not a traceback
+        if getattr(args, "debug", False):
+            raise
         print(f"vqfast {args.command}: {exc}", file=sys.stderr)
         return 2
 

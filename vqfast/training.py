@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
 from vqfast import checkpoint
@@ -77,6 +78,20 @@ class Trainer:
     loss_fn: (model, images) -> dict with "loss"; default model.training_loss.
     input_key: the item field fed to the model ("image"; "tokens" for priors over
         vqfast.data.TokenGrids), or a tuple of fields, fed as a dict (DSR's stages).
+
+    Under torchrun (a torch.distributed process group of W ranks) training is data
+    parallel: every epoch's seeded permutation is the same on all ranks, rank r takes
+    its items r, r + W, ... (the permutation cut to a multiple of W, so every rank runs
+    the same number of steps), so global batch k is the single-process batch k of
+    ``batch_size * W`` items; after each backward the gradients are summed across ranks
+    weighted by each rank's item count, which makes them that global batch's gradient.
+    Floating-point buffers (BatchNorm statistics, EMA codebooks) are averaged after each
+    step, what a first forward initialises from its batch (the VQ codebook) is rank 0's
+    after the first step, loss terms reduced over ranks, the stopping decision taken on rank 0, and only
+    rank 0 writes checkpoints and logs. This is DistributedDataParallel's arithmetic
+    without its module wrapper: the wrapper's reducer expects one backward per forward
+    over every parameter, and the VQ-GAN's generator and discriminator losses are two
+    backwards from one forward.
     """
 
     def __init__(self, model: torch.nn.Module, train_set, val_set=None, config: Optional[TrainConfig] = None, *,
@@ -92,7 +107,7 @@ class Trainer:
         self.train_set, self.val_set, self.config = train_set, val_set, config
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.loss_fn = loss_fn or (lambda m, x: m.training_loss(x))
-        self.progress, self.input_key = progress, input_key
+        self.input_key = input_key
         if config.optimizer == "sgd":
             opt_cls = functools.partial(torch.optim.SGD, momentum=config.momentum)
         else:
@@ -106,15 +121,28 @@ class Trainer:
         self.optimizers = {k: opt_cls(v, lr=config.lr, weight_decay=config.weight_decay) for k, v in self.params.items()}
         self.schedulers = {k: torch.optim.lr_scheduler.ExponentialLR(o, gamma=config.lr_gamma)
                            for k, o in self.optimizers.items()}
+        self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and \
+            dist.is_initialized() else (0, 1)
+        self.progress = progress and self.rank == 0
         self.epoch = self.step = 0
         self.stopping = EarlyStopping(config.patience)
         self.history: List[dict] = []
 
     # -- one epoch -------------------------------------------------------------
     def _loader(self, dataset, shuffle: bool):
-        # Seeded per epoch: the data order after a resume is the one it would have been.
+        # Seeded per epoch: the data order after a resume is the one it would have been,
+        # and every rank draws the same permutation.
         g = torch.Generator().manual_seed(self.config.seed * 100_003 + self.epoch)
-        return torch.utils.data.DataLoader(dataset, batch_size=self.config.batch_size, shuffle=shuffle, generator=g)
+        order = torch.randperm(len(dataset), generator=g).tolist() if shuffle else list(range(len(dataset)))
+        if shuffle and self.world > 1:
+            order = order[: len(order) - len(order) % self.world]
+        return torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, order[self.rank::self.world]),
+                                           batch_size=self.config.batch_size, shuffle=False)
+
+    def _all_sum(self, values: torch.Tensor) -> torch.Tensor:
+        if self.world > 1:
+            dist.all_reduce(values)
+        return values
 
     def _autocast(self):
         enabled = self.config.amp and self.device.type == "cuda"
@@ -141,9 +169,12 @@ class Trainer:
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss {float(loss.detach())} at epoch {self.epoch + 1}, step {self.step}")
             if train:
-                self._step("gen", loss)
+                self._step("gen", loss, n)
                 if "disc" in self.optimizers and "disc_loss" in terms:
-                    self._step("disc", terms["disc_loss"])  # its graph starts at detached images
+                    self._step("disc", terms["disc_loss"], n)  # its graph starts at detached images
+                self._sync_buffers()
+                if self.step == 0:  # initialisations from a first batch (the VQ codebook's): rank 0's
+                    self._sync_parameters()
                 self.step += 1
                 if self.step in self.config.lr_milestones:
                     for opt in self.optimizers.values():
@@ -155,15 +186,39 @@ class Trainer:
             bar.set_postfix(loss=f"{sums['loss'] / counts['loss']:.4g}")
             if train and self.config.max_steps is not None and self.step >= self.config.max_steps:
                 break
+        if self.world > 1:  # every rank sees every term (the GAN terms start on all ranks at once)
+            keys = sorted(sums)
+            totals = self._all_sum(torch.tensor([[sums[k], counts[k]] for k in keys], dtype=torch.float64))
+            sums, counts = {k: float(t[0]) for k, t in zip(keys, totals)}, {k: float(t[1]) for k, t in zip(keys, totals)}
         return {k: v / counts[k] for k, v in sums.items()}
 
-    def _step(self, name: str, loss: torch.Tensor) -> None:
+    def _step(self, name: str, loss: torch.Tensor, n: int = 1) -> None:
         for opt in self.optimizers.values():  # the generator loss also reaches the discriminator
             opt.zero_grad(set_to_none=True)
         loss.backward()
+        if self.world > 1:
+            total = float(self._all_sum(torch.tensor([float(n)], dtype=torch.float64)))
+            for p in self.params[name]:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                p.grad.mul_(n / total)
+                self._all_sum(p.grad)
         if self.config.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.params[name], self.config.grad_clip)
         self.optimizers[name].step()
+
+    @torch.no_grad()
+    def _sync_buffers(self) -> None:
+        if self.world > 1:
+            for b in self.model.buffers():
+                if b.is_floating_point():
+                    self._all_sum(b).div_(self.world)
+
+    @torch.no_grad()
+    def _sync_parameters(self) -> None:
+        if self.world > 1:  # every rank starts from rank 0's weights
+            for t in [*self.model.parameters(), *self.model.buffers()]:
+                dist.broadcast(t.data, src=0)
 
     @torch.no_grad()
     def evaluate(self, dataset) -> Dict[str, float]:
@@ -196,9 +251,12 @@ class Trainer:
         elif existing and not overwrite:
             raise RunExistsError(f"{self.out_dir} already holds a training run ({', '.join(existing)}): "
                                  "pass resume=True to continue it, overwrite=True to replace it, or another out_dir")
-        elif existing:
+        elif existing and self.rank == 0:
             for name in existing:
                 (self.out_dir / name).unlink()
+        if self.world > 1:  # every rank checked the folder before rank 0 changed it
+            dist.barrier()
+        self._sync_parameters()
         start = time.monotonic()
         # A run that early stopping or its time budget ended is finished: resuming it is a no-op.
         stop_reason = self.history[-1].get("stopped") if self.history else None
@@ -222,6 +280,10 @@ class Trainer:
                     stop_reason = stop_reason or f"step budget of {self.config.max_steps} used"
                 if self.config.max_minutes is not None and time.monotonic() - start > 60 * self.config.max_minutes:
                     stop_reason = stop_reason or f"time budget of {self.config.max_minutes} min used"
+                if self.world > 1:  # clocks differ: rank 0 decides, so all ranks run the same epochs
+                    box = [stop_reason]
+                    dist.broadcast_object_list(box, src=0)
+                    stop_reason = box[0]
                 record["stopped"] = stop_reason
                 self.history.append(record)
                 self._save(record)
@@ -231,7 +293,7 @@ class Trainer:
 
     # -- checkpoints -----------------------------------------------------------
     def _save(self, record: dict) -> None:
-        if self.out_dir is None:
+        if self.out_dir is None or self.rank != 0:
             return
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         optims = {k: o.state_dict() for k, o in self.optimizers.items()}
@@ -283,5 +345,6 @@ class Trainer:
         self.epoch, self.step = state["epoch"], state["step"]
         self.stopping.exceeded = state["exceeded"]
         self.history = state["history"]
-        with open(self.out_dir / "metrics.jsonl", "w") as f:  # the checkpoint's history is authoritative
-            f.writelines(json.dumps(r) + "\n" for r in self.history)
+        if self.rank == 0:
+            with open(self.out_dir / "metrics.jsonl", "w") as f:  # the checkpoint's history is authoritative
+                f.writelines(json.dumps(r) + "\n" for r in self.history)

@@ -8,6 +8,7 @@ stripes run the other way). The mask is exactly the pixels the defect changed.
 """
 
 import math
+from pathlib import Path
 from typing import Tuple
 
 import torch
@@ -95,3 +96,27 @@ def procedural_splits(size: int = 64, channels: int = 3, seed: int = 0, n_train:
     train = ProceduralDefects(n_train, 0, size, channels, seed)
     test = ProceduralDefects(n_test_normal, n_test_anomalous, size, channels, seed + 1)
     return train, test
+
+
+def write_image_folder(dataset, root) -> Path:
+    """Writes a dataset's items as PNGs in the layout ``vqfast score --format folder``
+    reads: ``good/`` for normal items, ``defect/`` for anomalous ones and their masks in
+    ``ground_truth/defect/<stem>_mask.png`` (a flat folder when every item is normal).
+    Returns ``root``; for turning the procedural data into files a user would have."""
+    import numpy as np
+    from PIL import Image
+
+    root = Path(root)
+    labels = [int(dataset[i]["label"]) for i in range(len(dataset))]
+    flat = not any(labels)
+    for i, label in enumerate(labels):
+        item = dataset[i]
+        folder = root if flat else root / ("defect" if label else "good")
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = (item["image"].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+        Image.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels).save(folder / f"{i:04d}.png")
+        if label:
+            (root / "ground_truth" / "defect").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(item["mask"].numpy().astype(np.uint8) * 255).save(
+                root / "ground_truth" / "defect" / f"{i:04d}_mask.png")
+    return root

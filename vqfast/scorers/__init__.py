@@ -8,8 +8,8 @@ from vqfast.scorers.kde import KDEScorer, kde_abnormality
 from vqfast.scorers.regenerative import RegenerativeScorer
 from vqfast.scorers.restoration import LightPixelWiseScorer, PixelWiseScorer, SampleWiseScorer, nll_threshold
 from vqfast.scorers.sgfr import SGFRScorer
-from vqfast.scorers.tuning import PAPER_GRID, search_percentile
+from vqfast.scorers.tuning import PAPER_GRID, PAPER_PERCENTILES, search_percentile
 
-__all__ = ["PAPER_GRID", "search_percentile", "DSRScorer", "FeatureAEScorer", "KDEScorer", "LightPixelWiseScorer", "PixelWiseScorer", "RegenerativeScorer", "SGFRScorer",
+__all__ = ["PAPER_GRID", "PAPER_PERCENTILES", "search_percentile", "DSRScorer", "FeatureAEScorer", "KDEScorer", "LightPixelWiseScorer", "PixelWiseScorer", "RegenerativeScorer", "SGFRScorer",
            "SampleWiseScorer", "ScoreBatch", "check_images", "evaluate_scorer", "gaussian_blur", "kde_abnormality", "nll_threshold",
            "reduce_map", "score_dataset", "scorer_fingerprint"]

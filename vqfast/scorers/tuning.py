@@ -13,6 +13,12 @@ from vqfast.scorers.restoration import nll_threshold
 
 PAPER_GRID = (20, 40, 60, 80, 90)  # the percentiles of tables 13-24
 
+# (lambda_S, lambda_P, lambda_LP) percentiles of tables 6, 7 and 8, per VQ model and prior.
+# The Performer is a transformer: it takes the GPT-2 ("Transformer") column's percentiles.
+PAPER_PERCENTILES = {("VQVAE", "pixelsnail"): (60, 90, 80), ("VQVAE", "gpt2"): (40, 80, 40),
+                     ("VQGAN", "pixelsnail"): (60, 90, 60), ("VQGAN", "gpt2"): (40, 90, 80),
+                     ("VQVAE", "performer"): (40, 80, 40), ("VQGAN", "performer"): (40, 90, 80)}
+
 
 def search_percentile(build: Callable[[float], object], prior, normal_tokens: torch.Tensor, val_dataset,
                       percentiles: Sequence[float] = PAPER_GRID, batch_size: int = 8, out_dir=None,

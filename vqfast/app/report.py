@@ -1,0 +1,158 @@
+"""``vqfast report``: metrics, curves and per-image overlays of a ``vqfast score`` folder,
+and one ``index.html`` that shows them.
+
+Writes into the scores folder: ``metrics.json`` (image AUROC / AP / best F1 and, with
+masks, pixel AUROC / AP and AUPRO), ``roc.png`` and ``pr.png`` (image level, when labels
+exist), ``overlays/<index>.png`` (image | heat map over it | ground-truth contour |
+predicted contour) for the ``max_overlays`` highest-scored images, and ``index.html``.
+
+The predicted region is where the map exceeds a pixel threshold: with masks, the one of
+best pixel F1 over the scored images (what the map could reach; labels are used); without,
+the 99th percentile of the map values of the images the image threshold calls normal.
+"""
+
+import html
+import json
+from pathlib import Path
+from typing import Callable, Dict
+
+import numpy as np
+
+from vqfast import metrics
+from vqfast.app.data import open_data
+from vqfast.app.methods import RunError, read_run
+from vqfast.data import ImageTransform
+
+
+def _load(folder: Path):
+    try:
+        identity = json.loads((folder / "score.json").read_text())
+        summary = json.loads((folder / "summary.json").read_text())
+    except FileNotFoundError as exc:
+        raise RunError(f"{folder}: not a finished vqfast score folder ({Path(exc.filename).name} missing); "
+                       "run vqfast score first (or finish it with --resume)") from None
+    records = [json.loads(line) for line in (folder / "scores.jsonl").read_text().splitlines()]
+    return identity, summary, records
+
+
+def _curves(labels: np.ndarray, scores: np.ndarray, out: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tps, fps, _ = metrics._curve(labels, scores)
+    tpr, fpr = tps / max(tps[-1], 1), fps / max(fps[-1], 1)
+    precision, recall = tps / np.maximum(tps + fps, 1), tpr
+    for name, (x, y, xl, yl, value) in {
+            "roc": (np.r_[0, fpr], np.r_[0, tpr], "false positive rate", "true positive rate",
+                    f"AUROC {metrics.auroc(labels, scores):.3f}"),
+            "pr": (recall, precision, "recall", "precision", f"AP {metrics.average_precision(labels, scores):.3f}")}.items():
+        fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
+        ax.plot(x, y, lw=2)
+        ax.set(xlabel=xl, ylabel=yl, xlim=(0, 1), ylim=(0, 1.02), title=f"image level: {value}")
+        fig.tight_layout()
+        fig.savefig(out / f"{name}.png")
+        plt.close(fig)
+
+
+def _pixel_threshold(maps, masks, decisions) -> float:
+    if masks is not None and masks.any():
+        step = max(1, maps.size // 2_000_000)  # a subsample keeps this fast; the curve barely moves
+        return metrics.best_f1(masks.ravel()[::step], maps.ravel()[::step])[1]
+    normal = maps[np.asarray(decisions) == 0] if (np.asarray(decisions) == 0).any() else maps
+    return float(np.percentile(normal, 99))
+
+
+def _overlay(image: np.ndarray, amap: np.ndarray, mask, pixel_threshold: float, title: str, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grey = image.shape[0] == 1
+    shown = image[0] if grey else image.transpose(1, 2, 0)
+    fig, axes = plt.subplots(1, 4, figsize=(10, 2.8), dpi=80)
+    panels = ("image", "anomaly map", "ground truth", "prediction")
+    for ax, name in zip(axes, panels):
+        ax.imshow(shown, cmap="gray" if grey else None, vmin=0, vmax=1)
+        ax.set_title(name, fontsize=9)
+        ax.axis("off")
+    axes[1].imshow(amap, cmap="jet", alpha=0.5)
+    if mask is not None and mask.any():
+        axes[2].contour(mask.astype(float), levels=[0.5], colors="lime", linewidths=1.2)
+    else:
+        axes[2].text(0.5, 0.5, "no defect marked", ha="center", va="center", transform=axes[2].transAxes,
+                     color="white", fontsize=8, bbox={"facecolor": "black", "alpha": 0.5})
+    if (amap > pixel_threshold).any():
+        axes[3].contour((amap > pixel_threshold).astype(float), levels=[0.5], colors="red", linewidths=1.2)
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def report(folder, *, max_overlays: int = 48, progress: bool = True, echo: Callable = print) -> Dict:
+    """Writes the module docstring's files into ``folder``; returns the metrics."""
+    from tqdm import tqdm
+
+    folder = Path(folder)
+    identity, summary, records = _load(folder)
+    run = read_run(identity["run"])
+    data = identity["data"]
+    transform = ImageTransform(size=int(run["transform"]["size"]), channels=int(run["transform"]["channels"]))
+    dataset = open_data(data["path"], data["format"], data["split"], transform, category=data["category"],
+                        skip_bad=True)
+    by_path = {str(r.image.resolve()): i for i, r in enumerate(dataset.records)}
+    labels = [r["label"] for r in records]
+    labelled = None not in labels and len(set(labels)) == 2
+    scores = np.array([r["score"] for r in records], dtype=np.float64)
+    result = {"images": len(records), "threshold": summary["threshold"], "scorer": summary["scorer"],
+              "run": identity["run"]}
+    maps = np.stack([np.load(folder / r["map"]) for r in records]) if records and records[0]["map"] else None
+    masks = None
+    if maps is not None and dataset.has_masks:
+        masks = np.stack([dataset[by_path[r["path"]]]["mask"].numpy() for r in records])
+    if labelled:
+        y = np.array(labels)
+        result.update(metrics.evaluate(y, scores, masks if masks is not None and masks.any() else None,
+                                       maps if masks is not None and masks.any() else None))
+        _curves(y, scores, folder)
+    (folder / "metrics.json").write_text(json.dumps(result, indent=2))
+    shown = []
+    if maps is not None:
+        (folder / "overlays").mkdir(exist_ok=True)
+        pixel_threshold = _pixel_threshold(maps, masks, [r["decision"] for r in records])
+        result["pixel_threshold"] = pixel_threshold
+        order = np.argsort(-scores, kind="stable")[:max_overlays]
+        for k in tqdm(order, desc="overlays", disable=not progress):
+            r = records[k]
+            item = dataset[by_path[r["path"]]]
+            name = f"overlays/{r['index']:06d}.png"
+            label = {None: "label unknown", 0: "normal", 1: f"defective ({r['defect']})"}[r["label"]]
+            _overlay(item["image"].numpy(), maps[k], masks[k] if masks is not None else None, pixel_threshold,
+                     f"{Path(r['path']).name}: score {r['score']:.4g}, {label}, "
+                     f"{'flagged' if r['decision'] else 'passed'}", folder / name)
+            shown.append((name, r))
+    (folder / "metrics.json").write_text(json.dumps(result, indent=2))
+    _html(folder, result, shown, labelled, len(records))
+    echo(f"report: {folder / 'index.html'}" + (f" (image AUROC {result['image_auroc']:.3f})" if labelled else ""))
+    return result
+
+
+def _html(folder: Path, result: Dict, shown, labelled: bool, n: int) -> None:
+    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.4f}</td></tr>" for k, v in result.items()
+                   if isinstance(v, float))
+    curves = '<p><img src="roc.png"> <img src="pr.png"></p>' if labelled else "<p>No labels: no curves.</p>"
+    cards = "".join(
+        f'<figure><img src="{name}" width="760"><figcaption>{html.escape(Path(r["path"]).name)} '
+        f'score {r["score"]:.4g}</figcaption></figure>' for name, r in shown)
+    (folder / "index.html").write_text(f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>vqfast report: {html.escape(result['scorer'])}</title>
+<style>body{{font-family:sans-serif;margin:2em}} td{{padding:2px 12px}} figure{{margin:1em 0}}</style></head>
+<body><h1>vqfast report: {html.escape(result['scorer'])}</h1>
+<p>Run {html.escape(result['run'])}; {n} images; threshold {result['threshold']['value']:.4g}
+({html.escape(result['threshold']['rule'])}).</p>
+<table>{rows}</table>{curves}
+<h2>The {len(shown)} highest-scored images</h2>
+<p>Each row: the image, its anomaly map, the ground-truth contour (green) and the predicted contour (red).</p>
+{cards}</body></html>
+""")

@@ -1,0 +1,310 @@
+"""``vqfast score``: a run's scorer over a folder, one record per image as it is computed.
+
+The output folder holds ``score.json`` (what the records depend on: the run, the scorer
+and its settings, the data, the threshold), ``scores.jsonl`` (the records; the source of
+truth), ``scores.csv`` (the same records as a table), ``maps/<index>.npy`` (float32
+(H, W) anomaly maps) and ``val_scores.jsonl`` (the run's held-out validation images,
+scored first when the threshold is ``auto``).
+
+Nothing is lost: each image's map is written atomically, then its record is appended,
+flushed and fsynced. A resumed run reads the records back (a torn last line, from a kill
+mid-write, is dropped and that image scored again) and scores only the images missing;
+the scorers draw no randomness from call order, so the values equal an uninterrupted
+run's. A resume whose run, scorer, data or threshold rule changed is refused.
+
+Threshold rule (``auto``): with validation images of both classes, the threshold of best
+F1 on them; with defect-free validation images only (a run's held-out training images),
+their 99th score percentile, so about 1 % of normal images are flagged. A number fixes it.
+"""
+
+import csv
+import io
+import json
+import math
+import os
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from vqfast import checkpoint, metrics
+from vqfast.app import distributed
+from vqfast.app.data import data_identity, open_data
+from vqfast.app.methods import METHODS, RunError, build_prior, build_sgfr, read_run
+from vqfast.data import ImageTransform
+from vqfast.data.datasets import AnomalyDataset, Record
+from vqfast.scorers import scorer_fingerprint
+
+CSV_FIELDS = ("index", "path", "score", "label", "defect", "decision", "map")
+
+
+def _load(run_dir: Path, name: str, expected: str = None):
+    return checkpoint.load_model(run_dir / name, expected=expected).eval()
+
+
+def load_scorer(run_dir, name: str, *, percentile: Optional[float] = None, restorations: int = 5, device=None):
+    """(scorer, run record) for scorer ``name`` of the run in ``run_dir``."""
+    from vqfast.scorers import (DSRScorer, FeatureAEScorer, KDEScorer, LightPixelWiseScorer, PAPER_PERCENTILES,
+                                PixelWiseScorer, RegenerativeScorer, SampleWiseScorer, nll_threshold)
+
+    run_dir = Path(run_dir)
+    run = read_run(run_dir)
+    method = METHODS[run["method"]]
+    if name not in method.scorers:
+        raise RunError(f"{run_dir} is a {run['method']} run: it scores with {', '.join(method.scorers)}, "
+                       f"not {name}")
+    if run.get("status") != "trained":
+        raise RunError(f"{run_dir}: its training did not finish (status {run.get('status')!r}); "
+                       "finish it with vqfast train ... --resume")
+    settings, seed = run["settings"], int(run["settings"]["seed"])
+    device = torch.device(device or "cpu")
+    if method.family == "vq":
+        return RegenerativeScorer(_load(run_dir / "model", "model.safetensors").to(device)), run
+    if method.family == "feature-ae":
+        return FeatureAEScorer(_load(run_dir / "model", "model.safetensors", "FeatureAE").to(device)), run
+    if method.family == "dsr":
+        return DSRScorer(_load(run_dir, "model.safetensors", "DSR").to(device)), run
+    if method.family == "sgfr":
+        scorer = build_sgfr(settings)
+        tensors, meta = checkpoint.read(run_dir / "bank.safetensors")
+        scorer.backbone.to(device)
+        scorer.bank = {int(k.split(".")[1]): v.to(device) for k, v in tensors.items()}
+        scorer.gram = {lvl: x @ x.T for lvl, x in scorer.bank.items()}
+        scorer.image_size = tuple(json.loads(meta["image_size"]))
+        return scorer, run
+    vq_model = _load(run_dir, "vq.safetensors").to(device)
+    if name == "regenerative":
+        return RegenerativeScorer(vq_model), run
+    tokens = checkpoint.read(run_dir / "tokens.safetensors")[0]
+    prior = build_prior(run["method"], settings, vq_model, tokens["train"].shape[1:])
+    weights = checkpoint.read(run_dir / "model" / "model.safetensors")[0]
+    prior.load_state_dict(weights)
+    prior.to(device).eval()
+    paper = dict(zip(("sample", "pixel", "light"), PAPER_PERCENTILES[(type(vq_model).__name__,
+                                                                      run["method"])]))
+    pct = percentile if percentile is not None else paper["pixel" if name == "kde" else name]
+    threshold = nll_threshold(prior, tokens["val"].to(device), pct)
+    if name == "sample":
+        scorer = SampleWiseScorer(vq_model, prior, threshold)
+    elif name == "light":
+        scorer = LightPixelWiseScorer(vq_model, prior, threshold, restorations=restorations, seed=seed)
+    elif name == "pixel":
+        scorer = PixelWiseScorer(vq_model, prior, threshold, restorations=restorations, seed=seed)
+    else:  # tokens with p < exp(-lambda_P) resampled
+        scorer = KDEScorer(vq_model, prior, math.exp(-threshold), restorations=restorations, seed=seed)
+    scorer.percentile = pct
+    return scorer, run
+
+
+def _read_records(path: Path) -> List[Dict]:
+    """The complete records of a JSONL file; a torn last line is cut off the file."""
+    if not path.is_file():
+        return []
+    data = path.read_bytes()
+    good = data[: data.rfind(b"\n") + 1]
+    records = []
+    for line in good.decode().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:  # a torn line can only be the last one; anything after it goes too
+            break
+    keep = "".join(json.dumps(r) + "\n" for r in records).encode()
+    if keep != data:
+        with open(path, "wb") as f:
+            f.write(keep)
+            f.flush()
+            os.fsync(f.fileno())
+    return records
+
+
+def _append(f, line: str) -> None:
+    f.write(line)
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def _save_map(path: Path, anomaly_map: np.ndarray) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, anomaly_map)
+    os.replace(tmp, path)
+
+
+def score_images(scorer, dataset, out_dir, records_name: str = "scores.jsonl", *, maps: bool = True,
+                 threshold: Optional[float] = None, batch_size: int = 8, device=None, progress: bool = True,
+                 shard: Optional[tuple] = None) -> List[Dict]:
+    """Scores every image of ``dataset`` not yet in ``out_dir/records_name``, appending one
+    record per image (see the module docstring); returns all records by index.
+
+    shard: (rank, world): this process scores the images with index % world == rank into
+    ``<records_name>.rank<r>`` (merged by the caller)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / records_name
+    if shard is not None and shard[1] > 1:
+        path = out_dir / f"{records_name}.rank{shard[0]}"
+    done = {r["index"]: r for r in _read_records(path)}
+    base = dataset.dataset if isinstance(dataset, torch.utils.data.Subset) else dataset
+    positions = list(dataset.indices) if isinstance(dataset, torch.utils.data.Subset) else list(range(len(dataset)))
+    labelled = getattr(base, "labelled", True)
+    mine = [i for i in range(len(positions)) if shard is None or i % shard[1] == shard[0]]
+    todo = [i for i in mine if i not in done]
+    if maps:
+        (out_dir / "maps").mkdir(exist_ok=True)
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, todo), batch_size=batch_size, shuffle=False)
+    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=f"scoring {records_name.split('.')[0]}",
+               disable=not progress, unit="image")
+    with open(path, "a") as f:
+        at = 0
+        for batch in loader:
+            x = batch["image"] if device is None else batch["image"].to(device)
+            out = scorer.score(x)
+            scores, amaps = out.pred_score.float().cpu(), out.anomaly_map.float().cpu().numpy()
+            for j in range(x.shape[0]):
+                index = todo[at]
+                at += 1
+                record = base.records[positions[index]]
+                score = float(scores[j])
+                entry = {"index": index, "path": str(record.image.resolve()), "score": score,
+                         "label": int(record.label) if labelled else None, "defect": record.defect,
+                         "decision": None if threshold is None else int(score >= threshold),
+                         "map": f"maps/{records_name.split('.')[0]}_{index:06d}.npy" if maps else None}
+                if maps:
+                    _save_map(out_dir / entry["map"], amaps[j])
+                _append(f, json.dumps(entry) + "\n")
+                done[index] = entry
+            bar.update(x.shape[0])
+    bar.close()
+    return [done[i] for i in sorted(done)]
+
+
+def merge_shards(out_dir: Path, records_name: str, world: int) -> List[Dict]:
+    """Rank 0, after a barrier: the ranks' records as one file, every image once, by index."""
+    records = {}
+    for rank in range(world):
+        for r in _read_records(out_dir / f"{records_name}.rank{rank}"):
+            records[r["index"]] = r
+    merged = [records[i] for i in sorted(records)]
+    tmp = out_dir / f"{records_name}.tmp"
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in merged))
+    tmp.replace(out_dir / records_name)
+    return merged
+
+
+def write_csv(path: Path, records: List[Dict]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    for r in records:
+        writer.writerow({k: "" if r.get(k) is None else r[k] for k in CSV_FIELDS})
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(buf.getvalue())
+    tmp.replace(path)
+
+
+def auto_threshold(records: List[Dict]) -> Dict:
+    """The module docstring's rule over validation records."""
+    scores = np.array([r["score"] for r in records], dtype=np.float64)
+    labels = [r["label"] for r in records]
+    if None not in labels and len(set(labels)) == 2:
+        f1, value = metrics.best_f1(np.array(labels), scores)
+        return {"value": float(value), "rule": f"best F1 ({f1:.3f}) on {len(records)} labelled validation images"}
+    return {"value": float(np.percentile(scores, 99)),
+            "rule": f"99th percentile of {len(records)} defect-free validation images' scores"}
+
+
+def _validation_images(run: Dict, transform: ImageTransform) -> AnomalyDataset:
+    records = [Record(Path(p), None, 0, "good") for p in run["val_images"]]
+    if not records:
+        raise RunError("the run holds no validation images for --threshold auto: pass --threshold VALUE")
+    return AnomalyDataset(records, transform, name="the run's validation images")
+
+
+def score(scorer_name: str, run_dir, data, fmt: str, out, *, category: Optional[str] = None, split: str = "test",
+          threshold="auto", percentile: Optional[float] = None, restorations: int = 5, resume: bool = False,
+          skip_bad: bool = False, batch_size: int = 8, maps: bool = True, device=None, progress: bool = True,
+          echo: Callable = print) -> Dict:
+    """Scores ``data`` with a run's scorer into ``out``; returns the summary (also
+    ``out/summary.json``): threshold, counts and metrics where labels exist."""
+    out, run_dir = Path(out), Path(run_dir)
+    rank, world = distributed.rank_world()
+    device = torch.device(device) if device else distributed.device()
+    scorer, run = load_scorer(run_dir, scorer_name, percentile=percentile, restorations=restorations, device=device)
+    transform = ImageTransform(size=int(run["transform"]["size"]), channels=int(run["transform"]["channels"]))
+    dataset = open_data(data, fmt, split, transform, category=category, skip_bad=skip_bad)
+    if dataset.skipped:
+        echo(f"skipped {len(dataset.skipped)} unreadable images (--skip-bad); first: {dataset.skipped[0][1]}")
+    identity = {"run": str(run_dir.resolve()), "run_method": run["method"], "scorer": scorer_name,
+                **{f"scorer.{k}": v for k, v in scorer_fingerprint(scorer).items()},
+                "data": {"path": str(Path(data).resolve()), "format": fmt, "category": category, "split": split,
+                         **data_identity(dataset)},
+                "threshold": str(threshold), "maps": maps}
+    _begin_scores(out, identity, resume, rank)
+    distributed.barrier()
+    shard = (rank, world) if world > 1 else None
+    summary = {"scorer": scorer_name, "run": str(run_dir), "method": run["method"], "images": len(dataset),
+               "skipped": [s[0] for s in dataset.skipped]}
+    if getattr(scorer, "percentile", None) is not None:
+        summary["nll_percentile"] = scorer.percentile
+    if threshold == "auto":
+        val = _validation_images(run, transform)
+        val_records = _gather(score_images(scorer, val, out, "val_scores.jsonl", maps=False, batch_size=batch_size,
+                                           device=device, progress=progress and rank == 0, shard=shard),
+                              out, "val_scores.jsonl", world)
+        summary["threshold"] = auto_threshold(val_records)
+    else:
+        summary["threshold"] = {"value": float(threshold), "rule": "given (--threshold)"}
+    value = summary["threshold"]["value"]
+    records = _gather(score_images(scorer, dataset, out, "scores.jsonl", maps=maps, threshold=value,
+                                   batch_size=batch_size, device=device, progress=progress and rank == 0,
+                                   shard=shard), out, "scores.jsonl", world)
+    if rank != 0:
+        return summary
+    write_csv(out / "scores.csv", records)
+    labels = [r["label"] for r in records]
+    summary["flagged"] = sum(r["decision"] for r in records)
+    if None not in labels and len(set(labels)) == 2:
+        scores = np.array([r["score"] for r in records])
+        y = np.array(labels)
+        summary["metrics"] = {"image_auroc": metrics.auroc(y, scores), "image_ap": metrics.average_precision(y, scores),
+                              "image_best_f1": metrics.best_f1(y, scores)[0],
+                              "f1_at_threshold": metrics.f1_at_threshold(y, scores, value)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    echo(f"{len(records)} images scored into {out / 'scores.csv'}; threshold {value:.4g} "
+         f"({summary['threshold']['rule']}); {summary['flagged']} flagged"
+         + (f"; image AUROC {summary['metrics']['image_auroc']:.3f}" if "metrics" in summary else ""))
+    return summary
+
+
+def _gather(records, out: Path, name: str, world: int) -> List[Dict]:
+    if world == 1:
+        return records
+    distributed.barrier()
+    merged = merge_shards(out, name, world) if distributed.rank_world()[0] == 0 else None
+    return distributed.broadcast_object(merged)
+
+
+def _begin_scores(out: Path, identity: Dict, resume: bool, rank: int) -> None:
+    path = out / "score.json"
+    if rank != 0:
+        return
+    if path.is_file() and resume:
+        old = json.loads(path.read_text())
+        changed = [f"{k} was {old.get(k)!r}, is {identity.get(k)!r}" for k in sorted(set(old) | set(identity))
+                   if old.get(k) != identity.get(k)]
+        if changed:
+            raise RunError(f"{out}: cannot resume, the scoring changed: {'; '.join(changed)} "
+                           "(score into another --out, or drop --resume to score again)")
+        return
+    if path.is_file() or (out / "scores.jsonl").exists():
+        if not resume and any(out.glob("scores.jsonl*")):
+            for old in [*out.glob("*scores.jsonl*"), out / "scores.csv", out / "summary.json"]:
+                old.unlink(missing_ok=True)
+            for old in (out / "maps").glob("*.npy") if (out / "maps").is_dir() else []:
+                old.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "score.json.tmp"
+    tmp.write_text(json.dumps(identity, indent=2))
+    tmp.replace(path)
