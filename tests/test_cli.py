@@ -50,6 +50,11 @@ def test_demo_writes_results_and_resumes(tmp_path, capsys):
     assert 0.0 <= results["performer_pixel_wise"]["aupro"] <= 1.0 and "pixel_auroc" in results["kde"]
     assert "Performer prior (FAVOR+)" in printed
     assert "DSR stage 3" in printed and 0.0 <= results["dsr"]["aupro"] <= 1.0 and (out / "dsr" / "stage3").is_dir()
+    scores = out / "report" / "scores"  # the demo's Regenerative scores, through vqfast score and vqfast report
+    assert results["report"] == str(scores / "index.html") and len(list((scores / "overlays").glob("*.png"))) == 12
+    report = json.loads((scores / "metrics.json").read_text())
+    assert report["images"] == 80 and report["image_auroc"] == pytest.approx(results["regenerative"]["image_auroc"],
+                                                                             abs=0.05)
     assert main(["demo", "--out", str(out), "--epochs", "2", "--prior-epochs", "1", "--resume"]) == 0
     assert json.loads((out / "results.json").read_text())["epochs"] == 2
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2

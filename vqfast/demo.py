@@ -7,7 +7,9 @@ GPT-2 prior on the VQ-VAE's token grids, scores the test split Sample-wise and
 Pixel-wise, and times the fast Pixel-wise pass against the published loop on two
 images (the same restored tokens); then a small Performer (FAVOR+) prior on the same
 grids, scored Pixel-wise by its recurrent pass and by KDE abnormality maps; then a small
-DSR trained in its three stages on the same images. Everything lands in
+DSR trained in its three stages on the same images; last, the VQ-VAE's Regenerative
+scores through ``vqfast score`` and ``vqfast report`` on the test images written as
+files (``<out>/report/scores/index.html``). Everything lands in
 ``out_dir`` as it is produced: checkpoints and metrics.jsonl during training (so
 ``--resume`` continues), then model.safetensors and results.json.
 """
@@ -19,13 +21,14 @@ from pathlib import Path
 
 import torch
 
-from vqfast.data import DSRAnomalies, TokenGrids, encode_dataset, procedural_splits
+from vqfast.data import DSRAnomalies, ProceduralDefects, TokenGrids, encode_dataset, procedural_splits, write_image_folder
 from vqfast.models import DSR, VQVAE, DSRConfig, GPT2Prior, GPT2PriorConfig, PerformerPrior, PerformerPriorConfig, VQVAEConfig
 from vqfast.profiling import format_table, time_callable
 from vqfast.scorers import DSRScorer, KDEScorer, RegenerativeScorer, evaluate_scorer
 from vqfast.scorers.restoration import PixelWiseScorer, SampleWiseScorer, nll_threshold
 from vqfast.training import TrainConfig, Trainer
 
+DEMO_SIZE = 64
 DEMO_MODEL = VQVAEConfig(hidden=32, res_blocks=2, num_codes=64, code_dim=16, downsamples=2)
 DEMO_DSR = DSRConfig(num_codes=64, code_dim=16, hidden=32, res_hidden=16, object_mid=16, unet_width=8)
 
@@ -35,7 +38,7 @@ def run_demo(out_dir="vqfast-demo", epochs: int = 20, seed: int = 0, resume: boo
     if epochs < 1 or prior_epochs < 1:
         raise ValueError(f"epochs and prior_epochs must be >= 1, got {epochs} and {prior_epochs}")
     torch.manual_seed(seed)
-    train, test = procedural_splits(size=64, seed=seed, n_train=160, n_test_normal=40, n_test_anomalous=40)
+    train, test = procedural_splits(size=DEMO_SIZE, seed=seed, n_train=160, n_test_normal=40, n_test_anomalous=40)
     echo(f"procedural data: {len(train)} defect-free training images, {len(test)} test images "
          f"({int(test.labels.sum())} with blobs, scratches or patches), 64x64")
     model = VQVAE(DEMO_MODEL)
@@ -60,10 +63,29 @@ def run_demo(out_dir="vqfast-demo", epochs: int = 20, seed: int = 0, resume: boo
     results.update(_prior_stage(model, tokens, test, lambda prior: fit(prior, out / "prior"), echo))
     results.update(_performer_stage(model, tokens, test, lambda prior: fit(prior, out / "performer"), echo))
     results.update(_dsr_stage(train, test, out / "dsr", epochs, seed, resume, overwrite, echo))
+    results["report"] = str(_report_stage(model, test, out / "report", seed, echo))
     (out / "results.json").write_text(json.dumps(results, indent=2))
     echo(f"\nwrote {out / 'model.safetensors'}, {out / 'prior'}, {out / 'performer'}, {out / 'dsr'}, "
-         f"{out / 'metrics.jsonl'} and {out / 'results.json'}")
+         f"{out / 'metrics.jsonl'}, {out / 'results.json'} and the report {results['report']}")
     return result
+
+
+def _report_stage(vq_model, test, out: Path, seed: int, echo) -> Path:
+    """What a user runs on their own folders, on the demo's: the test split and 16 unseen
+    defect-free images (for the auto threshold) written as PNGs, the VQ-VAE exported as a
+    run folder, then ``vqfast score regenerative`` and ``vqfast report`` (the same functions)."""
+    from vqfast.app.methods import export_run
+    from vqfast.app.report import report
+    from vqfast.app.score import score
+
+    write_image_folder(test, out / "data" / "test")
+    val = write_image_folder(ProceduralDefects(16, 0, DEMO_SIZE, seed=seed + 7), out / "data" / "val")
+    export_run(vq_model, out / "run", "vqvae", size=DEMO_SIZE, channels=3, val_images=sorted(val.glob("*.png")),
+               settings={"note": "the demo's VQ-VAE"})
+    echo("")
+    score("regenerative", out / "run", out / "data" / "test", "folder", out / "scores", progress=False, echo=echo)
+    report(out / "scores", max_overlays=12, progress=False, echo=echo)
+    return out / "scores" / "index.html"
 
 
 def _fit_prior(prior, out_dir: Path, tokens, epochs: int, seed: int, resume: bool, overwrite: bool):

@@ -227,6 +227,27 @@ def train(method: str, data, fmt: str, out, settings: Dict[str, object], *, cate
     return record
 
 
+def export_run(model: torch.nn.Module, out, method: str, *, size: int, channels: int, val_images, data=None,
+               settings: Optional[Dict] = None) -> Dict:
+    """Makes a run folder (as ``vqfast train`` writes) for a VQ model, feature AE or DSR
+    trained in Python, so ``vqfast score`` and ``vqfast report`` take it. ``val_images``:
+    paths of held-out defect-free images for ``--threshold auto``; ``settings``: what to
+    record of how it was trained."""
+    out = Path(out)
+    family = METHODS[method].family if method in METHODS else None
+    if family not in ("vq", "feature-ae", "dsr"):
+        raise RunError(f"export_run takes vqvae, vqgan, feature-ae or dsr models, got method {method!r}")
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint.save_model(model, out / ("model.safetensors" if family == "dsr" else "model/model.safetensors"))
+    record = {"vqfast": __version__, "method": method, "settings": {**(settings or {}), "size": size,
+                                                                      "channels": channels, "seed": 0},
+              "transform": {"size": size, "channels": channels}, "data": {"path": None if data is None else str(data)},
+              "val_images": [str(Path(p).resolve()) for p in val_images], "status": "trained",
+              "summary": {"exported": "trained in Python, written by export_run"}}
+    _write_json(out / "run.json", record)
+    return record
+
+
 def _config(settings, **over) -> TrainConfig:
     base = dict(epochs=int(settings["epochs"]), batch_size=int(settings["batch_size"]), lr=float(settings["lr"]),
                 max_minutes=float(settings["minutes"]), seed=int(settings["seed"]))
