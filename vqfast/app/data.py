@@ -17,7 +17,7 @@ from typing import Dict, List, Optional
 import torch
 
 from vqfast.data.datasets import (AnomalyDataset, IMAGE_EXTENSIONS, Record, folder_records, frame_sequence_records,
-                                  list_images, magnetic_tile_records, mvtec_records)
+                                  magnetic_tile_records, mvtec_records)
 from vqfast.data.transforms import DatasetError, ImageTransform
 
 FORMATS = ("mvtec", "mtd", "folder", "frames")

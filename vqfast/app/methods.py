@@ -12,7 +12,7 @@ checkpoint.safetensors, model.safetensors and metrics.jsonl) for trained models;
 import json
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Optional, Tuple
 

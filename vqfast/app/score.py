@@ -298,12 +298,9 @@ def _begin_scores(out: Path, identity: Dict, resume: bool, rank: int) -> None:
             raise RunError(f"{out}: cannot resume, the scoring changed: {'; '.join(changed)} "
                            "(score into another --out, or drop --resume to score again)")
         return
-    if path.is_file() or (out / "scores.jsonl").exists():
-        if not resume and any(out.glob("scores.jsonl*")):
-            for old in [*out.glob("*scores.jsonl*"), out / "scores.csv", out / "summary.json"]:
-                old.unlink(missing_ok=True)
-            for old in (out / "maps").glob("*.npy") if (out / "maps").is_dir() else []:
-                old.unlink()
+    if not resume:  # a fresh run replaces what an earlier one left
+        for old in [*out.glob("*scores.jsonl*"), out / "scores.csv", out / "summary.json", *out.glob("maps/*.npy")]:
+            old.unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / "score.json.tmp"
     tmp.write_text(json.dumps(identity, indent=2))
