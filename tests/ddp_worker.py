@@ -30,4 +30,4 @@ history = Trainer(model, ProceduralDefects(16, 0, size=16, seed=1), None, config
 if rank == 0:
     save_model(model, sys.argv[1])
     print("losses", [r["train"]["loss"] for r in history])
-distributed.close()
+distributed.exit_worker(0)

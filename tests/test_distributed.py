@@ -22,11 +22,14 @@ def _port() -> int:
 
 
 def _torchrun(*args, timeout=600):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # PYTHONFAULTHANDLER: a worker that aborts prints every thread's Python stack.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
                            "--master-addr", "127.0.0.1", "--master-port", str(_port()), *args],
                           capture_output=True, text=True, timeout=timeout, env=env)
-    assert done.returncode == 0, done.stderr[-4000:]
+    # the workers' own output, before torchrun's report of the failure
+    workers = done.stderr.split("torch/distributed/elastic")[0]
+    assert done.returncode == 0, f"stdout:\n{done.stdout[-2000:]}\nworkers' stderr:\n{workers[-6000:]}"
     return done
 
 

@@ -2,6 +2,9 @@
 
 import sys
 
+from vqfast.app.distributed import exit_worker
 from vqfast.cli import main
 
-sys.exit(main())
+code = main()
+exit_worker(code)
+sys.exit(code)

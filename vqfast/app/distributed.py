@@ -2,6 +2,7 @@
 collectives training and scoring need. Without torchrun everything is a no-op."""
 
 import os
+import sys
 
 import torch
 import torch.distributed as dist
@@ -43,5 +44,26 @@ def broadcast_object(value):
 
 
 def close() -> None:
+    """Leaves the process group. A barrier comes first, so that no rank tears down its
+    connections while another still sends on them (rank 0 writes the run's files after
+    the last collective, the other ranks have nothing left to do)."""
     if dist.is_available() and dist.is_initialized():
+        if dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
+
+
+def exit_worker(code: int) -> None:
+    """Ends a torchrun worker (WORLD_SIZE > 1) with ``code`` without the interpreter's
+    finalisation, where gloo's threads can still release tensors and abort the process
+    (SIGABRT) after all its work is done, turning a finished run into a failed one.
+    Every file a run writes is closed (records fsynced) before this point, so skipping
+    finalisation loses nothing; a single process returns normally. A failed worker
+    leaves without the closing barrier: the others may be waiting in another collective,
+    and torchrun ends them once one worker fails."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if code == 0:
+            close()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
