@@ -77,6 +77,32 @@ def test_score_and_report(folders, capsys):
     assert (out / "roc.png").stat().st_size > 1000 and (out / "pr.png").stat().st_size > 1000
 
 
+def test_png_maps_give_the_values_back_and_a_report(folders):
+    """--maps png: 16-bit grayscale PNGs a viewer opens; load_map recovers the float maps
+    of an npy run to 1/65535 of each map's range, and report reads them."""
+    from PIL import Image
+
+    from vqfast.app.score import load_map
+
+    args = ["score", "regenerative", "--run", str(folders / "vq"), "--data", str(folders / "test")]
+    assert main([*args, "--out", str(folders / "npy")]) == 0
+    assert main([*args, "--out", str(folders / "png"), "--maps", "png"]) == 0
+    npy, png = _records(folders / "npy"), _records(folders / "png")
+    for a, b in zip(npy, png):
+        assert b["map"].endswith(".png") and a["score"] == b["score"]
+        picture = Image.open(folders / "png" / b["map"])
+        assert picture.size == (32, 32) and np.asarray(picture).max() == 65535
+        exact, back = load_map(folders / "npy", a), load_map(folders / "png", b)
+        low, high = b["map_range"]
+        assert (low, high) == pytest.approx((exact.min(), exact.max()))
+        assert np.abs(back - exact).max() <= (high - low) / 65535 + 1e-7
+    pixel = []
+    for folder in ("npy", "png"):
+        assert main(["report", "--scores", str(folders / folder), "--max-overlays", "2"]) == 0
+        pixel.append(json.loads((folders / folder / "metrics.json").read_text())["pixel_auroc"])
+    assert pixel[1] == pytest.approx(pixel[0], abs=1e-3)
+
+
 def test_prior_scorers_and_a_given_threshold(folders):
     out = folders / "scores_sample"
     assert main(["score", "sample", "--run", str(folders / "gpt2"), "--data", str(folders / "test"),

@@ -97,7 +97,7 @@ def _score(args) -> int:
     threshold = args.threshold if args.threshold == "auto" else _number("--threshold", args.threshold)
     score(args.scorer, args.run, args.data, args.format, args.out, category=args.category, split=args.split,
           threshold=threshold, percentile=args.percentile, restorations=args.restorations, resume=args.resume,
-          skip_bad=args.skip_bad, batch_size=args.batch_size, maps=not args.no_maps,
+          skip_bad=args.skip_bad, batch_size=args.batch_size, maps=not args.no_maps, map_format=args.maps,
           device=args.device if args.device != "auto" else None)
     distributed.close()
     return 0
@@ -250,7 +250,7 @@ def _add_score(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("score", help="score a folder with a trained run, one record per image",
                        description="Score the images of --data with SCORER of the run in --run. Writes "
                                    "scores.csv and scores.jsonl (path, score, label if known, decision) as it "
-                                   "goes, anomaly maps as maps/*.npy, and summary.json with metrics when labels "
+                                   "goes, anomaly maps in maps/ (.npy or .png), and summary.json with metrics when labels "
                                    "exist. Image size and preprocessing come from the run.")
     p.add_argument("scorer", help="regenerative (VQ runs); pixel, sample, light, kde (prior runs); sgfr; "
                                   "feature-ae; dsr")
@@ -268,6 +268,9 @@ def _add_score(sub) -> argparse.ArgumentParser:
                         "(default: the paper's for this VQ model and prior)")
     p.add_argument("--restorations", type=_positive_int, default=5, help="restoration scorers: samples per image")
     p.add_argument("--batch-size", type=_positive_int, default=8)
+    p.add_argument("--maps", choices=["npy", "png"], default="npy",
+                   help="how anomaly maps are saved: npy (float32 arrays) or png (16-bit grayscale images that "
+                        "any viewer opens; each record's map_range gives the values their 0..65535 span)")
     p.add_argument("--no-maps", action="store_true", help="do not save anomaly maps")
     p.set_defaults(func=_score)
     return p

@@ -21,6 +21,7 @@ import numpy as np
 from vqfast import metrics
 from vqfast.app.data import open_data
 from vqfast.app.methods import RunError, read_run
+from vqfast.app.score import load_map
 from vqfast.data import ImageTransform
 
 
@@ -107,7 +108,7 @@ def report(folder, *, max_overlays: int = 48, progress: bool = True, echo: Calla
     scores = np.array([r["score"] for r in records], dtype=np.float64)
     result = {"images": len(records), "threshold": summary["threshold"], "scorer": summary["scorer"],
               "run": identity["run"]}
-    maps = np.stack([np.load(folder / r["map"]) for r in records]) if records and records[0]["map"] else None
+    maps = np.stack([load_map(folder, r) for r in records]) if records and records[0]["map"] else None
     masks = None
     if maps is not None and dataset.has_masks:
         masks = np.stack([dataset[by_path[r["path"]]]["mask"].numpy() for r in records])

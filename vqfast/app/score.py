@@ -2,8 +2,10 @@
 
 The output folder holds ``score.json`` (what the records depend on: the run, the scorer
 and its settings, the data, the threshold), ``scores.jsonl`` (the records; the source of
-truth), ``scores.csv`` (the same records as a table), ``maps/<index>.npy`` (float32
-(H, W) anomaly maps) and ``val_scores.jsonl`` (the run's held-out validation images,
+truth), ``scores.csv`` (the same records as a table), ``maps/`` (each image's (H, W)
+anomaly map: float32 ``.npy``, or with ``map_format="png"`` a 16-bit grayscale PNG whose
+0..65535 spans the record's ``map_range`` [low, high], so any viewer shows it and
+``load_map`` gives the values back to 1/65535 of that range) and ``val_scores.jsonl`` (the run's held-out validation images,
 scored first when the threshold is ``auto``).
 
 Nothing is lost: each image's map is written atomically, then its record is appended,
@@ -27,6 +29,7 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm import tqdm
 
 from vqfast import checkpoint, metrics
@@ -37,7 +40,7 @@ from vqfast.data import ImageTransform
 from vqfast.data.datasets import AnomalyDataset, Record
 from vqfast.scorers import scorer_fingerprint
 
-CSV_FIELDS = ("index", "path", "score", "label", "defect", "decision", "map")
+CSV_FIELDS = ("index", "path", "score", "label", "defect", "decision", "map", "map_range")
 
 
 def _load(run_dir: Path, name: str, expected: str = None):
@@ -125,21 +128,46 @@ def _append(f, line: str) -> None:
     os.fsync(f.fileno())
 
 
-def _save_map(path: Path, anomaly_map: np.ndarray) -> None:
+MAP_FORMATS = ("npy", "png")
+
+
+def _save_map(path: Path, anomaly_map: np.ndarray) -> Optional[List[float]]:
+    """Writes the map atomically; for a PNG returns its [low, high] range."""
     tmp = path.with_name(path.name + ".tmp")
+    span = None
     with open(tmp, "wb") as f:
-        np.save(f, anomaly_map)
+        if path.suffix == ".npy":
+            np.save(f, anomaly_map)
+        else:
+            low, high = float(anomaly_map.min()), float(anomaly_map.max())
+            span = [low, high]
+            scaled = (anomaly_map - low) / (high - low) if high > low else np.zeros_like(anomaly_map)
+            Image.fromarray(np.round(scaled * 65535).astype(np.uint16)).save(f, format="PNG")
     os.replace(tmp, path)
+    return span
+
+
+def load_map(folder, record: Dict) -> np.ndarray:
+    """The float32 (H, W) anomaly map of a score record in ``folder`` (either format)."""
+    path = Path(folder) / record["map"]
+    if path.suffix == ".npy":
+        return np.load(path)
+    low, high = record["map_range"]
+    return (low + np.asarray(Image.open(path), dtype=np.float64) / 65535 * (high - low)).astype(np.float32)
 
 
 def score_images(scorer, dataset, out_dir, records_name: str = "scores.jsonl", *, maps: bool = True,
-                 threshold: Optional[float] = None, batch_size: int = 8, device=None, progress: bool = True,
-                 shard: Optional[tuple] = None) -> List[Dict]:
+                 map_format: str = "npy", threshold: Optional[float] = None, batch_size: int = 8, device=None,
+                 progress: bool = True, shard: Optional[tuple] = None) -> List[Dict]:
     """Scores every image of ``dataset`` not yet in ``out_dir/records_name``, appending one
     record per image (see the module docstring); returns all records by index.
 
+    map_format: "npy" or "png" (see the module docstring).
+
     shard: (rank, world): this process scores the images with index % world == rank into
     ``<records_name>.rank<r>`` (merged by the caller)."""
+    if map_format not in MAP_FORMATS:
+        raise ValueError(f"map_format must be one of {', '.join(MAP_FORMATS)}, got {map_format!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / records_name
@@ -170,9 +198,11 @@ def score_images(scorer, dataset, out_dir, records_name: str = "scores.jsonl", *
                 entry = {"index": index, "path": str(record.image.resolve()), "score": score,
                          "label": int(record.label) if labelled else None, "defect": record.defect,
                          "decision": None if threshold is None else int(score >= threshold),
-                         "map": f"maps/{records_name.split('.')[0]}_{index:06d}.npy" if maps else None}
+                         "map": f"maps/{records_name.split('.')[0]}_{index:06d}.{map_format}" if maps else None}
                 if maps:
-                    _save_map(out_dir / entry["map"], amaps[j])
+                    span = _save_map(out_dir / entry["map"], amaps[j])
+                    if span is not None:
+                        entry["map_range"] = span
                 _append(f, json.dumps(entry) + "\n")
                 done[index] = entry
             bar.update(x.shape[0])
@@ -224,8 +254,8 @@ def _validation_images(run: Dict, transform: ImageTransform) -> AnomalyDataset:
 
 def score(scorer_name: str, run_dir, data, fmt: str, out, *, category: Optional[str] = None, split: str = "test",
           threshold="auto", percentile: Optional[float] = None, restorations: int = 5, resume: bool = False,
-          skip_bad: bool = False, batch_size: int = 8, maps: bool = True, device=None, progress: bool = True,
-          echo: Callable = print) -> Dict:
+          skip_bad: bool = False, batch_size: int = 8, maps: bool = True, map_format: str = "npy", device=None,
+          progress: bool = True, echo: Callable = print) -> Dict:
     """Scores ``data`` with a run's scorer into ``out``; returns the summary (also
     ``out/summary.json``): threshold, counts and metrics where labels exist."""
     out, run_dir = Path(out), Path(run_dir)
@@ -240,7 +270,7 @@ def score(scorer_name: str, run_dir, data, fmt: str, out, *, category: Optional[
                 **{f"scorer.{k}": v for k, v in scorer_fingerprint(scorer).items()},
                 "data": {"path": str(Path(data).resolve()), "format": fmt, "category": category, "split": split,
                          **data_identity(dataset)},
-                "threshold": str(threshold), "maps": maps}
+                "threshold": str(threshold), "maps": map_format if maps else False}
     _begin_scores(out, identity, resume, rank)
     distributed.barrier()
     shard = (rank, world) if world > 1 else None
@@ -257,7 +287,8 @@ def score(scorer_name: str, run_dir, data, fmt: str, out, *, category: Optional[
     else:
         summary["threshold"] = {"value": float(threshold), "rule": "given (--threshold)"}
     value = summary["threshold"]["value"]
-    records = _gather(score_images(scorer, dataset, out, "scores.jsonl", maps=maps, threshold=value,
+    records = _gather(score_images(scorer, dataset, out, "scores.jsonl", maps=maps, map_format=map_format,
+                                   threshold=value,
                                    batch_size=batch_size, device=device, progress=progress and rank == 0,
                                    shard=shard), out, "scores.jsonl", world)
     if rank != 0:
