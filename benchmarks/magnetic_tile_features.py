@@ -2,89 +2,69 @@
 SGFR and feature-AE rows of benchmarks/RESULTS.md.
 
     python benchmarks/magnetic_tile_features.py --method sgfr --out runs/mt_sgfr
-    python benchmarks/magnetic_tile_features.py --method feature_ae --out runs/mt_feature_ae
+    python benchmarks/magnetic_tile_features.py --method feature-ae --out runs/mt_feature_ae
     python benchmarks/magnetic_tile_features.py ... --resume   # continue an interrupted run
 
---method sgfr: subspace-guided feature reconstruction as the paper runs Magnetic Tile
-(256 x 256 input, WideResNet-50-2 levels 2 and 3 reconstructed, level 4 for sampling,
-s_ref = 10, s = 7, sigma = 4). Nothing is trained; the memory bank is the 761 training
-images.
---method feature_ae: the hierarchical feature-reconstruction autoencoder (layers 1-3 of
-WideResNet-50-2, SGD lr 0.4, momentum 0.9, weight decay 1e-4) at --size (default 128
-on a CPU budget), trained for --epochs or --minutes, checkpointed every epoch.
+It is the command line's code path, the same as
 
---weights: a torchvision wide_resnet50_2 file (ImageNet); without one (or
-$TORCH_HOME's copy) the backbone is random and the run says so. Scores are written per
-batch under <out>/scores; results go to <out>/results.json and print as Markdown.
+    vqfast train sgfr --data ../shared/data/magnetic_tile --format mtd --set val_fraction=0 --out runs/mt_sgfr
+    vqfast score sgfr --run runs/mt_sgfr --data ../shared/data/magnetic_tile --format mtd --threshold 0 \
+        --out runs/mt_sgfr/scores
+
+plus the table (image scores "max", the scorer's own, and "topk_mean" of its maps).
+val_fraction=0: every training image in the memory bank (sgfr) or trained on (feature-ae),
+as the papers do; the metrics need no decision threshold (--threshold 0 flags everything).
+
+sgfr: subspace-guided feature reconstruction as the paper runs Magnetic Tile (256 x 256
+input, WideResNet-50-2 levels 2 and 3 reconstructed, level 4 for sampling, s_ref = 10,
+s = 7, sigma = 4); nothing is trained. feature-ae: the hierarchical feature-reconstruction
+autoencoder (layers 1-3 of WideResNet-50-2, SGD lr 0.4, momentum 0.9, weight decay 1e-4)
+at 128 x 128 on a CPU budget, trained for --minutes, checkpointed every epoch.
+--weights: a torchvision wide_resnet50_2 file (ImageNet); without one (or $TORCH_HOME's
+copy) the backbone is random and the run says so.
 """
 
 import argparse
 import json
-import time
 from pathlib import Path
 
-import torch
+from vqfast.app.methods import train
+from vqfast.app.report import evaluate_scores
+from vqfast.app.score import score
 
-from vqfast import metrics
-from vqfast.data import ImageTransform, MagneticTile
-from vqfast.models import Backbone, FeatureAE, FeatureAEConfig
-from vqfast.scorers import FeatureAEScorer, SGFRScorer, reduce_map, score_dataset
-from vqfast.training import TrainConfig, Trainer
+DATA = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "magnetic_tile")
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "magnetic_tile"))
-    p.add_argument("--method", choices=["sgfr", "feature_ae"], default="sgfr")
+    p.add_argument("--data", default=DATA)
+    p.add_argument("--method", choices=["sgfr", "feature-ae"], default="sgfr")
     p.add_argument("--out", default=None, help="default runs/magnetic_tile_<method>")
     p.add_argument("--weights", default=None, help="torchvision wide_resnet50_2 state-dict file")
-    p.add_argument("--size", type=int, default=None, help="default 256 (sgfr) or 128 (feature_ae)")
-    p.add_argument("--s-ref", type=int, default=10)
-    p.add_argument("--s", type=int, default=7)
-    p.add_argument("--epochs", type=int, default=200)
-    p.add_argument("--minutes", type=float, default=15.0, help="feature_ae training budget")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=None, help="default 256 (sgfr) or 128 (feature-ae)")
+    p.add_argument("--minutes", type=float, default=15.0, help="feature-ae training budget")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--overwrite", action="store_true", help="replace a training run already in the output folder")
     args = p.parse_args(argv)
 
     out = Path(args.out or f"runs/magnetic_tile_{args.method}")
-    out.mkdir(parents=True, exist_ok=True)
-    args.size = args.size or (256 if args.method == "sgfr" else 128)
-    torch.manual_seed(args.seed)
-    transform = ImageTransform(size=args.size, channels=3)
-    train = MagneticTile(args.data, "train", transform)
-    test = MagneticTile(args.data, "test", transform)
-    start = time.monotonic()
-    results = {"method": args.method, "args": vars(args)}
-
-    if args.method == "sgfr":
-        backbone = Backbone("wide_resnet50_2", layers=(2, 3, 4), weights=args.weights)
-        scorer = SGFRScorer.magnetic_tile(backbone, s_ref=args.s_ref, s=args.s).fit(train, progress=True)
-        results["pretrained"] = backbone.pretrained
-    else:
-        model = FeatureAE(FeatureAEConfig(weights=args.weights, backbone_seed=args.seed))
-        config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=0.4, optimizer="sgd", momentum=0.9,
-                             weight_decay=1e-4, early_stopping=False, max_minutes=args.minutes, seed=args.seed)
-        history = Trainer(model, train, config=config, out_dir=out / "train").fit(resume=args.resume, overwrite=args.overwrite)
-        results.update(pretrained=model.backbone.pretrained, epochs=history[-1]["epoch"],
-                       stopped=history[-1]["stopped"], losses=[r["train"]["loss"] for r in history])
-        scorer = FeatureAEScorer(model)
-    results["fit_minutes_this_run"] = (time.monotonic() - start) / 60
-
-    t0 = time.monotonic()
-    scores, maps, labels, masks = score_dataset(scorer, test, batch_size=8, out_dir=out / "scores",
-                                                resume=args.resume, progress=True)
-    results["score_seconds_per_image_this_run"] = (time.monotonic() - t0) / len(test)
-    results["scores"] = {}
-    for reduction in ("max", "topk_mean"):
-        results["scores"][reduction] = metrics.evaluate(labels, reduce_map(maps, reduction, 0.01), masks, maps)
+    settings = {"val_fraction": 0.0, "weights": args.weights, "size": args.size or (256 if args.method == "sgfr"
+                                                                                     else 128)}
+    if args.method == "feature-ae":
+        settings["minutes"] = args.minutes
+    run = train(args.method, args.data, "mtd", out, settings, resume=args.resume, overwrite=args.overwrite)
+    scores = out / "scores"
+    summary = score(args.method, out, args.data, "mtd", scores, threshold=0.0, resume=args.resume)
+    results = {"run": run, "scores": evaluate_scores(scores, reductions=("topk_mean",))}
+    results["scores"]["max"] = results["scores"].pop("score")
     (out / "results.json").write_text(json.dumps(results, indent=2))
-    print(f"\n{args.method} ({'ImageNet' if results['pretrained'] else 'random'} WideResNet-50-2, {args.size}px)")
+    pretrained = run["summary"].get("pretrained")
+    print(f"\n{args.method} ({'ImageNet' if pretrained else 'random'} WideResNet-50-2, {settings['size']}px), "
+          f"{summary['images']} test images")
     print("| image score | image AUROC | best F1 | pixel AUROC | pixel AP | AUPRO |")
     print("|---|---|---|---|---|---|")
-    for reduction, r in results["scores"].items():
+    for reduction in ("max", "topk_mean"):
+        r = results["scores"][reduction]
         print(f"| {reduction} | {r['image_auroc']:.3f} | {r['image_best_f1']:.3f} | {r['pixel_auroc']:.3f} | "
               f"{r['pixel_ap']:.3f} | {r['aupro']:.3f} |")
 

@@ -95,5 +95,5 @@ def held_out(n: int, fraction: float, seed: int) -> (List[int], List[int]):
     """(train, validation) positions: a seeded shuffle's last ``fraction`` held out, as
     the papers' early-stopping rule needs (the benchmark scripts' split)."""
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    n_val = max(1, int(n * fraction)) if n > 1 else 0
+    n_val = max(1, int(n * fraction)) if n > 1 and fraction > 0 else 0
     return order[n_val:], order[:n_val]

@@ -95,6 +95,10 @@ def settings_for(method: str, given: Dict[str, object]) -> Dict[str, object]:
         raise RunError(f"{method} takes images whose side is a multiple of {step}"
                        f"{f' and at least {least}' if least > step else ''}, got --size {size}: pass e.g. "
                        f"--size {max(least, (size + step - 1) // step * step)}")
+    fraction = float(settings["val_fraction"])
+    if not 0 <= fraction < 1 or fraction == 0 and METHODS[method].family not in ("sgfr", "feature-ae"):
+        raise RunError(f"val_fraction takes a fraction in [0, 1) (0, every image trained on and no --threshold "
+                       f"auto, only for sgfr and feature-ae), got {settings['val_fraction']} for {method}")
     if int(settings["channels"]) not in (1, 3):
         raise RunError(f"--channels takes 1 (grey) or 3 (colour), got {settings['channels']}")
     return settings
@@ -204,17 +208,19 @@ def train(method: str, data, fmt: str, out, settings: Dict[str, object], *, cate
     train_pos, val_pos = held_out(len(positions), settings["val_fraction"], settings["seed"])
     train_set = torch.utils.data.Subset(base, [positions[i] for i in train_pos])
     val_set = torch.utils.data.Subset(base, [positions[i] for i in val_pos])
+    if not val_pos:  # val_fraction 0: the paper's use of every image
+        val_set = None
     record = {"vqfast": __version__, "method": method, "settings": settings,
               "transform": {"size": settings["size"], "channels": settings["channels"]},
               "data": {"path": str(Path(data).resolve()), "format": fmt, "category": category,
                        **data_identity(base)},
-              "val_images": [str(base.records[i].image) for i in val_set.indices], "status": "training"}
+              "val_images": [str(base.records[positions[i]].image) for i in val_pos], "status": "training"}
     rank = distributed.rank_world()[0]
     if rank == 0:
         _begin(out, record, resume, overwrite)
     distributed.barrier()
     echo = echo if rank == 0 else (lambda *a, **k: None)
-    echo(f"{method}: {len(train_set)} training and {len(val_set)} validation images from {data}, "
+    echo(f"{method}: {len(train_set)} training and {len(val_pos)} validation images from {data}, "
          f"{settings['size']}x{settings['size']}x{settings['channels']}")
     torch.manual_seed(settings["seed"])
     start = time.monotonic()

@@ -14,9 +14,10 @@ the 99th percentile of the map values of the images the image threshold calls no
 import html
 import json
 from pathlib import Path
-from typing import Callable, Dict
+from typing import Callable, Dict, Iterable, Sequence
 
 import numpy as np
+import torch
 
 from vqfast import metrics
 from vqfast.app.data import open_data
@@ -91,27 +92,63 @@ def _overlay(image: np.ndarray, amap: np.ndarray, mask, pixel_threshold: float, 
     plt.close(fig)
 
 
-def report(folder, *, max_overlays: int = 48, progress: bool = True, echo: Callable = print) -> Dict:
-    """Writes the module docstring's files into ``folder``; returns the metrics."""
-    from tqdm import tqdm
-
-    folder = Path(folder)
-    identity, summary, records = _load(folder)
+def _scored(folder: Path, identity: Dict, records):
+    """(dataset, index by path, maps (N, H, W) or None, masks (N, H, W) bool or None) of
+    a scores folder's records, the images opened with the run's transform."""
     run = read_run(identity["run"])
     data = identity["data"]
     transform = ImageTransform(size=int(run["transform"]["size"]), channels=int(run["transform"]["channels"]))
     dataset = open_data(data["path"], data["format"], data["split"], transform, category=data["category"],
                         skip_bad=True)
     by_path = {str(r.image.resolve()): i for i, r in enumerate(dataset.records)}
+    maps = np.stack([load_map(folder, r) for r in records]) if records and records[0]["map"] else None
+    masks = None
+    if maps is not None and dataset.has_masks:
+        masks = np.stack([dataset[by_path[r["path"]]]["mask"].numpy() for r in records])
+    return dataset, by_path, maps, masks
+
+
+def evaluate_scores(folder, *, reductions: Sequence[str] = (), exclude: Iterable[str] = (),
+                    pixel: bool = True) -> Dict[str, Dict]:
+    """``metrics.evaluate`` of a labelled ``vqfast score`` folder: under "score" the
+    records' own scores, and under each name in ``reductions`` (``reduce_map``'s) that
+    image score of the saved maps; pixel metrics from the maps and masks where both exist
+    (``pixel=False``: image level only). Images whose path is in ``exclude`` (e.g. ones
+    carved off for validation) are left out."""
+    from vqfast.scorers import reduce_map
+
+    folder = Path(folder)
+    identity, _, records = _load(folder)
+    _, _, maps, masks = _scored(folder, identity, records)
+    skip = {str(Path(p).resolve()) for p in exclude}
+    keep = np.array([r["path"] not in skip for r in records], dtype=bool)
+    labels = np.array([r["label"] for r in records])[keep]
+    if None in labels.tolist() or len(set(labels.tolist())) != 2:
+        raise RunError(f"{folder}: evaluating needs images of both classes with labels")
+    maps = None if maps is None else maps[keep]
+    masks = None if masks is None or not pixel else masks[keep]
+    with_pixels = (masks, maps) if masks is not None and masks.any() else (None, None)
+    out = {"score": metrics.evaluate(labels, np.array([r["score"] for r in records])[keep], *with_pixels)}
+    for name in reductions:
+        if maps is None:
+            raise RunError(f"{folder}: no anomaly maps saved, so no {name} reduction of them")
+        image = reduce_map(torch.from_numpy(maps), name, 0.01).numpy()
+        out[name] = metrics.evaluate(labels, image, *with_pixels)
+    return out
+
+
+def report(folder, *, max_overlays: int = 48, progress: bool = True, echo: Callable = print) -> Dict:
+    """Writes the module docstring's files into ``folder``; returns the metrics."""
+    from tqdm import tqdm
+
+    folder = Path(folder)
+    identity, summary, records = _load(folder)
+    dataset, by_path, maps, masks = _scored(folder, identity, records)
     labels = [r["label"] for r in records]
     labelled = None not in labels and len(set(labels)) == 2
     scores = np.array([r["score"] for r in records], dtype=np.float64)
     result = {"images": len(records), "threshold": summary["threshold"], "scorer": summary["scorer"],
               "run": identity["run"]}
-    maps = np.stack([load_map(folder, r) for r in records]) if records and records[0]["map"] else None
-    masks = None
-    if maps is not None and dataset.has_masks:
-        masks = np.stack([dataset[by_path[r["path"]]]["mask"].numpy() for r in records])
     if labelled:
         y = np.array(labels)
         result.update(metrics.evaluate(y, scores, masks if masks is not None and masks.any() else None,

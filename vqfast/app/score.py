@@ -47,8 +47,11 @@ def _load(run_dir: Path, name: str, expected: str = None):
     return checkpoint.load_model(run_dir / name, expected=expected).eval()
 
 
-def load_scorer(run_dir, name: str, *, percentile: Optional[float] = None, restorations: int = 5, device=None):
-    """(scorer, run record) for scorer ``name`` of the run in ``run_dir``."""
+def load_scorer(run_dir, name: str, *, percentile: Optional[float] = None, token_threshold: Optional[float] = None,
+                restorations: int = 5, device=None):
+    """(scorer, run record) for scorer ``name`` of the run in ``run_dir``. Prior scorers'
+    token NLL threshold: ``token_threshold`` when given, else the ``percentile`` (default
+    the paper's) of the prior's NLLs on the run's validation grids."""
     from vqfast.scorers import (DSRScorer, FeatureAEScorer, KDEScorer, LightPixelWiseScorer, PAPER_PERCENTILES,
                                 PixelWiseScorer, RegenerativeScorer, SampleWiseScorer, nll_threshold)
 
@@ -88,7 +91,10 @@ def load_scorer(run_dir, name: str, *, percentile: Optional[float] = None, resto
     paper = dict(zip(("sample", "pixel", "light"), PAPER_PERCENTILES[(type(vq_model).__name__,
                                                                       run["method"])]))
     pct = percentile if percentile is not None else paper["pixel" if name == "kde" else name]
-    threshold = nll_threshold(prior, tokens["val"].to(device), pct)
+    if token_threshold is None:
+        threshold = nll_threshold(prior, tokens["val"].to(device), pct)
+    else:
+        threshold, pct = float(token_threshold), None
     if name == "sample":
         scorer = SampleWiseScorer(vq_model, prior, threshold)
     elif name == "light":
