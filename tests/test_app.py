@@ -234,3 +234,43 @@ def test_a_torn_last_record_is_dropped_and_scored_again(folders, tmp_path):
     (out / "scores.jsonl").write_text("".join(lines[:6]) + lines[6][:17])  # killed while writing record 6
     assert main(_score_args(folders, out) + ["--resume"]) == 0
     assert (out / "scores.jsonl").read_text() == full
+
+
+def test_evaluate_scores_equals_the_metrics_of_its_records_and_leaves_out_excluded(folders):
+    """What the Magnetic Tile scripts print: evaluate_scores of a score folder."""
+    from vqfast.app.report import evaluate_scores
+
+    out = folders / "scores_eval"
+    assert main(["score", "regenerative", "--run", str(folders / "vq"), "--data", str(folders / "test"),
+                 "--out", str(out)]) == 0
+    records = _records(out)
+    labels, scores = np.array([r["label"] for r in records]), np.array([r["score"] for r in records])
+    peaks = np.stack([np.load(out / r["map"]) for r in records]).reshape(len(records), -1).max(1)
+    found = evaluate_scores(out, reductions=("max",), pixel=False)
+    assert found["score"]["image_auroc"] == pytest.approx(metrics.auroc(labels, scores))
+    assert found["max"]["image_auroc"] == pytest.approx(metrics.auroc(labels, peaks))
+    assert "pixel_auroc" not in found["score"] and "pixel_auroc" in evaluate_scores(out)["score"]
+    drop = [records[0]["path"], records[-1]["path"]]  # one normal, one defective
+    left = evaluate_scores(out, exclude=drop, pixel=False)["score"]
+    assert left["image_auroc"] == pytest.approx(metrics.auroc(labels[1:-1], scores[1:-1]))
+
+
+def test_val_fraction_zero_only_where_the_papers_use_every_image():
+    from vqfast.app.data import held_out
+    from vqfast.app.methods import RunError, settings_for
+
+    assert held_out(10, 0.0, 0)[1] == [] and sorted(held_out(10, 0.0, 0)[0]) == list(range(10))
+    assert settings_for("sgfr", {"val_fraction": "0"})["val_fraction"] == 0
+    with pytest.raises(RunError, match="val_fraction"):
+        settings_for("vqvae", {"val_fraction": 0})
+    with pytest.raises(RunError, match="val_fraction"):
+        settings_for("feature-ae", {"val_fraction": 1.5})
+
+
+def test_load_scorer_takes_a_token_threshold(folders):
+    from vqfast.app.score import load_scorer
+
+    scorer, _ = load_scorer(folders / "gpt2", "light", token_threshold=3.25)
+    assert scorer.threshold == 3.25 and scorer.percentile is None
+    by_pct, _ = load_scorer(folders / "gpt2", "light", percentile=70)
+    assert by_pct.percentile == 70 and by_pct.threshold != 3.25
