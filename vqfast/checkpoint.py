@@ -28,6 +28,7 @@ def _model_registry():
     from vqfast.models.dsr import DSR, DSRConfig
     from vqfast.models.feature_ae import FeatureAE, FeatureAEConfig
     from vqfast.models.gpt2_prior import GPT2Prior, GPT2PriorConfig
+    from vqfast.models.masked_prior import MaskedPriorConfig, MaskedTokenPrior
     from vqfast.models.performer import PerformerPrior, PerformerPriorConfig
     from vqfast.models.pixelsnail import PixelSNAIL, PixelSNAILConfig
     from vqfast.models.vqgan import VQGAN, VQGANConfig
@@ -35,7 +36,8 @@ def _model_registry():
 
     return {"VQVAE": (VQVAE, VQVAEConfig), "VQGAN": (VQGAN, VQGANConfig), "FeatureAE": (FeatureAE, FeatureAEConfig),
             "GPT2Prior": (GPT2Prior, GPT2PriorConfig), "PixelSNAIL": (PixelSNAIL, PixelSNAILConfig),
-            "PerformerPrior": (PerformerPrior, PerformerPriorConfig), "DSR": (DSR, DSRConfig)}
+            "PerformerPrior": (PerformerPrior, PerformerPriorConfig), "DSR": (DSR, DSRConfig),
+            "MaskedTokenPrior": (MaskedTokenPrior, MaskedPriorConfig)}
 
 
 def write_atomic(path: PathLike, tensors: Dict[str, torch.Tensor], metadata: Dict[str, str]) -> None:
