@@ -189,3 +189,66 @@ def test_checkpoint_round_trip(tmp_path, gen):
     tokens = torch.randint(0, 16, (2, 5, 7), generator=gen)
     torch.testing.assert_close(back.nll(tokens), prior.nll(tokens))
     assert back.config == prior.config
+
+
+@pytest.mark.parametrize("percentile", [20, 70, 95])
+@pytest.mark.parametrize("passes", [1, 3])
+def test_inpainting_fast_equals_reference_tokens(gen, percentile, passes):
+    """float64 prior: the batched passes in-paint exactly the reference loop's tokens,
+    only at u, and the same again from the same seeds."""
+    from vqfast.scorers import MaskedRestorationScorer
+
+    vq, prior = _vq(), _prior(6, 6)
+    tokens = torch.randint(0, 16, (3, 6, 6), generator=gen)
+    threshold = nll_threshold(prior, tokens, percentile)
+    seeds = torch.randint(0, 2**40, (3,), generator=gen)
+    fast = MaskedRestorationScorer(vq, prior, threshold, passes=passes, restorations=4).restore(tokens, seeds)
+    slow = MaskedRestorationScorer(vq, prior, threshold, passes=passes, restorations=4, fast=False).restore(tokens,
+                                                                                                           seeds)
+    assert fast.shape == (3, 4, 6, 6) and torch.equal(fast, slow)
+    unusual = prior.nll(tokens) > threshold
+    assert torch.equal(fast[~unusual[:, None].expand_as(fast)], tokens[:, None].expand_as(fast)[~unusual[:, None].expand_as(fast)])
+    if percentile < 95:
+        assert bool((fast != tokens[:, None]).any())  # something was in-painted
+        assert not torch.equal(fast[:, 0], fast[:, 1])  # the restorations draw their own streams
+    again = MaskedRestorationScorer(vq, prior, threshold, passes=passes, restorations=4).restore(tokens, seeds)
+    assert torch.equal(again, fast)
+
+
+def test_one_pass_draws_every_unusual_token_from_its_masked_conditional(gen):
+    """passes=1: each token of u is the inverse-CDF draw from p(. | u-bar) at its own
+    counter; the most-confident ordering plays no part."""
+    from vqfast.reference.restore_step import restore_step, stream_seeds
+    from vqfast.scorers import MaskedRestorationScorer
+
+    vq, prior = _vq(), _prior(6, 6)
+    tokens = torch.randint(0, 16, (2, 6, 6), generator=gen)
+    threshold = nll_threshold(prior, tokens, 60)
+    seeds = torch.tensor([5, 9])
+    out = MaskedRestorationScorer(vq, prior, threshold, passes=1, restorations=2).restore(tokens, seeds)
+    unusual = prior.nll(tokens) > threshold
+    logits = prior.logits(tokens, unusual)
+    rows = stream_seeds(seeds, 2)
+    for b in range(2):
+        for j in range(2):
+            for p in torch.nonzero(unusual[b].flatten()).flatten().tolist():
+                draw, _ = restore_step(logits[b, p : p + 1], tokens[b].flatten()[p : p + 1], float("-inf"),
+                                       rows[b, j : j + 1], p)
+                assert out[b, j].flatten()[p] == draw[0]
+
+
+def test_masked_restoration_scores_through_eqs_11_12(gen):
+    from vqfast.scorers import MaskedRestorationScorer
+    from vqfast.scorers.restoration import weighted_residual_map
+
+    vq, prior = _vq(), _prior(6, 6)
+    images = torch.rand(2, 3, 24, 24, generator=gen)
+    tokens = vq.encode_indices(images)
+    scorer = MaskedRestorationScorer(vq, prior, nll_threshold(prior, tokens, 50), restorations=3)
+    out = scorer.score(images)
+    restored = scorer.restore(tokens, scorer.image_seeds(images))
+    decoded = vq.decode_indices(restored.flatten(0, 1)).clamp(0, 1).view(2, 3, 3, 24, 24)
+    torch.testing.assert_close(out.anomaly_map, weighted_residual_map(images, decoded, None))
+    assert torch.equal(scorer.score(images[1:]).pred_score, out.pred_score[1:])  # not a function of the batch
+    with pytest.raises(ValueError, match="passes"):
+        MaskedRestorationScorer(vq, prior, 1.0, passes=0)

@@ -1,5 +1,6 @@
-"""Masked-context Sample-wise scoring: the density/restoration paper's eq. 20 (section 6.1)
-with its Sample-wise rule (eqs. 9-10), on vqfast.models.MaskedTokenPrior.
+"""Masked-context scoring: the density/restoration paper's eq. 20 (section 6.1) on
+vqfast.models.MaskedTokenPrior, with its Sample-wise rule (eqs. 9-10,
+``MaskedContextScorer``) and as a restoration (eqs. 11-12, ``MaskedRestorationScorer``).
 
 Causal priors hide the tokens after i, and an anomalous token pollutes the context of
 every later one. Eq. 20 instead scores with only the normal tokens as context:
@@ -16,8 +17,16 @@ is context in pass 2, and its own likelihood given the other normal tokens would
 more forward per token. Pass 1 judged it normal (under the marking threshold), so it adds
 0 to the sum here; this keeps the paper's "two forward passes".
 
-``fast=False`` runs vqfast.reference.masked_context's per-token loops (one forward per
-token); the passes give the same values (tested in float64).
+Masked-context restoration: the tokens of u are in-painted from p(. | u-bar) in a few
+parallel passes, most confident first (each pass draws a code at every still-hidden
+token and fixes the most probable draws until ceil(n (t + 1) / passes) of the grid's n
+unusual tokens are fixed, a linear schedule), S restorations of every image in one batch,
+with the counter-based draws of the other restoration scorers (image seed, restoration,
+pass and position), so a score never depends on call order. Tokens outside u never
+change. The restorations are decoded and scored with eqs. 11-12 like Pixel-wise.
+
+``fast=False`` runs vqfast.reference.masked_context's loops (one forward per token, or per
+grid and pass); the batched passes give the same values and tokens (tested in float64).
 """
 
 from typing import Optional
@@ -26,8 +35,30 @@ import torch
 import torch.nn.functional as F
 
 from vqfast.reference import masked_context as ref
+from vqfast.reference.restore_step import restore_step, stream_seeds
 from vqfast.scorers.base import ScoreBatch
-from vqfast.scorers.restoration import _TokenScorer
+from vqfast.scorers.restoration import _RestorationScorer, _TokenScorer
+
+
+def _check_marker(prior, marker):
+    if marker is not None and (marker.config.num_codes != prior.config.num_codes or
+                               (marker.config.height, marker.config.width) != (prior.config.height,
+                                                                               prior.config.width)):
+        raise ValueError("marker and prior must model the same codes and grid")
+
+
+@torch.no_grad()
+def mark_unusual(prior, tokens: torch.Tensor, threshold: float, marker=None, fast: bool = True) -> torch.Tensor:
+    """Pass 1: (B, h, w) tokens -> (B, h, w) bool, the tokens whose NLL exceeds
+    ``threshold``: under ``marker`` (a raster prior) when given, else under the masked
+    prior with each token's neighbourhood visible (prior.nll; fast=False: its loop)."""
+    if marker is not None:
+        nll = marker.nll(tokens)
+    elif fast:
+        nll = prior.nll(tokens)
+    else:
+        nll = ref.lattice_nll(prior, tokens, prior.config.context_stride)
+    return nll.float() > threshold
 
 
 class MaskedContextScorer(_TokenScorer):
@@ -43,9 +74,7 @@ class MaskedContextScorer(_TokenScorer):
         if marker is not None:
             if mark_threshold is None:
                 raise ValueError("a marker prior needs its own mark_threshold (e.g. nll_threshold(marker, ...))")
-            if marker.config.num_codes != prior.config.num_codes or \
-                    (marker.config.height, marker.config.width) != (prior.config.height, prior.config.width):
-                raise ValueError("marker and prior must model the same codes and grid")
+            _check_marker(prior, marker)
         self.marker = marker
         self.mark_threshold = float(threshold if mark_threshold is None else mark_threshold)
         self.fast = fast
@@ -58,13 +87,7 @@ class MaskedContextScorer(_TokenScorer):
     @torch.no_grad()
     def unusual(self, tokens: torch.Tensor) -> torch.Tensor:
         """Pass 1: (B, h, w) tokens -> (B, h, w) bool, the tokens u."""
-        if self.marker is not None:
-            nll = self.marker.nll(tokens)
-        elif self.fast:
-            nll = self.prior.nll(tokens)
-        else:
-            nll = ref.lattice_nll(self.prior, tokens, self.prior.config.context_stride)
-        return nll.float() > self.mark_threshold
+        return mark_unusual(self.prior, tokens, self.mark_threshold, self.marker, self.fast)
 
     @torch.no_grad()
     def context_nll(self, tokens: torch.Tensor, unusual: torch.Tensor) -> torch.Tensor:
@@ -100,3 +123,65 @@ class MaskedContextScorer(_TokenScorer):
                 time_callable(lambda: self.context_nll(tokens, unusual), name="pass 2 (p(s_i | u-bar))", device=dev,
                               repeats=repeats),
                 time_callable(lambda: self.score(images), name="score (total)", device=dev, repeats=repeats)]
+
+
+class MaskedRestorationScorer(_RestorationScorer):
+    """Masked-context restoration (the module docstring). Args as the other restoration
+    scorers (vqfast.scorers.PixelWiseScorer): threshold marks u, on the masked prior's
+    neighbourhood NLLs or, with ``marker`` (a raster prior), on that prior's NLLs;
+    passes: the in-painting passes; restorations S, temperature, k of eq. 11, reduction,
+    fast (batched) or the reference loop, seed."""
+
+    def __init__(self, vq_model, prior, threshold: float, passes: int = 4, marker=None, **kwargs):
+        super().__init__(vq_model, prior, threshold, **kwargs)
+        if passes < 1:
+            raise ValueError(f"passes must be >= 1, got {passes}")
+        _check_marker(prior, marker)
+        self.passes, self.marker = passes, marker
+
+    def _eval(self):
+        super()._eval()
+        if self.marker is not None:
+            self.marker.eval()
+
+    @torch.no_grad()
+    def restore(self, tokens: torch.Tensor, image_seeds: torch.Tensor) -> torch.Tensor:
+        """tokens (B, h, w), image_seeds (B,) -> restored (B, S, h, w)."""
+        b, s = tokens.shape[0], self.restorations
+        unusual = mark_unusual(self.prior, tokens, self.threshold, self.marker, self.fast)
+        seeds = stream_seeds(image_seeds, s).reshape(-1)
+        grids, hidden = tokens.repeat_interleave(s, 0), unusual.repeat_interleave(s, 0)
+        if not self.fast:
+            out = ref.inpaint(self.prior, grids, hidden, seeds, self.passes, self.temperature)
+        else:
+            out = self._inpaint(grids, hidden, seeds)
+        return out.view(b, s, *tokens.shape[1:])
+
+    def _inpaint(self, grids: torch.Tensor, hidden: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
+        """All M grids at once; the reference's rule (vqfast.reference.masked_context.inpaint)."""
+        m, h, w = grids.shape
+        t_len = h * w
+        grid, hidden = grids.clone().view(m, t_len), hidden.clone().view(m, t_len)
+        n = hidden.sum(1)
+        positions = torch.arange(t_len, device=grids.device)
+        done = torch.zeros_like(n)
+        for t in range(self.passes):
+            if not bool(hidden.any()):
+                break
+            logits = self.prior.logits(grid.view(m, h, w), hidden.view(m, h, w))  # (M, T, K)
+            flat = logits.reshape(m * t_len, -1)
+            sample, _ = restore_step(flat, grid.reshape(-1), float("-inf"), seeds.repeat_interleave(t_len),
+                                     t * t_len + positions.repeat(m), self.temperature)
+            sample = sample.view(m, t_len)
+            prob = torch.softmax(logits.double(), -1).gather(-1, sample[..., None])[..., 0]
+            # rank of each hidden draw by (probability desc, position asc); visible ones last
+            key = torch.where(hidden, -prob, torch.full_like(prob, float("inf")))
+            order = torch.sort(key, dim=1, stable=True).indices
+            rank = torch.empty_like(order)
+            rank.scatter_(1, order, positions.expand(m, t_len).contiguous())
+            goal = -(-n * (t + 1) // self.passes)
+            fix = hidden & (rank < (goal - done)[:, None])
+            grid = torch.where(fix, sample, grid)
+            hidden = hidden & ~fix
+            done = goal
+        return grid.view(m, h, w)
