@@ -274,3 +274,26 @@ def test_load_scorer_takes_a_token_threshold(folders):
     assert scorer.threshold == 3.25 and scorer.percentile is None
     by_pct, _ = load_scorer(folders / "gpt2", "light", percentile=70)
     assert by_pct.percentile == 70 and by_pct.threshold != 3.25
+
+
+def test_masked_prior_trains_and_scores_from_the_command_line(folders):
+    """vqfast train masked, then both masked-context scorers; a restoration scorer's
+    records resume to the same values (its draws are keyed by the image)."""
+    run = folders / "masked"
+    assert main(["train", "masked", "--vq", str(folders / "vq"), "--data", str(folders / "train"), "--out",
+                 str(run), "--epochs", "1", "--set", "passes=2"]) == 0
+    assert json.loads((run / "run.json").read_text())["summary"]["epochs"] == 1
+    for scorer in ("masked-sample", "masked-restore"):
+        out = folders / f"scores_{scorer}"
+        assert main(["score", scorer, "--run", str(run), "--data", str(folders / "test"), "--out", str(out),
+                     "--restorations", "2"]) == 0
+        records = _records(out)
+        assert len(records) == 10 and all(np.isfinite(r["score"]) for r in records)
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["nll_percentile"] == (40 if scorer == "masked-sample" else 80)  # the GPT-2 prior's
+    again = folders / "scores_masked_again"
+    assert main(["score", "masked-restore", "--run", str(run), "--data", str(folders / "test"), "--out", str(again),
+                 "--restorations", "2"]) == 0
+    assert [r["score"] for r in _records(again)] == [r["score"] for r in _records(folders / "scores_masked-restore")]
+    assert main(["score", "pixel", "--run", str(run), "--data", str(folders / "test"), "--out",
+                 str(folders / "wrong")]) == 2

@@ -252,7 +252,8 @@ def _add_score(sub) -> argparse.ArgumentParser:
                                    "scores.csv and scores.jsonl (path, score, label if known, decision) as it "
                                    "goes, anomaly maps in maps/ (.npy or .png), and summary.json with metrics when labels "
                                    "exist. Image size and preprocessing come from the run.")
-    p.add_argument("scorer", help="regenerative (VQ runs); pixel, sample, light, kde (prior runs); sgfr; "
+    p.add_argument("scorer", help="regenerative (VQ runs); pixel, sample, light, kde (prior runs); masked-sample, "
+                                  "masked-restore (masked runs); sgfr; "
                                   "feature-ae; dsr")
     p.add_argument("--run", "--run-dir", dest="run",
                    help="the run folder vqfast train wrote (under torchrun write --run-dir: torchrun takes --run "

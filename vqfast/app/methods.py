@@ -22,6 +22,7 @@ from vqfast import __version__, checkpoint
 from vqfast.app import distributed
 from vqfast.app.data import data_identity, held_out, open_data
 from vqfast.data import DSRAnomalies, ImageTransform, TokenGrids, encode_dataset
+from vqfast.models.masked_prior import MaskedGrids
 from vqfast.training import RunExistsError, TrainConfig, Trainer
 
 COMMON = {"size": 128, "channels": 3, "epochs": 100, "minutes": 10.0, "batch_size": 16, "lr": 1e-3, "seed": 0,
@@ -58,6 +59,11 @@ METHODS = {m.name: m for m in (
            "in iltm_rounds rounds", {"vq": None, "iltm_rounds": 2, "iltm_percentile": 95.0, "minutes": 8.0,
                                      "epochs": 200, "lr": 3e-4}, ("kde", "pixel", "sample", "light", "regenerative"),
            "prior"),
+    Method("masked", "a bidirectional masked-token prior over a VQ run's token grids (--vq RUN), trained on "
+           "random masks of random ratio, for masked-context scoring (the density paper's eq. 20): masked-sample "
+           "scores the unusual tokens given only the normal ones, masked-restore in-paints them; the GPT-2 "
+           "prior's sizes", {"vq": None, "minutes": 8.0, "epochs": 200, "lr": 3e-4, "passes": 4},
+           ("masked-sample", "masked-restore"), "prior"),
     Method("sgfr", "subspace-guided feature reconstruction (nothing trained: a memory bank of the images' "
            "WideResNet-50-2 features, levels 2-3, level 4 for sampling, s_ref 10, s 7); 256x256 as the paper",
            {"size": 256, "weights": None, "s_ref": 10, "s": 7}, ("sgfr",), "sgfr"),
@@ -353,15 +359,20 @@ def _train_prior(method, settings, train_set, val_set, out, resume, overwrite, d
         if distributed.rank_world()[0] == 0:
             checkpoint.save_model(prior, out / "model" / "model.safetensors")
         return {"iltm_rounds": rounds}
-    history = Trainer(prior, TokenGrids(tokens["train"]), TokenGrids(tokens["val"]), _config(settings),
+    if method == "masked":  # random hidden sets keyed by (seed, epoch, grid); validation keeps epoch 0's
+        seed = int(settings["seed"])
+        grids = MaskedGrids(tokens["train"], seed), MaskedGrids(tokens["val"], seed + 1)
+    else:
+        grids = TokenGrids(tokens["train"]), TokenGrids(tokens["val"])
+    history = Trainer(prior, *grids, _config(settings),
                       out_dir=out / "model", device=device, progress=progress,
                       input_key="tokens").fit(resume=resume, overwrite=overwrite)
     return _history_summary(history)
 
 
 def build_prior(method: str, settings: Dict, vq_model, grid) -> torch.nn.Module:
-    from vqfast.models import GPT2Prior, GPT2PriorConfig, PerformerPrior, PerformerPriorConfig, PixelSNAIL, \
-        PixelSNAILConfig
+    from vqfast.models import GPT2Prior, GPT2PriorConfig, MaskedPriorConfig, MaskedTokenPrior, PerformerPrior, \
+        PerformerPriorConfig, PixelSNAIL, PixelSNAILConfig
 
     h, w = grid
     k = vq_model.config.num_codes
@@ -369,6 +380,8 @@ def build_prior(method: str, settings: Dict, vq_model, grid) -> torch.nn.Module:
         return GPT2Prior(GPT2PriorConfig(num_codes=k, height=h, width=w))
     if method == "performer":
         return PerformerPrior(PerformerPriorConfig(num_codes=k, height=h, width=w))
+    if method == "masked":
+        return MaskedTokenPrior(MaskedPriorConfig(num_codes=k, height=h, width=w))
     return PixelSNAIL(PixelSNAILConfig(num_codes=k, height=h, width=w, channels=int(settings["width"])))
 
 

@@ -52,8 +52,9 @@ def load_scorer(run_dir, name: str, *, percentile: Optional[float] = None, token
     """(scorer, run record) for scorer ``name`` of the run in ``run_dir``. Prior scorers'
     token NLL threshold: ``token_threshold`` when given, else the ``percentile`` (default
     the paper's) of the prior's NLLs on the run's validation grids."""
-    from vqfast.scorers import (DSRScorer, FeatureAEScorer, KDEScorer, LightPixelWiseScorer, PAPER_PERCENTILES,
-                                PixelWiseScorer, RegenerativeScorer, SampleWiseScorer, nll_threshold)
+    from vqfast.scorers import (DSRScorer, FeatureAEScorer, KDEScorer, LightPixelWiseScorer, MaskedContextScorer,
+                                MaskedRestorationScorer, PAPER_PERCENTILES, PixelWiseScorer, RegenerativeScorer,
+                                SampleWiseScorer, nll_threshold)
 
     run_dir = Path(run_dir)
     run = read_run(run_dir)
@@ -88,14 +89,22 @@ def load_scorer(run_dir, name: str, *, percentile: Optional[float] = None, token
     weights = checkpoint.read(run_dir / "model" / "model.safetensors")[0]
     prior.load_state_dict(weights)
     prior.to(device).eval()
+    # the masked prior has no paper percentiles: the GPT-2 prior's (Sample-wise, Pixel-wise)
     paper = dict(zip(("sample", "pixel", "light"), PAPER_PERCENTILES[(type(vq_model).__name__,
-                                                                      run["method"])]))
-    pct = percentile if percentile is not None else paper["pixel" if name == "kde" else name]
+                                                                      "gpt2" if run["method"] == "masked"
+                                                                      else run["method"])]))
+    kind = {"kde": "pixel", "masked-sample": "sample", "masked-restore": "pixel"}.get(name, name)
+    pct = percentile if percentile is not None else paper[kind]
     if token_threshold is None:
         threshold = nll_threshold(prior, tokens["val"].to(device), pct)
     else:
         threshold, pct = float(token_threshold), None
-    if name == "sample":
+    if name == "masked-sample":
+        scorer = MaskedContextScorer(vq_model, prior, threshold)
+    elif name == "masked-restore":
+        scorer = MaskedRestorationScorer(vq_model, prior, threshold, passes=int(settings["passes"]),
+                                         restorations=restorations, seed=seed)
+    elif name == "sample":
         scorer = SampleWiseScorer(vq_model, prior, threshold)
     elif name == "light":
         scorer = LightPixelWiseScorer(vq_model, prior, threshold, restorations=restorations, seed=seed)
