@@ -1,0 +1,81 @@
+"""Masked-context scoring (the density/restoration paper's eq. 20) against the GPT-2
+prior's Sample-wise and Pixel-wise scorers at the same grid size, side by side: whole
+score calls per image (encode, prior passes, decode and residual maps included), the
+restoration passes alone, and the masked scorers' reference loops (fast == reference is
+printed too).
+
+    python benchmarks/bench_masked_context.py [--size 128 --batch 8 --restorations 5 --percentile 80]
+
+Models: the VQ-VAE of the Performer paper at --size (16 x 16 tokens at 128, 256 codes),
+GPT-2 and masked priors of the same sizes (vqfast's defaults), random weights (timing does
+not depend on them); thresholds at --percentile of each prior's NLLs on the batch's grids,
+so about (100 - percentile) % of the tokens are unusual / restored.
+"""
+
+import argparse
+
+import torch
+
+from vqfast.models import VQVAE, GPT2Prior, GPT2PriorConfig, MaskedPriorConfig, MaskedTokenPrior, VQVAEConfig
+from vqfast.profiling import format_table, time_callable
+from vqfast.scorers import (MaskedContextScorer, MaskedRestorationScorer, PixelWiseScorer, SampleWiseScorer,
+                            nll_threshold)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--restorations", type=int, default=5)
+    p.add_argument("--passes", type=int, default=4)
+    p.add_argument("--percentile", type=float, default=80.0)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--no-reference", action="store_true", help="skip the reference loops (slow)")
+    args = p.parse_args()
+    torch.manual_seed(0)
+    vq = VQVAE(VQVAEConfig(in_channels=1)).eval()
+    images = torch.rand(args.batch, 1, args.size, args.size, generator=torch.Generator().manual_seed(1))
+    tokens = vq.encode_indices(images)
+    h, w = tokens.shape[1:]
+    gpt2 = GPT2Prior(GPT2PriorConfig(num_codes=vq.config.num_codes, height=h, width=w)).eval()
+    masked = MaskedTokenPrior(MaskedPriorConfig(num_codes=vq.config.num_codes, height=h, width=w)).eval()
+    t_ar, t_mask = nll_threshold(gpt2, tokens, args.percentile), nll_threshold(masked, tokens, args.percentile)
+    s = args.restorations
+    scorers = {
+        "Sample-wise (GPT-2)": SampleWiseScorer(vq, gpt2, t_ar),
+        "Pixel-wise (GPT-2, fast)": PixelWiseScorer(vq, gpt2, t_ar, restorations=s),
+        "masked Sample-wise": MaskedContextScorer(vq, masked, t_mask),
+        "masked restoration": MaskedRestorationScorer(vq, masked, t_mask, passes=args.passes, restorations=s),
+    }
+    timings = [time_callable(lambda sc=sc: sc.score(images), name=name, repeats=args.repeats)
+               for name, sc in scorers.items()]
+    seeds = scorers["masked restoration"].image_seeds(images)
+    passes = [time_callable(lambda sc=scorers[n]: sc.restore(tokens, seeds), name=f"{n}: restoration pass only",
+                            repeats=args.repeats) for n in ("Pixel-wise (GPT-2, fast)", "masked restoration")]
+    unusual = scorers["masked Sample-wise"].unusual(tokens).float().mean()
+    lines = []
+    if not args.no_reference:
+        slow = {"masked Sample-wise (reference loops)": MaskedContextScorer(vq, masked, t_mask, fast=False),
+                "masked restoration (reference loops)": MaskedRestorationScorer(vq, masked, t_mask, passes=args.passes,
+                                                                               restorations=s, fast=False)}
+        for name, sc in slow.items():
+            timings.append(time_callable(lambda sc=sc: sc.score(images), name=name, repeats=1, warmup=0))
+        fast_score = scorers["masked Sample-wise"].score(images).pred_score
+        ref_score = slow["masked Sample-wise (reference loops)"].score(images).pred_score
+        same = torch.equal(scorers["masked restoration"].restore(tokens, seeds),
+                           slow["masked restoration (reference loops)"].restore(tokens, seeds))
+        lines = [f"  masked Sample-wise max |fast - reference| score: {float((fast_score - ref_score).abs().max()):.2e}",
+                 f"  masked restoration: identical restored tokens: {same}"]
+    print(format_table(timings, baselines=["Pixel-wise (GPT-2, fast)", "Sample-wise (GPT-2)"],
+                       title=f"masked-context scoring  B={args.batch} 1x{args.size}x{args.size}  {h}x{w} tokens  "
+                             f"S={s}  passes={args.passes}  {100 * float(unusual):.0f} % unusual  on cpu "
+                             f"({torch.get_num_threads()} threads); times per batch"))
+    print(format_table(passes, baselines=["Pixel-wise (GPT-2, fast): restoration pass only"],
+                       title="the restoration passes alone (no encode, decode or residual maps)"))
+    print("  per image: " + ", ".join(f"{t.name} {1e3 * t.median_s / args.batch:.1f} ms" for t in timings))
+    for line in lines:
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
