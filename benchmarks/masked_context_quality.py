@@ -1,0 +1,80 @@
+"""Masked-context scoring against the GPT-2 prior's scorers, same VQ model and codebook:
+image AUROC, best F1, pixel AUROC and AUPRO of masked-context Sample-wise and restoration
+against Sample-wise, Light-Pixel-wise and Pixel-wise; reproduces the masked-context rows
+of benchmarks/RESULTS.md.
+
+    python benchmarks/masked_context_quality.py --out runs/masked_procedural     # the procedural split
+    python benchmarks/masked_context_quality.py --data ../shared/data/magnetic_tile --format mtd \\
+        --vq runs/mt_vqvae --out runs/masked_mt --minutes 8
+
+The command line's code path: without --vq a VQ-VAE is trained first (`vqfast train vqvae`),
+then `vqfast train gpt2` and `vqfast train masked` on its token grids with the same budget
+(--minutes, --epochs), then `vqfast score` with each scorer over the test split; the
+thresholds are the default percentiles (the paper's for GPT-2; the masked prior uses the
+GPT-2 prior's). Without --data the procedural split of `vqfast demo` (64 x 64, 160 training
+images, 40 + 40 test images) is written as image folders under <out>/data.
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+from vqfast.app.methods import train
+from vqfast.app.report import evaluate_scores
+from vqfast.app.score import score
+from vqfast.data import procedural_splits, write_image_folder
+
+SCORERS = (("gpt2", "sample", "Sample-wise (GPT-2)"), ("gpt2", "light", "Light-Pixel-wise (GPT-2)"),
+           ("gpt2", "pixel", "Pixel-wise (GPT-2)"), ("masked", "masked-sample", "masked Sample-wise"),
+           ("masked", "masked-restore", "masked restoration"))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=None, help="default: the procedural split, written under <out>/data")
+    p.add_argument("--format", default="folder")
+    p.add_argument("--vq", default=None, help="a trained vqvae / vqgan run (default: train one here)")
+    p.add_argument("--out", default="runs/masked_procedural")
+    p.add_argument("--minutes", type=float, default=3.0, help="each prior's training budget")
+    p.add_argument("--epochs", type=int, default=30, help="each prior's epoch budget")
+    p.add_argument("--vq-epochs", type=int, default=20)
+    p.add_argument("--restorations", type=int, default=5)
+    p.add_argument("--resume", action="store_true")
+    args = p.parse_args(argv)
+
+    out = Path(args.out)
+    data, test = args.data, args.data
+    if data is None:
+        train_set, test_set = procedural_splits(size=64, seed=0, n_train=160, n_test_normal=40, n_test_anomalous=40)
+        data, test = str(write_image_folder(train_set, out / "data" / "train")), \
+            str(write_image_folder(test_set, out / "data" / "test"))
+    vq = args.vq
+    if vq is None:
+        vq = str(out / "vq")
+        train("vqvae", data, args.format, vq, {"size": 64, "channels": 3, "epochs": args.vq_epochs, "hidden": 32,
+                                               "res_blocks": 2, "codes": 64, "code_dim": 16, "downsamples": 2},
+              resume=args.resume)
+    budget = {"vq": vq, "minutes": args.minutes, "epochs": args.epochs}
+    runs = {m: train(m, data, args.format, out / m, budget, resume=args.resume) for m in ("gpt2", "masked")}
+    results = {"vq": vq, "priors": {m: r["summary"] for m, r in runs.items()}, "scores": {}, "seconds": {}}
+    for method, scorer, name in SCORERS:
+        folder = out / f"scores_{scorer}"
+        summary = score(scorer, out / method, test, args.format, folder, restorations=args.restorations,
+                        resume=args.resume)
+        results["scores"][name] = evaluate_scores(folder)["score"]
+        results["scores"][name]["nll_percentile"] = summary.get("nll_percentile")
+        (out / "results.json").write_text(json.dumps(results, indent=2))
+
+    for m, s in results["priors"].items():
+        val = (s.get("final_val") or {}).get("loss")
+        print(f"{m}: {s['epochs']} epochs ({s['stopped'] or 'epoch budget used'}), final training loss "
+              f"{s['final_train']['loss']:.3f} nats" + ("" if val is None else f", validation {val:.3f}"))
+    print("| scorer | percentile | image AUROC | best F1 | pixel AUROC | AUPRO |")
+    print("|---|---|---|---|---|---|")
+    for name, r in results["scores"].items():
+        print(f"| {name} | {r['nll_percentile']} | {r['image_auroc']:.3f} | {r['image_best_f1']:.3f} | "
+              f"{r.get('pixel_auroc', float('nan')):.3f} | {r.get('aupro', float('nan')):.3f} |")
+
+
+if __name__ == "__main__":
+    main()
