@@ -8,8 +8,8 @@ of benchmarks/RESULTS.md.
         --vq runs/mt_vqvae --out runs/masked_mt --minutes 8
 
 The command line's code path: without --vq a VQ-VAE is trained first (`vqfast train vqvae`),
-then `vqfast train gpt2` and `vqfast train masked` on its token grids with the same budget
-(--minutes, --epochs), then `vqfast score` with each scorer over the test split; the
+then `vqfast train gpt2` (or --gpt2 RUN) and `vqfast train masked` on its token grids with
+the same budget (--minutes, --epochs), then `vqfast score` with each scorer over the test split; the
 thresholds are the default percentiles (the paper's for GPT-2; the masked prior uses the
 GPT-2 prior's). Without --data the procedural split of `vqfast demo` (64 x 64, 160 training
 images, 40 + 40 test images) is written as image folders under <out>/data.
@@ -19,7 +19,7 @@ import argparse
 import json
 from pathlib import Path
 
-from vqfast.app.methods import train
+from vqfast.app.methods import read_run, train
 from vqfast.app.report import evaluate_scores
 from vqfast.app.score import score
 from vqfast.data import procedural_splits, write_image_folder
@@ -34,6 +34,7 @@ def main(argv=None):
     p.add_argument("--data", default=None, help="default: the procedural split, written under <out>/data")
     p.add_argument("--format", default="folder")
     p.add_argument("--vq", default=None, help="a trained vqvae / vqgan run (default: train one here)")
+    p.add_argument("--gpt2", default=None, help="a trained gpt2 run on --vq's grids (default: train one here)")
     p.add_argument("--out", default="runs/masked_procedural")
     p.add_argument("--minutes", type=float, default=3.0, help="each prior's training budget")
     p.add_argument("--epochs", type=int, default=30, help="each prior's epoch budget")
@@ -55,11 +56,13 @@ def main(argv=None):
                                                "res_blocks": 2, "codes": 64, "code_dim": 16, "downsamples": 2},
               resume=args.resume)
     budget = {"vq": vq, "minutes": args.minutes, "epochs": args.epochs}
-    runs = {m: train(m, data, args.format, out / m, budget, resume=args.resume) for m in ("gpt2", "masked")}
-    results = {"vq": vq, "priors": {m: r["summary"] for m, r in runs.items()}, "scores": {}, "seconds": {}}
+    dirs = {"gpt2": Path(args.gpt2) if args.gpt2 else out / "gpt2", "masked": out / "masked"}
+    runs = {m: read_run(d) if m == "gpt2" and args.gpt2 else train(m, data, args.format, d, budget, resume=args.resume)
+            for m, d in dirs.items()}
+    results = {"vq": vq, "priors": {m: r["summary"] for m, r in runs.items()}, "scores": {}}
     for method, scorer, name in SCORERS:
         folder = out / f"scores_{scorer}"
-        summary = score(scorer, out / method, test, args.format, folder, restorations=args.restorations,
+        summary = score(scorer, dirs[method], test, args.format, folder, restorations=args.restorations,
                         resume=args.resume)
         results["scores"][name] = evaluate_scores(folder)["score"]
         results["scores"][name]["nll_percentile"] = summary.get("nll_percentile")
