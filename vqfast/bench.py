@@ -385,14 +385,15 @@ def run_restoration(device: torch.device, quick: bool = False, repeats: int = 3,
 
 
 def run_token_scorers(device: torch.device, quick: bool = False, echo: Callable[[str], None] = print):
-    """Stage timings of the Sample-, Pixel- (fast), Light-Pixel-wise, KDE-map and
-    Regenerative scorers on one batch: a Performer-paper VQ-VAE (128 x 128 images, 16 x 16 tokens,
+    """Stage timings of the Sample-, Pixel- (fast), Light-Pixel-wise, KDE-map,
+    Regenerative and masked-context (Sample-wise, restoration) scorers on one batch: a Performer-paper VQ-VAE (128 x 128 images, 16 x 16 tokens,
     256 codes) and the CPU-target GPT-2 prior (4 layers, 256 wide, 8 heads), batch 8; on
     CUDA the GPU target instead: 64 x 64 images (8 x 8 tokens), a gpt2-medium-size prior,
     batch 32. Random weights, thresholds at the 80th NLL percentile of the batch."""
     from vqfast.models import VQVAE, VQVAEConfig
     from vqfast.models.gpt2_prior import GPT2Prior, GPT2PriorConfig, gpt2_medium_config
-    from vqfast.scorers import KDEScorer, RegenerativeScorer
+    from vqfast.models import MaskedPriorConfig, MaskedTokenPrior
+    from vqfast.scorers import KDEScorer, MaskedContextScorer, MaskedRestorationScorer, RegenerativeScorer
     from vqfast.scorers.restoration import LightPixelWiseScorer, PixelWiseScorer, SampleWiseScorer, nll_threshold
 
     torch.manual_seed(0)
@@ -406,12 +407,19 @@ def run_token_scorers(device: torch.device, quick: bool = False, echo: Callable[
     vq_model = VQVAE(vq_cfg).to(device).eval()
     prior = GPT2Prior(prior_cfg).to(device).eval()
     images = torch.rand(batch, 3, size, size, device=device)
-    lam = nll_threshold(prior, vq_model.encode_indices(images), 80)
+    tokens = vq_model.encode_indices(images)
+    lam = nll_threshold(prior, tokens, 80)
+    masked = MaskedTokenPrior(MaskedPriorConfig(prior_cfg.num_codes, prior_cfg.height, prior_cfg.width,
+                                                prior_cfg.n_layer, prior_cfg.n_embd, prior_cfg.n_head)).to(device).eval()
+    lam_masked = nll_threshold(masked, tokens, 80)
     scorers = {"Sample-wise": SampleWiseScorer(vq_model, prior, lam),
                "Pixel-wise (fast, S=5)": PixelWiseScorer(vq_model, prior, lam),
                "Light-Pixel-wise (fast, S=5)": LightPixelWiseScorer(vq_model, prior, lam),
                "KDE map (p < exp(-lambda), S=5, one decode each)": KDEScorer(vq_model, prior, math.exp(-lam)),
-               "Regenerative": RegenerativeScorer(vq_model)}
+               "Regenerative": RegenerativeScorer(vq_model),
+               "masked Sample-wise (eq. 20, the masked prior's sizes = GPT-2's)":
+                   MaskedContextScorer(vq_model, masked, lam_masked),
+               "masked restoration (S=5, 4 passes)": MaskedRestorationScorer(vq_model, masked, lam_masked)}
     for name, scorer in scorers.items():
         timings = scorer.profile(images, repeats=3)
         total = timings[-1].median_s / batch
