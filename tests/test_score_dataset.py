@@ -112,3 +112,14 @@ def test_fingerprint_covers_models_settings_and_fitted_state():
     with torch.no_grad():
         b.model.weight[0, 0, 0, 0] += 1e-7
     assert json.loads(scorer_fingerprint(b)["weights"])["model"] != json.loads(scorer_fingerprint(a)["weights"])["model"]
+
+
+def test_resume_names_paths_that_changed_when_the_images_did_not(tmp_path):
+    """The same images copied to another folder: refused, and the message says it is the
+    paths (not an empty reason)."""
+    out = tmp_path / "scores"
+    shades = {"a.png": 10, "b.png": 20}
+    score_dataset(MeanScorer(), _folder(tmp_path / "one", shades), batch_size=2, out_dir=out)
+    with pytest.raises(CheckpointError, match=r"the same images read from other paths \(item 0 was .*one.*a.png, "
+                                              r"is .*two.*a.png\)"):
+        score_dataset(MeanScorer(), _folder(tmp_path / "two", shades), batch_size=2, out_dir=out, resume=True)

@@ -137,6 +137,11 @@ def _what_changed(path: Path, meta: Dict[str, str], expected: Dict[str, str], fi
                     " (same files, other content: a file was modified)" if old and old == new else "")
         reasons.append(f"the dataset's items {first_item}..{first_item + count - 1} "
                        f"changed{diff}")
+    if meta.get("items") == expected["items"] and meta.get("paths") != expected.get("paths"):
+        old, new = json.loads(meta.get("paths") or "[]"), json.loads(expected.get("paths") or "[]")
+        first = next(((i, a, b) for i, (a, b) in enumerate(zip(old, new)) if a != b), None)
+        reasons.append("the same images read from other paths" +
+                       (f" (item {first_item + first[0]} was {first[1]}, is {first[2]})" if first else ""))
     for key in sorted(k for k in expected if k.startswith("stamp.")):
         if meta.get(key) != expected[key]:
             reasons.append(f"stamp {key[6:]!r} was {meta.get(key)!r}, is {expected[key]!r}")
