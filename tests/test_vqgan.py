@@ -241,3 +241,18 @@ def test_lpips_equals_reference_package(lpips_module):
     ours.features.load_state_dict(feats)
     x, y = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
     torch.testing.assert_close(ours(x, y), ref(x * 2 - 1, y * 2 - 1).flatten(), rtol=1e-4, atol=1e-6)
+
+
+def test_discriminator_lr_decays_only_once_it_trains(tmp_path, lpips_module):
+    """The epoch's lr decay steps only the optimisers that stepped: before disc_start the
+    discriminator keeps its lr (and torch's scheduler-order warning never fires)."""
+    torch.manual_seed(0)
+    model = VQGAN(tiny(disc_start=100), lpips=lpips_module)
+    trainer = Trainer(model, ProceduralDefects(8, 0, size=16), config=TrainConfig(epochs=2, batch_size=4, lr=1e-3,
+                                                                                lr_gamma=0.5),
+                      out_dir=tmp_path, progress=False)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*lr_scheduler.step.*")
+        trainer.fit()
+    assert trainer.optimizers["gen"].param_groups[0]["lr"] == pytest.approx(1e-3 * 0.25)
+    assert trainer.optimizers["disc"].param_groups[0]["lr"] == pytest.approx(1e-3)

@@ -125,6 +125,7 @@ class Trainer:
             dist.is_initialized() else (0, 1)
         self.progress = progress and self.rank == 0
         self.epoch = self.step = 0
+        self._stepped = set()  # the optimisers stepped in the current epoch
         self.stopping = EarlyStopping(config.patience)
         self.history: List[dict] = []
 
@@ -206,6 +207,7 @@ class Trainer:
         if self.config.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.params[name], self.config.grad_clip)
         self.optimizers[name].step()
+        self._stepped.add(name)
 
     @torch.no_grad()
     def _sync_buffers(self) -> None:
@@ -265,8 +267,11 @@ class Trainer:
                 t0 = time.monotonic()
                 train_terms = self._run(self.train_set, train=True)
                 self.epoch += 1
-                for scheduler in self.schedulers.values():
-                    scheduler.step()
+                # an optimiser that took no step this epoch (the discriminator before disc_start)
+                # keeps its learning rate: its decay starts when its training does
+                for name in sorted(self._stepped):
+                    self.schedulers[name].step()
+                self._stepped.clear()
                 record = {"epoch": self.epoch, "step": self.step, "lr": self.schedulers["gen"].get_last_lr()[0],
                           "seconds": time.monotonic() - t0, "train": train_terms, "val": None}
                 checked = self.val_set is not None and (self.epoch % self.config.check_every == 0)
