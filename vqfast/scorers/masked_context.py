@@ -154,11 +154,13 @@ class MaskedRestorationScorer(_RestorationScorer):
         if not self.fast:
             out = ref.inpaint(self.prior, grids, hidden, seeds, self.passes, self.temperature)
         else:
-            out = self._inpaint(grids, hidden, seeds)
+            out = self._inpaint(grids, hidden, seeds, s)
         return out.view(b, s, *tokens.shape[1:])
 
-    def _inpaint(self, grids: torch.Tensor, hidden: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
-        """All M grids at once; the reference's rule (vqfast.reference.masked_context.inpaint)."""
+    def _inpaint(self, grids: torch.Tensor, hidden: torch.Tensor, seeds: torch.Tensor, copies: int) -> torch.Tensor:
+        """All M grids at once; the reference's rule (vqfast.reference.masked_context.inpaint).
+        ``copies``: consecutive grids that are the same image's restorations. Their first
+        pass sees the same input (u hidden, u-bar as it is), so it runs once per image."""
         m, h, w = grids.shape
         t_len = h * w
         grid, hidden = grids.clone().view(m, t_len), hidden.clone().view(m, t_len)
@@ -168,7 +170,11 @@ class MaskedRestorationScorer(_RestorationScorer):
         for t in range(self.passes):
             if not bool(hidden.any()):
                 break
-            logits = self.prior.logits(grid.view(m, h, w), hidden.view(m, h, w))  # (M, T, K)
+            if t == 0:
+                first = self.prior.logits(grid[::copies].view(-1, h, w), hidden[::copies].view(-1, h, w))
+                logits = first.repeat_interleave(copies, 0)  # (M, T, K)
+            else:
+                logits = self.prior.logits(grid.view(m, h, w), hidden.view(m, h, w))
             flat = logits.reshape(m * t_len, -1)
             sample, _ = restore_step(flat, grid.reshape(-1), float("-inf"), seeds.repeat_interleave(t_len),
                                      t * t_len + positions.repeat(m), self.temperature)
