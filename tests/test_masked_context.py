@@ -12,7 +12,6 @@ from vqfast.models import VQVAE, MaskedGrids, MaskedPriorConfig, MaskedTokenPrio
 from vqfast.models.gpt2_prior import GPT2Prior, GPT2PriorConfig
 from vqfast.reference import masked_context as ref
 from vqfast.scorers import MaskedContextScorer, nll_threshold
-from vqfast.scorers.restoration import SampleWiseScorer
 
 
 def _prior(h=5, w=7, k=16, stride=2, seed=0):
