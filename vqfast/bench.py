@@ -284,11 +284,12 @@ class RestorationCase:
     restorations: int
     restored: float = 0.2  # threshold: this quantile from the top of the NLLs of prior-sampled grids
     dtype: str = "float32"
-    prior: str = "gpt2"  # or "performer" (FAVOR+, its recurrent step; 64 features per head)
+    prior: str = "gpt2"  # or "performer" (FAVOR+, its recurrent step; 64 features per head) or "pixelsnail"
+    # (n_layer pixel blocks of 4 gated residual blocks, n_embd channels, n_head attention heads)
 
     @property
     def title(self) -> str:
-        name = {"gpt2": "GPT-2", "performer": "Performer"}[self.prior]
+        name = {"gpt2": "GPT-2", "performer": "Performer", "pixelsnail": "PixelSNAIL"}[self.prior]
         return (f"Pixel-wise restoration  {name} {self.n_layer}L/{self.n_embd}/{self.n_head}h  {self.grid}x{self.grid} "
                 f"grid  K={self.num_codes}  B={self.batch} S={self.restorations}  {self.dtype}  ({self.label}; the "
                 "reference loop runs the full prior after every restored token)")
@@ -299,14 +300,18 @@ class RestorationCase:
         sampling), and the threshold over which ``restored`` of their tokens lie."""
         from vqfast.models.gpt2_prior import GPT2Prior, GPT2PriorConfig
         from vqfast.models.performer import PerformerPrior, PerformerPriorConfig
+        from vqfast.models.pixelsnail import PixelSNAIL, PixelSNAILConfig
 
         torch.manual_seed(0)
         if self.prior == "gpt2":
             prior = GPT2Prior(GPT2PriorConfig(self.num_codes, self.grid, self.grid, self.n_layer, self.n_embd,
                                               self.n_head))
-        else:
+        elif self.prior == "performer":
             prior = PerformerPrior(PerformerPriorConfig(self.num_codes, self.grid, self.grid, self.n_layer, self.n_embd,
                                                         self.n_head))
+        else:
+            prior = PixelSNAIL(PixelSNAILConfig(self.num_codes, self.grid, self.grid, self.n_embd, self.n_layer,
+                                                attn_heads=self.n_head))
         prior = prior.to(device, getattr(torch, self.dtype)).eval()
         seeds = torch.arange(self.batch, dtype=torch.int64, device=device)
         start = torch.zeros(self.batch, self.grid, self.grid, dtype=torch.int64, device=device)
@@ -320,11 +325,15 @@ class RestorationCase:
 RESTORATION_CASES = {
     "cpu": [RestorationCase("issue target: fast >= 30x reference, identical tokens", 4, 256, 8, 16, 512, 8, 5),
             RestorationCase("Performer target: fast >= 30x reference, identical tokens", 4, 256, 8, 16, 512, 8, 5,
-                            prior="performer")],
+                            prior="performer"),
+            RestorationCase("PixelSNAIL target: fast >= 20x reference, identical tokens", 4, 128, 4, 16, 512, 8, 5,
+                            prior="pixelsnail")],
     "cuda": [RestorationCase("issue target: <= 10 ms per image", 24, 1024, 16, 8, 512, 32, 5),
-             RestorationCase("CPU target shape", 4, 256, 8, 16, 512, 8, 5)],
+             RestorationCase("CPU target shape", 4, 256, 8, 16, 512, 8, 5),
+             RestorationCase("CPU target shape", 4, 128, 4, 16, 512, 8, 5, prior="pixelsnail")],
     "quick": [RestorationCase("smoke test", 2, 64, 4, 6, 64, 2, 2),
-              RestorationCase("smoke test", 2, 64, 4, 6, 64, 2, 2, prior="performer")],
+              RestorationCase("smoke test", 2, 64, 4, 6, 64, 2, 2, prior="performer"),
+              RestorationCase("smoke test", 1, 16, 2, 6, 64, 2, 2, prior="pixelsnail")],
 }
 
 

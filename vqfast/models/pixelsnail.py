@@ -9,13 +9,18 @@ position i reads positions j <= i. So the logits at (r, c) depend on the tokens 
 (r, c) only; tests check it.
 """
 
+import functools
 import math
+import types
 from dataclasses import asdict, dataclass
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from vqfast.models.incremental import IncrementalPrior
+from vqfast.ops.decode_attention import resolve as resolve_decode_attention
 
 
 @dataclass
@@ -66,17 +71,6 @@ class GatedResBlock(nn.Module):
         return x + F.glu(h, dim=1)
 
 
-def _rows_conv(conv: nn.Conv2d, full: torch.Tensor, start: int, pre=None) -> torch.Tensor:
-    """Rows >= ``start`` of conv(pre(full)), computed from the rows they can see: a masked
-    (or 1x1) convolution's output row y reads input rows y - k//2 .. y only."""
-    lo = max(start - conv.kernel_size[0] // 2, 0)
-    x = full[:, :, lo:]
-    if pre is not None:
-        x = pre(x)
-    weight = conv.weight * conv.mask if isinstance(conv, MaskedConv2d) else conv.weight
-    return F.conv2d(x, weight, conv.bias, padding=conv.padding)[:, :, start - lo :]
-
-
 class CausalAttention(nn.Module):
     """Multi-head attention over raster positions, position i reading j <= i; queries
     from the block's features, keys and values from features plus the input embedding
@@ -97,17 +91,6 @@ class CausalAttention(nn.Module):
         out = F.scaled_dot_product_attention(split(q), split(k), split(v), is_causal=True,
                                              dropout_p=self.dropout if self.training else 0.0)
         return out.transpose(1, 2).reshape(b, h * w, c).transpose(1, 2).view(b, c, h, w)
-
-    def rows(self, query: torch.Tensor, kv: torch.Tensor, start_row: int) -> torch.Tensor:
-        """Eval-mode output for the query rows >= start_row only, over every key before them."""
-        b, c, h, w = query.shape
-        first, t = start_row * w, h * w
-        q = self.q(query.flatten(2).transpose(1, 2)[:, first:])
-        k, v = self.kv(kv.flatten(2).transpose(1, 2)).chunk(2, -1)
-        heads = lambda x: x.reshape(b, x.shape[1], self.heads, c // self.heads).transpose(1, 2)  # noqa: E731
-        allowed = torch.arange(t, device=q.device)[None, :] <= torch.arange(first, t, device=q.device)[:, None]
-        out = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), attn_mask=allowed)
-        return out.transpose(1, 2).reshape(b, t - first, c).transpose(1, 2).view(b, c, h - start_row, w)
 
 
 class PixelBlock(nn.Module):
@@ -166,42 +149,20 @@ class PixelSNAIL(nn.Module):
             x = block(x, shifted, background)
         return self.head(F.elu(x)).flatten(2).transpose(1, 2)
 
-    @torch.no_grad()
-    def logits_cached(self, tokens: torch.Tensor, cache: Optional[Dict[str, torch.Tensor]] = None,
-                      start_row: int = 0) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-        """Logits (M, T, K) in eval mode, recomputing only rows >= ``start_row`` of every layer.
+    @property
+    def start_token(self) -> int:
+        """The input of position 0 in the incremental step: a placeholder, never embedded
+        (position 0 sees no token)."""
+        return self.config.num_codes
 
-        ``cache`` holds every layer's activations from the previous call on the same grids;
-        the caller guarantees their tokens before row ``start_row`` did not change since,
-        so by causality neither did any layer's rows above it. cache=None: a full pass that
-        fills a new cache. Returns (logits, cache); the cache is updated in place.
-        """
-        grid = self._grid(tokens)
-        if cache is None:
-            cache, start_row = {}, 0
-        r0 = start_row
+    def _inputs(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(M, h, w) or (M, T) -> (M, T) inputs of the incremental step: start, z_0 .. z_{T-2}."""
+        flat = self._grid(tokens).reshape(tokens.shape[0], -1)
+        return torch.cat([flat.new_full((flat.shape[0], 1), self.start_token), flat[:, :-1]], 1)
 
-        def put(name: str, rows: torch.Tensor) -> torch.Tensor:
-            if r0 == 0:
-                cache[name] = rows
-            else:
-                cache[name][:, :, r0:] = rows
-            return cache[name]
-
-        embedded = self.embed(grid).permute(0, 3, 1, 2)
-        shifted = F.pad(embedded.flatten(2), (1, 0))[..., :-1].view_as(embedded)
-        background = self.background.expand(grid.shape[0], -1, -1, -1).to(embedded.dtype)
-        x = put("x0", _rows_conv(self.input_conv, embedded, r0))
-        for b, block in enumerate(self.blocks):
-            h = x
-            for k, res in enumerate(block.res):
-                c1 = put(f"c{b}.{k}", _rows_conv(res.conv1, h, r0, F.elu))
-                h = put(f"h{b}.{k}", h[:, :, r0:] + F.glu(_rows_conv(res.conv2, c1, r0, F.elu), dim=1))
-            a = block.attn.rows(h, torch.cat([h, shifted, background], 1), r0)
-            mixed = block.out_res(F.elu(h[:, :, r0:])) + block.out_attn(F.elu(a))
-            x = put(f"x{b + 1}", x[:, :, r0:] + block.combine(F.elu(mixed)))
-        logits = put("logits", self.head(F.elu(x[:, :, r0:])))
-        return logits.flatten(2).transpose(1, 2), cache
+    def fast(self) -> "FastPixelSNAIL":
+        """A FastPixelSNAIL on this prior's weights (shared, not copied)."""
+        return FastPixelSNAIL(self)
 
     def nll(self, tokens: torch.Tensor) -> torch.Tensor:
         grid = self._grid(tokens)
@@ -217,3 +178,164 @@ class PixelSNAIL(nn.Module):
 
     def config_dict(self) -> dict:
         return {"model": "PixelSNAIL", **asdict(self.config)}
+
+
+class _ConvRows:
+    """One masked n x n convolution evaluated a position at a time, channels last.
+
+    ``buf`` (M, h + n//2, w + 2 (n//2), C_in) holds the convolution's input (padding
+    included: zero, as F.conv2d pads). At the start of row r, ``row(r)`` computes every
+    position's share from the n//2 rows above (final by then) in one GEMM over the row;
+    ``at(r, c)`` adds the share of row r's own taps (left of c, and c for type B), the
+    only part that waits for the positions before it. A masked tap's weight is zero, so
+    the taps are the unmasked ones only.
+    """
+
+    def __init__(self, conv: "MaskedConv2d", m: int, h: int, w: int, dtype, device):
+        n = conv.kernel_size[0]
+        self.half, self.w = n // 2, w
+        self.taps = self.half + bool(conv.mask[0, 0, n // 2, n // 2])  # the current row's: left (and centre)
+        weight = conv.weight  # (C_out, C_in, n, n)
+        c_out, c_in = weight.shape[:2]
+        # (rows, columns, C_in) x C_out, matching the windows' memory order
+        self.above_w = weight[:, :, : self.half].permute(2, 3, 1, 0).reshape(-1, c_out)
+        self.cur_w = weight[:, :, self.half, : self.taps].permute(2, 1, 0).reshape(-1, c_out)
+        self.bias = conv.bias
+        self.buf = torch.zeros(m, h + self.half, w + 2 * self.half, c_in, dtype=dtype, device=device)
+        self.above = torch.empty(m, w, c_out, dtype=dtype, device=device)
+
+    def tensors(self) -> List[torch.Tensor]:
+        return [self.above_w, self.cur_w, self.bias, self.buf, self.above]
+
+    def put(self, r: int, c: int, value: torch.Tensor) -> None:
+        self.buf[:, r + self.half, c + self.half] = value
+
+    def row(self, r: int) -> None:
+        m, _, wp, c_in = self.buf.shape
+        if not self.half:
+            self.above.copy_(self.bias.expand_as(self.above))
+            return
+        s0, s1 = self.buf.stride(0), self.buf.stride(1)
+        slab = self.buf[:, r : r + self.half]  # padded rows r .. r + n//2 - 1: the rows above row r
+        windows = slab.as_strided((m, self.w, self.half, 2 * self.half + 1, c_in), (s0, c_in, s1, c_in, 1))
+        torch.addmm(self.bias, windows.reshape(m * self.w, -1), self.above_w, out=self.above.view(m * self.w, -1))
+
+    def at(self, r: int, c: int) -> torch.Tensor:
+        """(M, C_out): the output at (r, c)."""
+        cur = self.buf[:, r + self.half, c : c + self.taps].reshape(self.buf.shape[0], -1)
+        return torch.addmm(self.above[:, c], cur, self.cur_w)
+
+
+def _state_tensors(state) -> List[torch.Tensor]:
+    """Every tensor of a FastPixelSNAIL state, in a fixed order."""
+    out = state.input.tensors()
+    for pair in state.convs:
+        for conv1, conv2 in pair:
+            out += conv1.tensors() + conv2.tensors()
+    for table in state.attn:
+        out += list(table.values())
+    return out
+
+
+class FastPixelSNAIL(IncrementalPrior):
+    """Incremental inference for a PixelSNAIL: position i of all M grids from cached
+    activations, like fast generation for convolutional autoregressive models.
+
+    Every masked convolution keeps its input rows (_ConvRows: one GEMM per row for the
+    rows above, a kernel-row dot per position); every attention keeps a key/value cache
+    and attends one new query (vqfast.ops.decode_attention). The keys' shares from the
+    shifted embedding and the positional background are per-code and per-position
+    tables, computed once per pass. A pass costs about one full forward of the M grids
+    in FLOPs, against one per restored token for the reference loop.
+    ``reset(M)``; ``step(inputs (M,), position) -> (M, K)``, where inputs are the tokens
+    before each position (the prior's ``_inputs``). Eval mode only: dropout is left out.
+    """
+
+    def __init__(self, prior: PixelSNAIL, backend: str = "auto"):
+        super().__init__()
+        self.prior, self.backend = prior, backend
+        cfg = prior.config
+        self.length, self.num_codes, self.start_token = cfg.length, cfg.num_codes, prior.start_token
+        self._key = None  # (M, dtype, device) of the state tensors
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.prior.head.weight.dtype
+
+    @torch.no_grad()
+    def reset(self, m: int) -> None:
+        """State for M grids: zeroed buffers (zero is also the convolutions' padding) and
+        the weights rearranged for the step (the prior may have been trained since). For
+        the same M, dtype and device it is written into the previous pass's tensors, so
+        a captured CUDA graph replays on their addresses."""
+        w = self.prior.head.weight
+        key = (m, w.dtype, w.device)
+        fresh = self._build(m)
+        if key == self._key:
+            for old, new in zip(_state_tensors(self), _state_tensors(fresh)):
+                old.copy_(new)
+        else:
+            self.__dict__.update({k: getattr(fresh, k) for k in ("input", "convs", "attn")})
+            self._key, self._graphs = key, {}  # captured passes point at the old tensors
+        c, heads = self.prior.config.channels, self.prior.config.attn_heads
+        self._attend = functools.partial(torch.ops.vqfast.decode_attention.default, scale=1.0 / math.sqrt(c // heads),
+                                         backend=resolve_decode_attention(self.backend, w.device, c // heads,
+                                                                          self.length, w.dtype))
+
+    def _build(self, m: int) -> "types.SimpleNamespace":
+        p, cfg = self.prior, self.prior.config
+        w = p.head.weight
+        dtype, device, c = w.dtype, w.device, cfg.channels
+        h, wd, heads = cfg.height, cfg.width, cfg.attn_heads
+        state = types.SimpleNamespace()
+        state.input = _ConvRows(p.input_conv, m, h, wd, dtype, device)
+        state.convs = [[(_ConvRows(res.conv1, m, h, wd, dtype, device), _ConvRows(res.conv2, m, h, wd, dtype, device))
+                        for res in block.res] for block in p.blocks]
+        background = p.background.to(dtype).flatten(2)[0].T  # (T, 2)
+        state.attn = []
+        for block in p.blocks:
+            kv_w = block.attn.kv.weight  # (2C, C + C + 2): [features, shifted embedding, background]
+            state.attn.append(dict(
+                qkv_w=torch.cat([block.attn.q.weight, kv_w[:, :c]]).T.contiguous(),  # (C, 3C)
+                qkv_b=torch.cat([block.attn.q.bias, torch.zeros_like(block.attn.kv.bias)]),
+                code=p.embed.weight @ kv_w[:, c : 2 * c].T,  # (K, 2C)
+                pos=torch.addmm(block.attn.kv.bias, background, kv_w[:, 2 * c :].T),  # (T, 2C)
+                cache=torch.zeros(2, m, heads, self.length, c // heads, dtype=dtype, device=device),
+                res_w=block.out_res.weight[:, :, 0, 0].T.contiguous(),
+                attn_w=block.out_attn.weight[:, :, 0, 0].T.contiguous(),
+                comb_w=block.combine.weight[:, :, 0, 0].T.contiguous()))
+        return state
+
+    @torch.no_grad()
+    def step(self, inputs: torch.Tensor, position: int) -> torch.Tensor:
+        p, cfg = self.prior, self.prior.config
+        r, c = divmod(position, cfg.width)
+        m, heads = inputs.shape[0], cfg.attn_heads
+        if position:  # the token before this position joins the input convolution's rows
+            pr, pc = divmod(position - 1, cfg.width)
+            self.input.put(pr, pc, p.embed.weight[inputs])
+        if c == 0:
+            self.input.row(r)
+            for pair in self.convs:
+                for conv1, conv2 in pair:
+                    conv1.row(r)
+                    conv2.row(r)
+        x = self.input.at(r, c)
+        for b, block in enumerate(p.blocks):
+            h = x
+            for conv1, conv2 in self.convs[b]:
+                conv1.put(r, c, F.elu(h))
+                conv2.put(r, c, F.elu(conv1.at(r, c)))
+                h = h + F.glu(conv2.at(r, c), dim=1)
+            t = self.attn[b]
+            qkv = torch.addmm(t["qkv_b"], h, t["qkv_w"])
+            kv = qkv[:, cfg.channels :] + t["pos"][position]
+            if position:
+                kv = kv + t["code"][inputs]
+            t["cache"][:, :, :, position] = kv.view(m, 2, heads, -1).transpose(0, 1)
+            a = self._attend(qkv[:, : cfg.channels].reshape(m, heads, -1), t["cache"][0], t["cache"][1],
+                             position + 1).reshape(m, -1)
+            mixed = torch.addmm(block.out_res.bias, F.elu(h), t["res_w"]).addmm_(F.elu(a), t["attn_w"])
+            mixed.add_(block.out_attn.bias)
+            x = x + torch.addmm(block.combine.bias, F.elu(mixed), t["comb_w"])
+        return torch.addmm(p.head.bias, F.elu(x), p.head.weight[:, :, 0, 0].T)

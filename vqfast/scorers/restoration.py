@@ -9,9 +9,10 @@
   sample from its original conditional; the same residual map.
 
 ``fast=True`` (default) runs all B x S restorations of a batch at once: with the
-prior's KV-cached pass (GPT-2) or batched full forwards that skip finished grids
-(PixelSNAIL); ``fast=False`` runs vqfast.reference.restoration's loops. Both
-draw the same counter-based uniforms, so they restore the same tokens. An image's
+prior's incremental pass (GPT-2's and the Performer's KV cache or recurrent state,
+PixelSNAIL's cached convolution rows), or for a prior without one, batched full
+forwards that skip finished grids; ``fast=False`` runs vqfast.reference.restoration's
+loops. Both draw the same counter-based uniforms, so they restore the same tokens. An image's
 streams come from the scorer's seed and the image's own bits (not from a call
 counter): the same image gets the same score in any batch, call or resumed run.
 """
@@ -63,39 +64,29 @@ def weighted_residual_map(images: torch.Tensor, restored: torch.Tensor, k: Optio
 @torch.no_grad()
 def batched_restore(prior, tokens: torch.Tensor, threshold: float, seeds: torch.Tensor, temperature: float = 1.0,
                     op_backend: str = "auto") -> torch.Tensor:
-    """The Pixel-wise restoration of M grids with full forwards, batched: every round
-    runs the prior on the grids that still have a position over the threshold, restores
-    each one's next such position, and drops grids with nothing left. Rounds = the most
-    restorations any grid needs + 1, instead of their sum (the reference loop). The S
-    copies of an image share the first forward. A prior with ``logits_cached``
-    (PixelSNAIL) then recomputes only the rows from the highest one restored in the
-    round down, since nothing above it can change; others run full forwards every round.
-    For priors without an incremental token step; GPT-2 uses its KV-cached pass.
+    """The Pixel-wise restoration of M grids with full forwards, batched, for a prior
+    with no incremental step (no ``fast()``; GPT-2, Performer and PixelSNAIL have one):
+    every round runs the prior on the grids that still have a position over the
+    threshold, restores each one's next such position, and drops grids with nothing
+    left. Rounds = the most restorations any grid needs + 1, instead of their sum (the
+    reference loop). The S copies of an image share the first forward.
 
     tokens (M, h, w), seeds (M,) -> restored (M, h, w), the reference loop's tokens.
     """
     shape = tokens.shape[1:]
     flat = tokens.reshape(tokens.shape[0], -1).clone()
-    n, width = flat.shape[1], shape[-1]
+    n = flat.shape[1]
     start = torch.zeros(flat.shape[0], dtype=torch.int64, device=flat.device)
     positions = torch.arange(n, device=flat.device)
     active = torch.arange(flat.shape[0], device=flat.device)
-    incremental = hasattr(prior, "logits_cached")
-    cache = None  # every grid's layer activations, once the first round filled them
+    first = True
     while active.numel():
-        if cache is None:
-            unique, inverse = torch.unique(flat[active], dim=0, return_inverse=True)
-            if incremental:  # first round: active holds every grid
-                logits, filled = prior.logits_cached(unique.view(-1, *shape))
-                cache = {k: v[inverse] for k, v in filled.items()}
-                logits = logits[inverse]
-            else:
-                logits = prior.logits(unique.view(-1, *shape))[inverse]  # (A, T, K)
+        if first:
+            unique, inverse = torch.unique(flat, dim=0, return_inverse=True)
+            logits = prior.logits(unique.view(-1, *shape))[inverse]  # (M, T, K)
+            first = False
         else:
-            # One call for all active grids from the highest row any of them changed in
-            # (their cache rows are kept in step with `active`).
-            row = int(torch.div(start[active] - 1, width, rounding_mode="floor").min())
-            logits, cache = prior.logits_cached(flat[active].view(-1, *shape), cache, row)
+            logits = prior.logits(flat[active].view(-1, *shape))  # (A, T, K)
         work = logits.double() if logits.dtype == torch.float64 else logits.float()
         nll = token_nll(work, flat[active])  # the reference's formula: the one source of every decision
         over = (nll > threshold) & (positions[None] >= start[active][:, None])
@@ -109,10 +100,7 @@ def batched_restore(prior, tokens: torch.Tensor, threshold: float, seeds: torch.
             flat[idx, p], _ = restore_step(logits[rows, p], flat[idx, p], -math.inf, seeds[idx], p, temperature,
                                            backend=op_backend, validate=False)
         start[active[has]] = pos[has] + 1
-        keep = has & (pos + 1 < n)
-        active = active[keep]
-        if cache is not None and not bool(keep.all()):
-            cache = {k: v[keep] for k, v in cache.items()}
+        active = active[has & (pos + 1 < n)]
     return flat.view(tokens.shape)
 
 
@@ -255,7 +243,7 @@ class PixelWiseScorer(_RestorationScorer):
         seeds = stream_seeds(image_seeds, s)  # (B, S)
         if self.fast:
             grids = tokens.repeat_interleave(s, 0)
-            if hasattr(self.prior, "fast"):  # an incremental step: one KV-cached pass
+            if hasattr(self.prior, "fast"):  # an incremental step: one cached pass
                 if self._fast is None:
                     self._fast = self.prior.fast()
                 restored, _ = self._fast.restore(grids, self.threshold, seeds.flatten(), self.temperature,
