@@ -248,6 +248,9 @@ def test_masked_restoration_scores_through_eqs_11_12(gen):
     restored = scorer.restore(tokens, scorer.image_seeds(images))
     decoded = vq.decode_indices(restored.flatten(0, 1)).clamp(0, 1).view(2, 3, 3, 24, 24)
     torch.testing.assert_close(out.anomaly_map, weighted_residual_map(images, decoded, None))
-    assert torch.equal(scorer.score(images[1:]).pred_score, out.pred_score[1:])  # not a function of the batch
+    # Not a function of the batch: the same restored tokens for item 1 alone; the score only up to
+    # the decoder's float rounding, which may depend on the batch size on some CPUs.
+    assert torch.equal(scorer.restore(tokens[1:], scorer.image_seeds(images[1:])), restored[1:])
+    torch.testing.assert_close(scorer.score(images[1:]).pred_score, out.pred_score[1:], rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="passes"):
         MaskedRestorationScorer(vq, prior, 1.0, passes=0)
