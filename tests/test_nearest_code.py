@@ -1,6 +1,7 @@
 """vqfast.ops.nearest_code: every backend against the float64 reference."""
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -248,6 +249,65 @@ def test_every_cpu_isa_variant(gen, isa, n, d, num_codes, k):
     cb = torch.randn(num_codes, d, generator=gen)
     idx, dist = _ext._C.nearest_code_cpu(z, cb, k, isa)
     assert_matches_reference(z, cb, k, idx, dist)
+
+
+@pytest.mark.skipif(not _ext.HAS_EXT, reason="C++ extension not built")
+@pytest.mark.parametrize("isa", _ext._C.cpu_isas() if _ext.HAS_EXT else [])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("n,d,num_codes,k", [(97, 35, 130, 1), (61, 256, 128, 3)])
+def test_every_cpu_isa_variant_half_precision(gen, isa, dtype, n, d, num_codes, k):
+    """Each variant widens half / bfloat16 itself (packing and the exact recompute)."""
+    z = torch.randn(n, d, generator=gen).to(dtype)
+    cb = torch.randn(num_codes, d, generator=gen).to(dtype)
+    idx, dist = _ext._C.nearest_code_cpu(z, cb, k, isa)
+    assert_matches_reference(z, cb, k, idx, dist)
+
+
+@pytest.mark.skipif(not _ext.HAS_EXT, reason="C++ extension not built")
+@pytest.mark.parametrize("isa", _ext._C.cpu_isas() if _ext.HAS_EXT else [])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("where", ["z", "codebook"])
+@pytest.mark.parametrize("bad", [float("nan"), float("-inf"), -3e18])
+@pytest.mark.parametrize("col", [0, 20, 36])  # the first vector, a later one, the scalar tail
+def test_cpu_kernel_checks_values_as_it_packs(gen, isa, dtype, where, bad, col):
+    """The C++ kernel, called directly, makes the Python layer's value check: the first
+    bad row is named, past the first row block (row 700) and in the vector body or tail."""
+    z = torch.randn(900, 37, generator=gen).to(dtype)
+    cb = torch.randn(50, 37, generator=gen).to(dtype)
+    row = 700 if where == "z" else 41
+    t = z if where == "z" else cb
+    t[row, col] = bad
+    t[row + 3, col] = 10 * bad  # a later bad row is not the one named
+    bound = (torch.finfo(torch.float32).max / (4 * 37)) ** 0.5
+    if math.isfinite(bad):
+        message = rf"{where} holds values of magnitude above {bound:.3g} \(first at row {row}\): their squared"
+    else:
+        message = rf"{where} contains NaN or Inf \(first at row {row}\)"
+    with pytest.raises(ValueError, match=message.replace("+", r"\+")):
+        _ext._C.nearest_code_cpu(z, cb, 2, isa)
+
+
+@pytest.mark.skipif(not _ext.HAS_EXT, reason="C++ extension not built")
+def test_cpu_kernel_value_bound_is_the_python_layers():
+    """Exactly at the bound passes, the next float up fails, for both checks."""
+    d = 37
+    bound = (torch.finfo(torch.float32).max / (4 * d)) ** 0.5
+    at = torch.tensor(bound, dtype=torch.float64).float()
+    at = at if float(at) <= bound else torch.nextafter(at, torch.tensor(0.0))
+    above = torch.nextafter(at, torch.tensor(float("inf")))
+    for value, ok in ((at, True), (above, False)):
+        z = torch.zeros(3, d)
+        z[1, 5] = value
+        python_ok, cpu_ok = True, True
+        try:
+            nearest_code(z, torch.zeros(2, d), backend="reference")
+        except ValueError:
+            python_ok = False
+        try:
+            nearest_code(z, torch.zeros(2, d), backend="cpu")
+        except ValueError:
+            cpu_ok = False
+        assert python_ok == cpu_ok == ok
 
 
 @pytest.mark.skipif(not _ext.HAS_EXT, reason="C++ extension not built")

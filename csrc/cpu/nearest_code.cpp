@@ -8,15 +8,22 @@
 // exactly tied distances stay tied and go to the lower index. The k winners'
 // distances are then recomputed exactly as sum((z - c)^2) and re-sorted by
 // (distance, index).
+//
+// Values are checked on the way: the row packing and the codebook statistics already
+// read every value, so a NaN, an Inf or a value whose squared distances overflow
+// float32 costs no extra pass, and only then does an error path find the row to name.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <limits>
 #include <string>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "../checks.h"
@@ -60,6 +67,7 @@ struct Problem {
   const void* codebook;  // (K, D) contiguous, dtype st
   at::ScalarType st;
   int64_t N, K, D, k;
+  float bound;          // largest |value| whose squared distances stay finite (see value_bound)
   const float* mu;      // (D,) codebook mean
   const float* packed;  // (P, D, NR) centred codes, zero padded
   const float* cnorm;   // (P * NR,) ||c - mu||^2, +inf on padding
@@ -68,59 +76,94 @@ struct Problem {
   float* out_dist;      // (N, k)
 };
 
-template <typename T> void pack_rows_t(const Problem& pr, int64_t row0, int64_t rows, int MR, float* dst) {
-  // dst: (groups, D, MR); rows past N are zero so the microkernel needs no tail case.
+// Distances are float32 sums of D squares of differences: |values| <= sqrt(FLT_MAX / 4D)
+// keeps every one finite. Rounded down to a float, so `|x| <= bound` in float32 is the
+// same test as in exact arithmetic.
+float value_bound(int64_t D) {
+  const double b = std::sqrt(static_cast<double>(std::numeric_limits<float>::max()) / (4.0 * D));
+  float f = static_cast<float>(b);
+  if (static_cast<double>(f) > b) f = std::nextafter(f, 0.f);
+  return f;
+}
+
+// L values of p as floats (half / bfloat16 widened one by one; the compiler vectorises it).
+template <typename T, int L> VQ_INLINE typename Vec<L>::f load_floats(const T* p) {
+  using VF = typename Vec<L>::f;
+  if constexpr (std::is_same_v<T, float>) {
+    return vload<VF>(p);
+  } else {
+    VF v;
+    for (int l = 0; l < L; ++l) v[l] = static_cast<float>(p[l]);
+    return v;
+  }
+}
+
+// Centres rows [row0, row0 + rows) into dst (rows rounded up to MR, row-major (., D));
+// rows past N are zero so the microkernel needs no tail case. Returns whether any
+// value is NaN, infinite or above pr.bound in magnitude: the scan rides on the copy.
+template <typename T, int L> VQ_INLINE bool pack_rows(const Problem& pr, int64_t row0, int64_t rows, int MR, float* dst) {
+  using VF = typename Vec<L>::f;
+  using VI = typename Vec<L>::i;
   const T* z = static_cast<const T*>(pr.z);
-  const int64_t D = pr.D, groups = (rows + MR - 1) / MR;
-  for (int64_t g = 0; g < groups; ++g) {
-    float* out = dst + g * D * MR;
-    for (int r = 0; r < MR; ++r) {
-      const int64_t row = row0 + g * MR + r;
-      if (row < pr.N) {
-        const T* src = z + row * D;
-        for (int64_t d = 0; d < D; ++d) out[d * MR + r] = static_cast<float>(src[d]) - pr.mu[d];
-      } else {
-        for (int64_t d = 0; d < D; ++d) out[d * MR + r] = 0.f;
-      }
+  const int64_t D = pr.D, padded = (rows + MR - 1) / MR * MR;
+  // |x| > bound compared on the bit patterns: for non-negative floats they order like
+  // the values, and NaN / Inf patterns lie above every finite bound.
+  int32_t bound_bits;
+  __builtin_memcpy(&bound_bits, &pr.bound, sizeof(bound_bits));
+  const VI magnitude = VI{} + 0x7fffffff, bound = VI{} + bound_bits;
+  VI bad = VI{};
+  bool bad_tail = false;
+  for (int64_t r = 0; r < padded; ++r) {
+    float* out = dst + r * D;
+    if (row0 + r >= pr.N) {
+      std::fill_n(out, D, 0.f);
+      continue;
+    }
+    const T* src = z + (row0 + r) * D;
+    int64_t d = 0;
+    for (; d + L <= D; d += L) {
+      const VF x = load_floats<T, L>(src + d);
+      bad |= (vload<VI>(&x) & magnitude) > bound;
+      vstore(out + d, x - vload<VF>(pr.mu + d));
+    }
+    for (; d < D; ++d) {
+      const float x = static_cast<float>(src[d]);
+      bad_tail |= !(std::fabs(x) <= pr.bound);
+      out[d] = x - pr.mu[d];
     }
   }
+  for (int l = 0; l < L; ++l) bad_tail |= bad[l] != 0;
+  return bad_tail;
 }
 
-void pack_rows(const Problem& pr, int64_t row0, int64_t rows, int MR, float* dst) {
-  switch (pr.st) {
-    case at::kFloat: return pack_rows_t<float>(pr, row0, rows, MR, dst);
-    case at::kHalf: return pack_rows_t<c10::Half>(pr, row0, rows, MR, dst);
-    default: return pack_rows_t<c10::BFloat16>(pr, row0, rows, MR, dst);
+// sum((a - b)^2) over D, in L float32 lanes then the lane sum.
+template <typename T, int L> VQ_INLINE float exact_sqdist(const T* a, const T* b, int64_t D) {
+  using VF = typename Vec<L>::f;
+  VF acc = VF{};
+  int64_t d = 0;
+  for (; d + L <= D; d += L) {
+    const VF t = load_floats<T, L>(a + d) - load_floats<T, L>(b + d);
+    acc += t * t;
   }
-}
-
-template <typename T> float exact_sqdist_t(const Problem& pr, int64_t row, int64_t code) {
-  const T* a = static_cast<const T*>(pr.z) + row * pr.D;
-  const T* b = static_cast<const T*>(pr.codebook) + code * pr.D;
   float s = 0.f;
-  for (int64_t d = 0; d < pr.D; ++d) {
+  for (int l = 0; l < L; ++l) s += acc[l];
+  for (; d < D; ++d) {
     const float t = static_cast<float>(a[d]) - static_cast<float>(b[d]);
     s += t * t;
   }
   return s;
 }
 
-float exact_sqdist(const Problem& pr, int64_t row, int64_t code) {
-  switch (pr.st) {
-    case at::kFloat: return exact_sqdist_t<float>(pr, row, code);
-    case at::kHalf: return exact_sqdist_t<c10::Half>(pr, row, code);
-    default: return exact_sqdist_t<c10::BFloat16>(pr, row, code);
-  }
-}
-
 // Writes row's k results: exact distances, sorted by (distance, index).
-void finish_row(const Problem& pr, int64_t row, const int32_t* cand) {
-  const int64_t k = pr.k;
+template <typename T, int L> VQ_INLINE void finish_row(const Problem& pr, int64_t row, const int32_t* cand) {
+  const int64_t k = pr.k, D = pr.D;
+  const T* zr = static_cast<const T*>(pr.z) + row * D;
+  const T* cb = static_cast<const T*>(pr.codebook);
   int64_t* oi = pr.out_idx + row * k;
   float* od = pr.out_dist + row * k;
   for (int64_t j = 0; j < k; ++j) {
     const int64_t c = cand[j];
-    const float d = exact_sqdist(pr, row, c);
+    const float d = exact_sqdist<T, L>(zr, cb + c * D, D);
     int64_t pos = j;  // insertion sort: k is small and the input nearly sorted
     while (pos > 0 && (od[pos - 1] > d || (od[pos - 1] == d && oi[pos - 1] > c))) {
       od[pos] = od[pos - 1];
@@ -146,8 +189,9 @@ VQ_INLINE void topk_insert(float* tv, int32_t* ti, int64_t k, float d, int32_t c
 }
 
 // Processes row blocks [blk0, blk1). L lanes per vector, MR rows x NV vectors per
-// register tile (MR * NV accumulators), NR = L * NV codes per packed panel.
-template <int L, int MR, int NV> VQ_INLINE void process_blocks(const Problem& pr, int64_t blk0, int64_t blk1) {
+// register tile (MR * NV accumulators), NR = L * NV codes per packed panel. Returns
+// whether any z value failed the bound (the results are then not to be used).
+template <typename T, int L, int MR, int NV> VQ_INLINE bool process_blocks(const Problem& pr, int64_t blk0, int64_t blk1) {
   using VF = typename Vec<L>::f;
   using VI = typename Vec<L>::i;
   constexpr int NR = L * NV;
@@ -159,11 +203,12 @@ template <int L, int MR, int NV> VQ_INLINE void process_blocks(const Problem& pr
   alignas(64) float tile[MR * NR];
   VI iota;
   for (int l = 0; l < L; ++l) iota[l] = l;
+  bool bad = false;
 
   for (int64_t blk = blk0; blk < blk1; ++blk) {
     const int64_t row0 = blk * RB, rows = std::min(RB, pr.N - row0);
     const int64_t groups = (rows + MR - 1) / MR;
-    pack_rows(pr, row0, rows, MR, zp.data());
+    bad |= pack_rows<T, L>(pr, row0, rows, MR, zp.data());
     if (k == 1) {
       std::fill(bestv.begin(), bestv.end(), kInf);
       std::fill(besti.begin(), besti.end(), 0);
@@ -185,7 +230,7 @@ template <int L, int MR, int NV> VQ_INLINE void process_blocks(const Problem& pr
             VF bb[NV];
             for (int v = 0; v < NV; ++v) bb[v] = vload<VF>(b + d * NR + v * L);
             for (int r = 0; r < MR; ++r) {
-              const float ar = a[d * MR + r];
+              const float ar = a[r * D + d];
               for (int v = 0; v < NV; ++v) acc[r][v] += bb[v] * ar;
             }
           }
@@ -236,28 +281,39 @@ template <int L, int MR, int NV> VQ_INLINE void process_blocks(const Problem& pr
       } else {
         std::copy_n(topi.data() + r * k, k, cand.data());
       }
-      finish_row(pr, row0 + r, cand.data());
+      finish_row<T, L>(pr, row0 + r, cand.data());
     }
+  }
+  return bad;
+}
+
+template <int L, int MR, int NV> VQ_INLINE bool blocks_for_dtype(const Problem& pr, int64_t b0, int64_t b1) {
+  switch (pr.st) {
+    case at::kFloat: return process_blocks<float, L, MR, NV>(pr, b0, b1);
+    case at::kHalf: return process_blocks<c10::Half, L, MR, NV>(pr, b0, b1);
+    default: return process_blocks<c10::BFloat16, L, MR, NV>(pr, b0, b1);
   }
 }
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define VQ_HAVE_X86_VARIANTS 1
 // Register tiles: AVX-512 has 32 zmm (16 accumulators), AVX2 16 ymm (12 accumulators).
-__attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,fma"))) void blocks_avx512(const Problem& pr, int64_t b0,
-                                                                                     int64_t b1) {
-  process_blocks<16, 8, 2>(pr, b0, b1);
+// Everything a block does (packing, the scan, the exact recompute) is inlined here, so it
+// all runs in the variant's ISA with no call back into baseline code.
+__attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,fma"))) bool blocks_avx512(const Problem& pr, int64_t b0,
+                                                                                          int64_t b1) {
+  return blocks_for_dtype<16, 8, 2>(pr, b0, b1);
 }
-__attribute__((target("avx2,fma"))) void blocks_avx2(const Problem& pr, int64_t b0, int64_t b1) {
-  process_blocks<8, 6, 2>(pr, b0, b1);
+__attribute__((target("avx2,fma"))) bool blocks_avx2(const Problem& pr, int64_t b0, int64_t b1) {
+  return blocks_for_dtype<8, 6, 2>(pr, b0, b1);
 }
 #endif
 // Baseline ISA (SSE2 on x86-64, NEON on aarch64).
-void blocks_generic(const Problem& pr, int64_t b0, int64_t b1) { process_blocks<4, 4, 2>(pr, b0, b1); }
+bool blocks_generic(const Problem& pr, int64_t b0, int64_t b1) { return blocks_for_dtype<4, 4, 2>(pr, b0, b1); }
 
 struct Variant {
   const char* name;
-  void (*fn)(const Problem&, int64_t, int64_t);
+  bool (*fn)(const Problem&, int64_t, int64_t);
   int MR, NR;
 };
 
@@ -303,16 +359,20 @@ void centre_from_stats(const std::vector<double>& sum, const std::vector<double>
   }
 }
 
-template <typename T> void pack_codebook_t(const Problem& pr, float* mu, float* packed, float* cnorm) {
+// Returns whether any code value fails pr.bound (nothing is packed then).
+template <typename T> bool pack_codebook_t(const Problem& pr, float* mu, float* packed, float* cnorm) {
   const T* cb = static_cast<const T*>(pr.codebook);
   const int64_t K = pr.K, D = pr.D, NR = pr.NR;
   std::vector<double> sum(D, 0.0), sumsq(D, 0.0);
+  bool bad = false;
   for (int64_t c = 0; c < K; ++c)
     for (int64_t d = 0; d < D; ++d) {
       const double x = static_cast<float>(cb[c * D + d]);
+      bad |= !(std::fabs(x) <= pr.bound);
       sum[d] += x;
       sumsq[d] += x * x;
     }
+  if (bad) return true;
   centre_from_stats(sum, sumsq, K, mu);
   at::parallel_for(0, pr.P, 1, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p)
@@ -327,6 +387,25 @@ template <typename T> void pack_codebook_t(const Problem& pr, float* mu, float* 
         cnorm[c] = c < K ? norm : kInf;
       }
   });
+  return false;
+}
+
+// The error path: a ValueError naming t and its first row with a NaN / Inf or, failing
+// that, with a value above the bound (the Python layer's check_finite messages).
+void raise_if_bad(const at::Tensor& t, const char* name) {
+  const at::Tensor f = t.to(at::kFloat);
+  const at::Tensor nonfinite = f.isfinite().logical_not().any(1);
+  if (nonfinite.any().item<bool>())
+    TORCH_CHECK_VALUE(false, name, " contains NaN or Inf (first at row ", nonfinite.nonzero()[0][0].item<int64_t>(),
+                      ")");
+  const double bound = std::sqrt(static_cast<double>(std::numeric_limits<float>::max()) / (4.0 * t.size(1)));
+  const at::Tensor big = f.abs().gt(value_bound(t.size(1))).any(1);
+  if (big.any().item<bool>()) {
+    char text[32];
+    std::snprintf(text, sizeof(text), "%.3g", bound);
+    TORCH_CHECK_VALUE(false, name, " holds values of magnitude above ", text, " (first at row ",
+                      big.nonzero()[0][0].item<int64_t>(), "): their squared distances overflow float32");
+  }
 }
 
 }  // namespace
@@ -357,6 +436,7 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_cpu(const at::Tensor& z_in, cons
   pr.K = K;
   pr.D = D;
   pr.k = k;
+  pr.bound = value_bound(D);
   pr.NR = var.NR;
   pr.P = (K + var.NR - 1) / var.NR;
   pr.KC = std::max<int64_t>(1, kChunkBytes / (D * var.NR * static_cast<int64_t>(sizeof(float))));
@@ -366,17 +446,25 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_cpu(const at::Tensor& z_in, cons
   at::Tensor mu = at::empty({D}, f32), packed = at::empty({pr.P, D, var.NR}, f32), cnorm = at::empty({pr.P * var.NR}, f32);
   pr.out_idx = idx.data_ptr<int64_t>();
   pr.out_dist = dist.data_ptr<float>();
-  switch (pr.st) {
-    case at::kFloat: pack_codebook_t<float>(pr, mu.data_ptr<float>(), packed.data_ptr<float>(), cnorm.data_ptr<float>()); break;
-    case at::kHalf: pack_codebook_t<c10::Half>(pr, mu.data_ptr<float>(), packed.data_ptr<float>(), cnorm.data_ptr<float>()); break;
-    default: pack_codebook_t<c10::BFloat16>(pr, mu.data_ptr<float>(), packed.data_ptr<float>(), cnorm.data_ptr<float>());
+  float *m = mu.data_ptr<float>(), *pk = packed.data_ptr<float>(), *cn = cnorm.data_ptr<float>();
+  const bool bad_codes = pr.st == at::kFloat  ? pack_codebook_t<float>(pr, m, pk, cn)
+                         : pr.st == at::kHalf ? pack_codebook_t<c10::Half>(pr, m, pk, cn)
+                                              : pack_codebook_t<c10::BFloat16>(pr, m, pk, cn);
+  if (bad_codes) {  // z is named first when both are bad, as the Python checks order them
+    raise_if_bad(z, "z");
+    raise_if_bad(cb, "codebook");
+    TORCH_INTERNAL_ASSERT(false, "nearest_code_cpu: a code failed the value bound but no row was named");
   }
   pr.mu = mu.data_ptr<float>();
   pr.packed = packed.data_ptr<float>();
   pr.cnorm = cnorm.data_ptr<float>();
 
   const int64_t blocks = (N + pr.RB - 1) / pr.RB;
-  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) { var.fn(pr, b0, b1); });
+  std::atomic<bool> bad_z{false};
+  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    if (var.fn(pr, b0, b1)) bad_z = true;
+  });
+  if (bad_z) raise_if_bad(z, "z");
   return {idx, dist};
 }
 

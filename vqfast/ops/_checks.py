@@ -37,7 +37,9 @@ def check_finite(x: torch.Tensor, name: str, bound: Optional[float] = None, why:
     if math.isfinite(hi) and math.isfinite(lo):
         if bound is None or max(hi, -lo) <= bound:
             return
-        row = int((x.abs() > bound).reshape(x.shape[0], -1).any(1).nonzero()[0, 0])
+        # In float64: the float32 tensor would round the bound to float32, possibly up
+        # past the value that failed the test above.
+        row = int((x.abs().double() > bound).reshape(x.shape[0], -1).any(1).nonzero()[0, 0])
         raise ValueError(f"{name} holds values of magnitude above {bound:.3g} (first at row {row}){why}")
     row = int((~torch.isfinite(x)).reshape(x.shape[0], -1).any(1).nonzero()[0, 0])
     raise ValueError(f"{name} contains NaN or Inf (first at row {row})")

@@ -14,13 +14,15 @@ from vqfast.ops._dispatch import resolve_backend, triton_unavailable_reason
 def _nearest_code_op(z: torch.Tensor, codebook: torch.Tensor, k: int, backend: str) -> Tuple[torch.Tensor, torch.Tensor]:
     # Value checks live here, not in the fake kernel: they read the data. Distances are
     # float32 sums of D squares of differences: |values| <= sqrt(FLT_MAX / 4D) keeps
-    # every one finite, so each row has k finite ranking values to choose from.
+    # every one finite, so each row has k finite ranking values to choose from. The C++
+    # kernel makes the same check, with the same messages, while it packs the rows: a
+    # separate pass here cost 10 % of a small-codebook lookup (measured, N=4096 D=256 K=128).
+    if backend == "cpu":
+        return _ext._C.nearest_code_cpu(z, codebook, k, "auto")
     bound = (torch.finfo(torch.float32).max / (4 * z.shape[1])) ** 0.5
     why = ": their squared distances overflow float32"
     check_finite(z, "z", bound, why)
     check_finite(codebook, "codebook", bound, why)
-    if backend == "cpu":
-        return _ext._C.nearest_code_cpu(z, codebook, k, "auto")
     if backend == "cuda":
         return _ext._C.nearest_code_cuda(z, codebook, k)
     if backend == "triton":
