@@ -57,8 +57,6 @@ template <typename V> VQ_INLINE V vload(const void* p) {
 template <typename V> VQ_INLINE void vstore(void* p, V v) { __builtin_memcpy(p, &v, sizeof(V)); }
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
-// Packed codebook chunks are sized to stay in a core's L2 while every row tile passes.
-constexpr int64_t kChunkBytes = 256 * 1024;
 // A row block's packed z (rows x D floats) is kept near this size (L1/L2 resident).
 constexpr int64_t kRowBlockFloats = 16384;
 
@@ -71,7 +69,7 @@ struct Problem {
   const float* mu;      // (D,) codebook mean
   const float* packed;  // (P, D, NR) centred codes, zero padded
   const float* cnorm;   // (P * NR,) ||c - mu||^2, +inf on padding
-  int64_t P, NR, KC, RB;  // panels, panel width, panels per chunk, rows per block
+  int64_t P, NR, RB;  // panels, panel width, rows per block
   int64_t* out_idx;     // (N, k)
   float* out_dist;      // (N, k)
 };
@@ -217,49 +215,48 @@ template <typename T, int L, int MR, int NV> VQ_INLINE bool process_blocks(const
       std::fill(topi.begin(), topi.end(), 0);
     }
 
-    for (int64_t c0 = 0; c0 < pr.P; c0 += pr.KC) {
-      const int64_t c1 = std::min(pr.P, c0 + pr.KC);
+    // Panels outer: one panel (D x NR floats) stays in L1 while every row group of the
+    // block, itself L2 resident, passes over it.
+    for (int64_t p = 0; p < pr.P; ++p) {
+      const float* b = pr.packed + p * D * NR;
       for (int64_t g = 0; g < groups; ++g) {
         const float* a = zp.data() + g * D * MR;
-        for (int64_t p = c0; p < c1; ++p) {
-          const float* b = pr.packed + p * D * NR;
-          VF acc[MR][NV];
-          for (int r = 0; r < MR; ++r)
-            for (int v = 0; v < NV; ++v) acc[r][v] = VF{};
-          for (int64_t d = 0; d < D; ++d) {
-            VF bb[NV];
-            for (int v = 0; v < NV; ++v) bb[v] = vload<VF>(b + d * NR + v * L);
-            for (int r = 0; r < MR; ++r) {
-              const float ar = a[r * D + d];
-              for (int v = 0; v < NV; ++v) acc[r][v] += bb[v] * ar;
-            }
+        VF acc[MR][NV];
+        for (int r = 0; r < MR; ++r)
+          for (int v = 0; v < NV; ++v) acc[r][v] = VF{};
+        for (int64_t d = 0; d < D; ++d) {
+          VF bb[NV];
+          for (int v = 0; v < NV; ++v) bb[v] = vload<VF>(b + d * NR + v * L);
+          for (int r = 0; r < MR; ++r) {
+            const float ar = a[r * D + d];
+            for (int v = 0; v < NV; ++v) acc[r][v] += bb[v] * ar;
           }
-          const float* cn = pr.cnorm + p * NR;
-          if (k == 1) {
-            for (int r = 0; r < MR; ++r) {
-              float* bvp = bestv.data() + (g * MR + r) * L;
-              int32_t* bip = besti.data() + (g * MR + r) * L;
-              VF best = vload<VF>(bvp);
-              VI bidx = vload<VI>(bip);
-              for (int v = 0; v < NV; ++v) {
-                const VF dist = vload<VF>(cn + v * L) - acc[r][v] * 2.0f;
-                const VI m = dist < best;
-                best = m ? dist : best;
-                bidx = m ? iota + static_cast<int32_t>(p * NR + v * L) : bidx;
-              }
-              vstore(bvp, best);
-              vstore(bip, bidx);
+        }
+        const float* cn = pr.cnorm + p * NR;
+        if (k == 1) {
+          for (int r = 0; r < MR; ++r) {
+            float* bvp = bestv.data() + (g * MR + r) * L;
+            int32_t* bip = besti.data() + (g * MR + r) * L;
+            VF best = vload<VF>(bvp);
+            VI bidx = vload<VI>(bip);
+            for (int v = 0; v < NV; ++v) {
+              const VF dist = vload<VF>(cn + v * L) - acc[r][v] * 2.0f;
+              const VI m = dist < best;
+              best = m ? dist : best;
+              bidx = m ? iota + static_cast<int32_t>(p * NR + v * L) : bidx;
             }
-          } else {
-            for (int r = 0; r < MR; ++r)
-              for (int v = 0; v < NV; ++v) vstore(tile + r * NR + v * L, vload<VF>(cn + v * L) - acc[r][v] * 2.0f);
-            for (int r = 0; r < MR; ++r) {
-              float* tv = topv.data() + (g * MR + r) * k;
-              int32_t* ti = topi.data() + (g * MR + r) * k;
-              for (int j = 0; j < NR; ++j)
-                if (tile[r * NR + j] < tv[k - 1])
-                  topk_insert(tv, ti, k, tile[r * NR + j], static_cast<int32_t>(p * NR + j));
-            }
+            vstore(bvp, best);
+            vstore(bip, bidx);
+          }
+        } else {
+          for (int r = 0; r < MR; ++r)
+            for (int v = 0; v < NV; ++v) vstore(tile + r * NR + v * L, vload<VF>(cn + v * L) - acc[r][v] * 2.0f);
+          for (int r = 0; r < MR; ++r) {
+            float* tv = topv.data() + (g * MR + r) * k;
+            int32_t* ti = topi.data() + (g * MR + r) * k;
+            for (int j = 0; j < NR; ++j)
+              if (tile[r * NR + j] < tv[k - 1])
+                topk_insert(tv, ti, k, tile[r * NR + j], static_cast<int32_t>(p * NR + j));
           }
         }
       }
@@ -439,7 +436,6 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_cpu(const at::Tensor& z_in, cons
   pr.bound = value_bound(D);
   pr.NR = var.NR;
   pr.P = (K + var.NR - 1) / var.NR;
-  pr.KC = std::max<int64_t>(1, kChunkBytes / (D * var.NR * static_cast<int64_t>(sizeof(float))));
   pr.RB = var.MR * std::clamp<int64_t>(kRowBlockFloats / (D * var.MR), 1, 16);
 
   const auto f32 = z.options().dtype(at::kFloat);
