@@ -77,8 +77,10 @@ struct Problem {
 // Distances are float32 sums of D squares of differences: |values| <= sqrt(FLT_MAX / 4D)
 // keeps every one finite. Rounded down to a float, so `|x| <= bound` in float32 is the
 // same test as in exact arithmetic.
+double overflow_bound(int64_t D) { return std::sqrt(static_cast<double>(std::numeric_limits<float>::max()) / (4.0 * D)); }
+
 float value_bound(int64_t D) {
-  const double b = std::sqrt(static_cast<double>(std::numeric_limits<float>::max()) / (4.0 * D));
+  const double b = overflow_bound(D);
   float f = static_cast<float>(b);
   if (static_cast<double>(f) > b) f = std::nextafter(f, 0.f);
   return f;
@@ -395,11 +397,10 @@ void raise_if_bad(const at::Tensor& t, const char* name) {
   if (nonfinite.any().item<bool>())
     TORCH_CHECK_VALUE(false, name, " contains NaN or Inf (first at row ", nonfinite.nonzero()[0][0].item<int64_t>(),
                       ")");
-  const double bound = std::sqrt(static_cast<double>(std::numeric_limits<float>::max()) / (4.0 * t.size(1)));
   const at::Tensor big = f.abs().gt(value_bound(t.size(1))).any(1);
   if (big.any().item<bool>()) {
     char text[32];
-    std::snprintf(text, sizeof(text), "%.3g", bound);
+    std::snprintf(text, sizeof(text), "%.3g", overflow_bound(t.size(1)));
     TORCH_CHECK_VALUE(false, name, " holds values of magnitude above ", text, " (first at row ",
                       big.nonzero()[0][0].item<int64_t>(), "): their squared distances overflow float32");
   }
