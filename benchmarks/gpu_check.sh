@@ -63,6 +63,7 @@ fi
 step bench_nearest_code 50 $py -m vqfast.cli bench "${bench[@]}" --only nearest_code
 step bench_omp 50 $py -m vqfast.cli bench "${bench[@]}" --only omp
 step bench_restoration 80 $py -m vqfast.cli bench "${bench[@]}" --only restoration
+step bench_scorers 80 $py -m vqfast.cli bench "${bench[@]}" --only scorers
 
 {
   echo

@@ -155,6 +155,8 @@ def test_config_files_mirror_the_flags(folders, tmp_path):
     (["score", "regenerative", "--run", "{root}/vq", "--data", "{root}/test", "--out", "{tmp}/x",
       "--threshold", "high"], "--threshold takes 'auto' or a number"),
     (["report", "--scores", "{root}/train"], "not a finished vqfast score folder"),
+    (["score", "sample", "--run", "{root}/gpt2", "--data", "{root}/test", "--out", "{tmp}/x",
+      "--decode-precision", "bfloat16"], "the sample scorer decodes no VQ tokens"),
     (["train", "vqvae", "--config", "{tmp}/none.toml", "--out", "{tmp}/x"], "cannot read the --config file"),
     (["train", "vqvae", "--data", "{tmp}/bad", "--out", "{tmp}/x"], "bad/0001.png"),
 ])
@@ -273,6 +275,19 @@ def test_load_scorer_takes_a_token_threshold(folders):
     assert scorer.threshold == 3.25 and scorer.percentile is None
     by_pct, _ = load_scorer(folders / "gpt2", "light", percentile=70)
     assert by_pct.percentile == 70 and by_pct.threshold != 3.25
+
+
+def test_decode_precision_reaches_the_decoding_scorers(folders):
+    from vqfast.app.score import load_scorer
+
+    for run, name in (("vq", "regenerative"), ("gpt2", "regenerative"), ("gpt2", "pixel"), ("gpt2", "light"),
+                      ("gpt2", "kde")):
+        assert load_scorer(folders / run, name, decode_precision="bfloat16")[0].decode_precision == "bfloat16"
+        assert load_scorer(folders / run, name)[0].decode_precision == "float32"
+    out = folders / "scores_bf16"
+    assert main(["score", "light", "--run", str(folders / "gpt2"), "--data", str(folders / "test"), "--out", str(out),
+                 "--threshold", "1e9", "--decode-precision", "bfloat16"]) == 0
+    assert '"decode_precision": "bfloat16"' in json.loads((out / "score.json").read_text())["scorer.settings"]
 
 
 def test_masked_prior_trains_and_scores_from_the_command_line(folders):

@@ -31,6 +31,7 @@ def test_bench_quick_prints_every_provider_and_writes_json(tmp_path, capsys):
     assert "omp  B=256" in out and "x vs sklearn orthogonal_mp_gram" in out
     assert "VQ-VAE (small)" in out and "VQ-GAN (small)" in out and "score (total)" in out
     assert "KDE map" in out and "Pixel-wise restoration  Performer" in out
+    assert "the published pipeline (target >= 50x)" in out and "Regenerative (bfloat16 decode): " in out
     assert sorted(p.name for p in (tmp_path / "traces").iterdir()) == [
         "nearest_code_1024x16x128_k4.json",
         "nearest_code_2048x32x256_k1.json",

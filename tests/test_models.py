@@ -166,4 +166,79 @@ def test_spectral_losses():
 
 def test_profile_entries():
     timings = VQVAE(TINY).profile(torch.rand(2, 3, 32, 32), repeats=2)
-    assert [t.name for t in timings] == ["encode", "quantise", "decode"] and all(t.median_s > 0 for t in timings)
+    assert [t.name for t in timings] == ["encode", "quantise", "decode (float32)"] and all(t.median_s > 0 for t in timings)
+    assert VQVAE(TINY).profile(torch.rand(1, 3, 32, 32), repeats=1, precision="bfloat16")[-1].name == "decode (bfloat16)"
+
+
+def _vq_models():
+    from vqfast.models import VQGAN, VQGANConfig
+
+    torch.manual_seed(0)
+    gan = VQGAN(VQGANConfig(ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,), resolution=16,
+                            z_channels=8, num_codes=16, disc_ch=8, disc_layers=2, adversarial=False,
+                            perceptual_weight=0.0))
+    return [VQVAE(TINY).eval(), gan.eval()]
+
+
+def _decoded_batches(model):
+    sizes = []
+    handle = model.decoder.register_forward_hook(lambda mod, args, out: sizes.append(args[0].shape[0]))
+    return sizes, handle
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_decode_grids_decodes_each_distinct_grid_once(which, gen):
+    """Rows that repeat a grid get its decoding; the decoder sees each grid once; the
+    result equals decode_indices (to float32 rounding: another batch size may take other
+    kernels) and keeps the row order."""
+    model = _vq_models()[which]
+    k, f = model.vq.codebook.shape[0], model.downsample_factor
+    base = torch.randint(0, k, (3, 4, 4), generator=gen)
+    order = torch.tensor([2, 0, 2, 1, 0, 0, 2])
+    grids = base[order]
+    sizes, handle = _decoded_batches(model)
+    out = model.decode_grids(grids)
+    handle.remove()
+    assert sizes == [3] and out.shape == (7, 3, 4 * f, 4 * f)
+    with torch.no_grad():
+        expected = model.decode_indices(grids)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    assert torch.equal(out[0], out[2]) and torch.equal(out[1], out[4])
+    sizes, handle = _decoded_batches(model)
+    torch.testing.assert_close(model.decode_grids(grids, distinct=False), expected, rtol=1e-5, atol=1e-5)
+    handle.remove()
+    assert sizes == [7]
+
+
+def test_decode_grids_does_not_merge_rows_in_training_mode(gen):
+    """In training mode (dropout on) the same grid decodes differently per row: no merging."""
+    model = VQVAE(VQVAEConfig(in_channels=3, hidden=16, res_blocks=1, num_codes=8, code_dim=4, dropout=0.5)).train()
+    grids = torch.randint(0, 8, (1, 4, 4), generator=gen).expand(4, 4, 4)
+    sizes, handle = _decoded_batches(model)
+    out = model.decode_grids(grids)
+    handle.remove()
+    assert sizes == [4] and not torch.equal(out[0], out[1])
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_bfloat16_decoding_is_close_and_leaves_the_tokens(which, gen):
+    """precision="bfloat16" changes the decoder's arithmetic (not equal to float32's),
+    stays within bfloat16 rounding of it, returns the model's dtype, and never touches
+    encoding: reconstruct's tokens and encode_indices are the same."""
+    model = _vq_models()[which]
+    k, f = model.vq.codebook.shape[0], model.downsample_factor
+    grids = torch.randint(0, k, (5, 4, 4), generator=gen)
+    full, half = model.decode_grids(grids), model.decode_grids(grids, "bfloat16")
+    assert half.dtype == torch.float32 and not torch.equal(full, half)
+    scale = float(full.abs().amax())
+    assert float((full - half).abs().amax()) < 0.05 * scale
+    x = torch.rand(2, 3, 4 * f, 4 * f, generator=gen)
+    rec, rec_half = model.reconstruct(x), model.reconstruct(x, "bfloat16")
+    assert not torch.equal(rec, rec_half)
+    assert float((rec - rec_half).abs().amax()) < 0.05 * float(rec.abs().amax())
+    with torch.no_grad():
+        torch.testing.assert_close(rec, model(x).reconstruction)
+    with pytest.raises(ValueError, match="decode precision must be one of float32, bfloat16, got 'float16'"):
+        model.decode_grids(grids, "float16")
+    with pytest.raises(ValueError, match="decode precision"):
+        model.reconstruct(x, "half")

@@ -70,3 +70,17 @@ def test_default_image_score_is_the_papers_mean_l1():
     torch.testing.assert_close(out.pred_score, (x - model.reconstruct(x)).abs().mean((1, 2, 3)))
     peak = RegenerativeScorer(model, reduction="max").score(x)
     torch.testing.assert_close(peak.pred_score, out.anomaly_map.flatten(1).amax(1))
+
+
+def test_bfloat16_decoding_needs_a_vq_model_and_stays_close(gen):
+    model = VQVAE(VQVAEConfig(hidden=16, res_blocks=1, num_codes=16, code_dim=8, downsamples=2)).eval()
+    x = torch.rand(2, 3, 16, 16, generator=gen)
+    full, half = RegenerativeScorer(model).score(x), RegenerativeScorer(model, decode_precision="bfloat16").score(x)
+    assert not torch.equal(full.anomaly_map, half.anomaly_map)
+    assert float((full.anomaly_map - half.anomaly_map).abs().amax()) < 1e-2
+    names = [t.name for t in RegenerativeScorer(model, decode_precision="bfloat16").profile(x, repeats=1)]
+    assert names == ["encode", "quantise", "decode (bfloat16)", "score (total)"]
+    with pytest.raises(ValueError, match="needs a VQ autoencoder; _Zero reconstructs in its own dtype"):
+        RegenerativeScorer(_Zero(), decode_precision="bfloat16")
+    with pytest.raises(ValueError, match="decode precision"):
+        RegenerativeScorer(model, decode_precision="int8")

@@ -268,3 +268,43 @@ def _has_cpu():
     from vqfast import _ext
 
     return _ext.has_op("restore_step", "cpu")
+
+
+@pytest.mark.parametrize("cls", [PixelWiseScorer, LightPixelWiseScorer])
+def test_restorations_that_coincide_are_decoded_once(models, gen, cls):
+    """An infinite threshold restores nothing: the S restorations of each image are its
+    own grid, decoded once per image, and the map is that of S equal decodings."""
+    vq, prior = models
+    images = torch.rand(3, 3, 24, 24, generator=gen)
+    sizes = []
+    handle = vq.decoder.register_forward_hook(lambda mod, args, out: sizes.append(args[0].shape[0]))
+    out = cls(vq, prior, float("inf"), restorations=4).score(images)
+    handle.remove()
+    assert sizes == [3]
+    with torch.no_grad():
+        decoded = vq.decode_indices(vq.encode_indices(images)).clamp(0, 1)
+    expected = weighted_residual_map(images, decoded[:, None].expand(3, 4, *decoded.shape[1:]))
+    torch.testing.assert_close(out.anomaly_map, expected)
+
+
+@pytest.mark.parametrize("cls", [PixelWiseScorer, LightPixelWiseScorer])
+def test_bfloat16_decoding_keeps_the_tokens_and_the_map_within_tolerance(models, gen, cls):
+    """decode_precision="bfloat16": the same restored tokens, a map within 1e-2 of the
+    float32 one (the pixels are in [0, 1]) but not equal to it, a scorer fingerprint of its
+    own (a resume across precisions refuses), and a clear error for an unknown precision."""
+    from vqfast.scorers import scorer_fingerprint
+
+    vq, prior = models
+    images = torch.rand(3, 3, 24, 24, generator=gen)
+    threshold = nll_threshold(prior, vq.encode_indices(images), 60)
+    full = cls(vq, prior, threshold, restorations=3)
+    half = cls(vq, prior, threshold, restorations=3, decode_precision="bfloat16")
+    seeds = full.image_seeds(images)
+    tokens = vq.encode_indices(images)
+    assert torch.equal(full.restore(tokens, seeds), half.restore(tokens, seeds))
+    a, b = full.score(images), half.score(images)
+    assert not torch.equal(a.anomaly_map, b.anomaly_map)
+    assert float((a.anomaly_map - b.anomaly_map).abs().amax()) < 1e-2
+    assert scorer_fingerprint(full) != scorer_fingerprint(half)
+    with pytest.raises(ValueError, match="decode precision must be one of"):
+        cls(vq, prior, threshold, decode_precision="fp16")

@@ -48,10 +48,11 @@ def _load(run_dir: Path, name: str, expected: str = None):
 
 
 def load_scorer(run_dir, name: str, *, percentile: Optional[float] = None, token_threshold: Optional[float] = None,
-                restorations: int = 5, device=None):
+                restorations: int = 5, decode_precision: str = "float32", device=None):
     """(scorer, run record) for scorer ``name`` of the run in ``run_dir``. Prior scorers'
     token NLL threshold: ``token_threshold`` when given, else the ``percentile`` (default
-    the paper's) of the prior's NLLs on the run's validation grids."""
+    the paper's) of the prior's NLLs on the run's validation grids. ``decode_precision``
+    ("float32" or "bfloat16"): the VQ decoding of the regenerative and restoration scorers."""
     from vqfast.scorers import (DSRScorer, FeatureAEScorer, KDEScorer, LightPixelWiseScorer, MaskedContextScorer,
                                 MaskedRestorationScorer, PAPER_PERCENTILES, PixelWiseScorer, RegenerativeScorer,
                                 SampleWiseScorer, nll_threshold)
@@ -67,8 +68,13 @@ def load_scorer(run_dir, name: str, *, percentile: Optional[float] = None, token
                        "finish it with vqfast train ... --resume")
     settings, seed = run["settings"], int(run["settings"]["seed"])
     device = torch.device(device or "cpu")
+    decodes = name in ("regenerative", "pixel", "light", "kde", "masked-restore")
+    if decode_precision != "float32" and not decodes:
+        raise RunError(f"--decode-precision {decode_precision}: the {name} scorer decodes no VQ tokens; it applies "
+                       "to regenerative, pixel, light, kde and masked-restore")
     if method.family == "vq":
-        return RegenerativeScorer(_load(run_dir / "model", "model.safetensors").to(device)), run
+        return RegenerativeScorer(_load(run_dir / "model", "model.safetensors").to(device),
+                                  decode_precision=decode_precision), run
     if method.family == "feature-ae":
         return FeatureAEScorer(_load(run_dir / "model", "model.safetensors", "FeatureAE").to(device)), run
     if method.family == "dsr":
@@ -83,7 +89,7 @@ def load_scorer(run_dir, name: str, *, percentile: Optional[float] = None, token
         return scorer, run
     vq_model = _load(run_dir, "vq.safetensors").to(device)
     if name == "regenerative":
-        return RegenerativeScorer(vq_model), run
+        return RegenerativeScorer(vq_model, decode_precision=decode_precision), run
     tokens = checkpoint.read(run_dir / "tokens.safetensors")[0]
     prior = build_prior(run["method"], settings, vq_model, tokens["train"].shape[1:])
     weights = checkpoint.read(run_dir / "model" / "model.safetensors")[0]
@@ -103,15 +109,18 @@ def load_scorer(run_dir, name: str, *, percentile: Optional[float] = None, token
         scorer = MaskedContextScorer(vq_model, prior, threshold)
     elif name == "masked-restore":
         scorer = MaskedRestorationScorer(vq_model, prior, threshold, passes=int(settings["passes"]),
-                                         restorations=restorations, seed=seed)
+                                         restorations=restorations, seed=seed, decode_precision=decode_precision)
     elif name == "sample":
         scorer = SampleWiseScorer(vq_model, prior, threshold)
     elif name == "light":
-        scorer = LightPixelWiseScorer(vq_model, prior, threshold, restorations=restorations, seed=seed)
+        scorer = LightPixelWiseScorer(vq_model, prior, threshold, restorations=restorations, seed=seed,
+                                      decode_precision=decode_precision)
     elif name == "pixel":
-        scorer = PixelWiseScorer(vq_model, prior, threshold, restorations=restorations, seed=seed)
+        scorer = PixelWiseScorer(vq_model, prior, threshold, restorations=restorations, seed=seed,
+                                 decode_precision=decode_precision)
     else:  # tokens with p < exp(-lambda_P) resampled
-        scorer = KDEScorer(vq_model, prior, math.exp(-threshold), restorations=restorations, seed=seed)
+        scorer = KDEScorer(vq_model, prior, math.exp(-threshold), restorations=restorations, seed=seed,
+                           decode_precision=decode_precision)
     scorer.percentile = pct
     return scorer, run
 
@@ -268,7 +277,8 @@ def _validation_images(run: Dict, transform: ImageTransform) -> AnomalyDataset:
 
 
 def score(scorer_name: str, run_dir, data, fmt: str, out, *, category: Optional[str] = None, split: str = "test",
-          threshold="auto", percentile: Optional[float] = None, restorations: int = 5, resume: bool = False,
+          threshold="auto", percentile: Optional[float] = None, restorations: int = 5,
+          decode_precision: str = "float32", resume: bool = False,
           skip_bad: bool = False, batch_size: int = 8, maps: bool = True, map_format: str = "npy", device=None,
           progress: bool = True, echo: Callable = print) -> Dict:
     """Scores ``data`` with a run's scorer into ``out``; returns the summary (also
@@ -276,7 +286,8 @@ def score(scorer_name: str, run_dir, data, fmt: str, out, *, category: Optional[
     out, run_dir = Path(out), Path(run_dir)
     rank, world = distributed.rank_world()
     device = torch.device(device) if device else distributed.device()
-    scorer, run = load_scorer(run_dir, scorer_name, percentile=percentile, restorations=restorations, device=device)
+    scorer, run = load_scorer(run_dir, scorer_name, percentile=percentile, restorations=restorations,
+                              decode_precision=decode_precision, device=device)
     transform = ImageTransform(size=int(run["transform"]["size"]), channels=int(run["transform"]["channels"]))
     dataset = open_data(data, fmt, split, transform, category=category, skip_bad=skip_bad)
     if dataset.skipped:

@@ -1,5 +1,6 @@
 """What every VQ autoencoder shares: encode -> vq -> decode, token grids, profiling."""
 
+import contextlib
 from typing import NamedTuple
 
 import torch
@@ -7,6 +8,20 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vqfast.models.vq import VQOutput
+
+
+DECODE_PRECISIONS = ("float32", "bfloat16")
+
+
+def check_precision(precision: str) -> None:
+    if precision not in DECODE_PRECISIONS:
+        raise ValueError(f"decode precision must be one of {', '.join(DECODE_PRECISIONS)}, got {precision!r}")
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 class VQAutoencoderOutput(NamedTuple):
@@ -43,16 +58,48 @@ class VQAutoencoder(nn.Module):
         """(B, h, w) int64 token grid -> (B, C, H, W) image."""
         return self.decode(F.embedding(indices, self.vq.codes()).permute(0, 3, 1, 2))
 
+    @torch.no_grad()
+    def decode_grids(self, indices: torch.Tensor, precision: str = "float32", distinct: bool = True) -> torch.Tensor:
+        """(M, h, w) int64 token grids -> (M, C, H, W) images in the codebook's dtype, for
+        scoring (no gradients; the decoder as it is set: eval for deterministic results).
+
+        distinct: decode each distinct grid once and copy it to its rows (only in eval
+            mode, where a grid always decodes the same). The restoration scorers' S
+            restorations of an image coincide wherever nothing was resampled: an image
+            with no unusual token gives S copies of its own grid.
+        precision: "float32" (the model's own dtype), or "bfloat16": the decoder under
+            autocast on the grids' device, so its convolutions run in bfloat16 where the
+            hardware has it (AMX or AVX512-BF16 CPUs, CUDA GPUs). Decoded pixels then differ
+            from float32's by about 1e-3 (benchmarks/RESULTS.md); token grids never change,
+            only decoding does.
+        """
+        check_precision(precision)
+        if distinct and indices.shape[0] > 1 and not self.training:
+            unique, inverse = torch.unique(indices.flatten(1), dim=0, return_inverse=True)
+            if unique.shape[0] < indices.shape[0]:
+                return self.decode_grids(unique.view(-1, *indices.shape[1:]), precision, distinct=False)[inverse]
+        with _autocast(indices.device, precision):
+            return self.decode_indices(indices).to(self.vq.codebook.dtype)
+
     def forward(self, x: torch.Tensor) -> VQAutoencoderOutput:
         vq = self.vq(self.encode(x))
         return VQAutoencoderOutput(self.decode(vq.quantized), vq)
 
     @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward(x).reconstruction
+    def reconstruct(self, x: torch.Tensor, precision: str = "float32") -> torch.Tensor:
+        """(B, C, H, W) -> (B, C, H, W); precision of the decoding as in decode_grids
+        (the encoding and lookup always run in the model's dtype: the tokens never change)."""
+        check_precision(precision)
+        vq = self.vq(self.encode(x))
+        return self._decode_in(vq.quantized, precision)
 
-    def profile(self, x: torch.Tensor, repeats: int = 5):
-        """Timings of encode / quantise / decode on ``x`` (vqfast.profiling)."""
+    def _decode_in(self, z_q: torch.Tensor, precision: str) -> torch.Tensor:
+        with _autocast(z_q.device, precision):
+            return self.decode(z_q).to(z_q.dtype)
+
+    def profile(self, x: torch.Tensor, repeats: int = 5, precision: str = "float32"):
+        """Timings of encode / quantise / decode (in ``precision``, as decode_grids) on
+        ``x`` (vqfast.profiling)."""
         from vqfast.profiling import time_callable
 
         was_training = self.training
@@ -61,7 +108,7 @@ class VQAutoencoder(nn.Module):
             z = self.encode(x)
             q = self.vq(z)
             stages = {"encode": lambda: self.encode(x), "quantise": lambda: self.vq(z),
-                      "decode": lambda: self.decode(q.quantized)}
+                      f"decode ({precision})": lambda: self._decode_in(q.quantized, precision)}
             timings = [time_callable(fn, name=name, device=x.device, repeats=repeats) for name, fn in stages.items()]
         self.train(was_training)
         return timings

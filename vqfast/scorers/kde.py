@@ -60,7 +60,7 @@ class KDEScorer(PixelWiseScorer):
     NLL threshold is -log t), restorations S, dropout_decodes D (decodes per restoration;
     D > 1 turns the decoder's dropout on, with masks drawn from the image's seed), the
     mask (``mask_sigma``, ``mask_cutoff``), ``bandwidth_floor``, ``outside``, the image
-    score's ``reduction``/``topk`` and ``seed`` as the restoration scorers'. The paper's
+    score's ``reduction``/``topk``, ``seed`` and ``decode_precision`` as the restoration scorers'. The paper's
     anchor uses S = 20 and D = 20.
 
     score(images (B, C, H, W)) -> ScoreBatch(reduction of the map, abnormality map (B, H, W)).
@@ -69,14 +69,14 @@ class KDEScorer(PixelWiseScorer):
     def __init__(self, vq_model, prior, probability: float, restorations: int = 5, dropout_decodes: int = 1,
                  mask_sigma: float = 2.0, mask_cutoff: float = 0.05, bandwidth_floor: float = 0.01,
                  outside: Optional[float] = None, reduction: str = "max", topk: float = 0.01, fast: bool = True,
-                 op_backend: str = "auto", seed: int = 0):
+                 op_backend: str = "auto", seed: int = 0, decode_precision: str = "float32"):
         if not 0 < probability < 1:
             raise ValueError(f"probability must be in (0, 1), got {probability}")
         if dropout_decodes < 1 or restorations * dropout_decodes < 2:
             raise ValueError(f"need dropout_decodes >= 1 and at least 2 samples per pixel, got {restorations} "
                              f"restorations x {dropout_decodes} decodes")
         super().__init__(vq_model, prior, -math.log(probability), restorations=restorations, reduction=reduction,
-                         topk=topk, fast=fast, op_backend=op_backend, seed=seed)
+                         topk=topk, fast=fast, op_backend=op_backend, seed=seed, decode_precision=decode_precision)
         self.probability, self.dropout_decodes = probability, dropout_decodes
         self.mask_sigma, self.mask_cutoff, self.bandwidth_floor = mask_sigma, mask_cutoff, bandwidth_floor
         self.outside = outside
@@ -84,9 +84,9 @@ class KDEScorer(PixelWiseScorer):
     def _decode_samples(self, restored: torch.Tensor, seeds: torch.Tensor, image_shape) -> torch.Tensor:
         """restored (B, S, h, w) -> (B, S D, C, H, W) decodings, clamped to [0, 1]."""
         b, s = restored.shape[:2]
-        flat = restored.flatten(0, 1)
         if self.dropout_decodes == 1:
-            return self.vq_model.decode_indices(flat).clamp(0, 1).view(b, s, *image_shape)
+            return self.decode(restored)
+        flat = restored.flatten(0, 1)
         dropouts = [m for m in self.vq_model.modules() if isinstance(m, torch.nn.Dropout)]
         if not dropouts:
             raise ValueError("dropout_decodes > 1 needs a VQ model whose decoder has dropout")
@@ -97,7 +97,8 @@ class KDEScorer(PixelWiseScorer):
             try:
                 for n in range(b):  # masks drawn from the image's seed: a pure function of the image
                     torch.manual_seed(int(seeds[n]) % 2**63)
-                    outs.append(torch.stack([self.vq_model.decode_indices(restored[n]).clamp(0, 1)
+                    outs.append(torch.stack([self.vq_model.decode_grids(restored[n], self.decode_precision,
+                                                                        distinct=False).clamp(0, 1)
                                              for _ in range(self.dropout_decodes)], 1))
             finally:
                 for m in dropouts:

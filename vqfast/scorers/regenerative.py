@@ -2,6 +2,7 @@
 
 import torch
 
+from vqfast.models.base import VQAutoencoder, check_precision
 from vqfast.scorers.base import ScoreBatch, check_images, reduce_map
 
 
@@ -14,11 +15,18 @@ class RegenerativeScorer:
     below chance where the mean gave 0.62 AUROC).
 
     model: anything with ``reconstruct(x: (B, C, H, W)) -> (B, C, H, W)``.
+    decode_precision: "float32", or "bfloat16" for a VQ autoencoder (its decoding under
+    autocast, VQAutoencoder.reconstruct; the tokens never change).
     """
 
-    def __init__(self, model, reduction: str = "mean", topk: float = 0.01):
+    def __init__(self, model, reduction: str = "mean", topk: float = 0.01, decode_precision: str = "float32"):
         reduce_map(torch.zeros(1, 1, 1), reduction, topk)  # validates the arguments
+        check_precision(decode_precision)
+        if decode_precision != "float32" and not isinstance(model, VQAutoencoder):
+            raise ValueError(f"decode_precision={decode_precision!r} needs a VQ autoencoder; "
+                             f"{type(model).__name__} reconstructs in its own dtype")
         self.model, self.reduction, self.topk = model, reduction, topk
+        self.decode_precision = decode_precision
 
     def fit(self, dataset=None):
         """Nothing to learn: the model is the whole method."""
@@ -29,13 +37,20 @@ class RegenerativeScorer:
         """images: (B, C, H, W) on the model's device."""
         check_images(images, self.model)
         self.model.eval()
-        residual = (images - self.model.reconstruct(images)).abs().mean(1)
+        if self.decode_precision == "float32":
+            reconstruction = self.model.reconstruct(images)
+        else:
+            reconstruction = self.model.reconstruct(images, self.decode_precision)
+        residual = (images - reconstruction).abs().mean(1)
         return ScoreBatch(reduce_map(residual, self.reduction, self.topk), residual)
 
     def profile(self, images: torch.Tensor, repeats: int = 5):
         """Timings of the model's stages plus the whole score call."""
         from vqfast.profiling import time_callable
 
-        timings = self.model.profile(images, repeats) if hasattr(self.model, "profile") else []
+        if isinstance(self.model, VQAutoencoder):
+            timings = self.model.profile(images, repeats, self.decode_precision)
+        else:
+            timings = self.model.profile(images, repeats) if hasattr(self.model, "profile") else []
         return timings + [time_callable(lambda: self.score(images), name="score (total)", device=images.device,
                                         repeats=repeats)]

@@ -23,6 +23,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from vqfast.models.base import check_precision
 from vqfast.ops import restore_step
 from vqfast.reference import restoration as ref
 from vqfast.reference.restore_step import image_seeds, stream_seeds, token_nll
@@ -167,12 +168,17 @@ class _RestorationScorer(_TokenScorer):
     restorations S; temperature of the samples; k of eq. 11 (None: the pixel count);
     reduction and topk of the map to the image score; fast (batched passes) or the
     reference loops; op_backend of restore_step; seed: with each image's bits, the
-    image's random streams (image_seeds), so a score never depends on call order."""
+    image's random streams (image_seeds), so a score never depends on call order;
+    decode_precision: "float32" or "bfloat16" (VQAutoencoder.decode_grids: faster
+    where the hardware has bfloat16, maps within about 1e-2 of float32's). Each distinct
+    restored grid is decoded once."""
 
     def __init__(self, vq_model, prior, threshold: float, restorations: int = 5, temperature: float = 1.0,
                  k: Optional[float] = None, reduction: str = "max", topk: float = 0.01, fast: bool = True,
-                 op_backend: str = "auto", seed: int = 0):
+                 op_backend: str = "auto", seed: int = 0, decode_precision: str = "float32"):
         super().__init__(vq_model, prior, threshold)
+        check_precision(decode_precision)
+        self.decode_precision = decode_precision
         reduce_map(torch.zeros(1, 1, 1), reduction, topk)  # validates the arguments
         self.reduction, self.topk = reduction, topk
         if restorations < 1:
@@ -193,18 +199,23 @@ class _RestorationScorer(_TokenScorer):
         """tokens (B, h, w), image_seeds (B,) -> restored (B, S, h, w)."""
         raise NotImplementedError
 
+    def decode(self, restored: torch.Tensor) -> torch.Tensor:
+        """restored (B, S, h, w) -> (B, S, C, H, W) decodings clamped to [0, 1]: each
+        distinct grid once, in ``decode_precision``."""
+        decoded = self.vq_model.decode_grids(restored.flatten(0, 1), self.decode_precision).clamp(0, 1)
+        return decoded.view(*restored.shape[:2], *decoded.shape[1:])
+
     @torch.no_grad()
     def score(self, images: torch.Tensor, image_seeds: Optional[torch.Tensor] = None) -> ScoreBatch:
         """images (B, C, H, W); image_seeds (B,) int64 fixes the random streams (default:
         self.image_seeds(images), from the scorer's seed and each image's content)."""
         self._eval()
-        b = images.shape[0]
         if image_seeds is None:
             image_seeds = self.image_seeds(images)
         tokens = self._tokens(images)
         restored = self.restore(tokens, image_seeds)
-        decoded = self.vq_model.decode_indices(restored.flatten(0, 1)).clamp(0, 1)
-        maps = weighted_residual_map(images, decoded.view(b, self.restorations, *decoded.shape[1:]), self.k)
+        decoded = self.decode(restored)
+        maps = weighted_residual_map(images, decoded, self.k)
         return ScoreBatch(reduce_map(maps, self.reduction, self.topk), maps)
 
     @torch.no_grad()
@@ -214,18 +225,20 @@ class _RestorationScorer(_TokenScorer):
         from vqfast.profiling import time_callable
 
         self._eval()
-        b, dev = images.shape[0], images.device
+        dev = images.device
         seeds = self.image_seeds(images)
         tokens = self._tokens(images)
         restored = self.restore(tokens, seeds)
-        decoded = self.vq_model.decode_indices(restored.flatten(0, 1)).clamp(0, 1)
-        stacked = decoded.view(b, self.restorations, *decoded.shape[1:])
+        stacked = self.decode(restored)
+        grids = restored.flatten(0, 1)
+        distinct = torch.unique(grids.flatten(1), dim=0).shape[0]
         return [
             time_callable(lambda: self.vq_model.encode_indices(images), name="encode (VQ)", device=dev, repeats=repeats),
             time_callable(lambda: self.restore(tokens, seeds), name="restore (prior + sampling)", device=dev,
                           repeats=repeats, warmup=1),
-            time_callable(lambda: self.vq_model.decode_indices(restored.flatten(0, 1)), name="decode (VQ)", device=dev,
-                          repeats=repeats),
+            time_callable(lambda: self.decode(restored),
+                          name=f"decode (VQ, {distinct} distinct of {grids.shape[0]} grids, {self.decode_precision})",
+                          device=dev, repeats=repeats),
             time_callable(lambda: weighted_residual_map(images, stacked, self.k), name="residual map + smoothing",
                           device=dev, repeats=repeats),
             time_callable(lambda: self.score(images, seeds), name="score (total)", device=dev, repeats=repeats,
