@@ -17,7 +17,10 @@ def backend(request):
     return request.param
 
 
-@pytest.mark.parametrize("m,h,t,d,length", [(1, 1, 1, 1, 1), (5, 3, 97, 33, 97), (2, 8, 513, 64, 300), (3, 2, 40, 7, 1)])
+@pytest.mark.parametrize("m,h,t,d,length", [(1, 1, 1, 1, 1), (5, 3, 97, 33, 97), (2, 8, 513, 64, 300), (3, 2, 40, 7, 1),
+                                            # the CPU kernel's 16-row blocks (head sizes 32, 64, 128) and its tails
+                                            (4, 8, 256, 32, 256), (2, 3, 64, 32, 15), (2, 3, 64, 32, 16),
+                                            (2, 3, 64, 32, 17), (1, 2, 300, 128, 255), (3, 1, 50, 64, 33)])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
 def test_equals_reference(backend, gen, m, h, t, d, length, dtype):
     device, name = backend
@@ -27,6 +30,24 @@ def test_equals_reference(backend, gen, m, h, t, d, length, dtype):
     out = decode_attention(q.to(device), k.to(device), v.to(device), length, backend=name)
     assert out.dtype == dtype and out.shape == (m, h, d)
     torch.testing.assert_close(out.cpu().double(), expected.double(), rtol=TOL[dtype], atol=TOL[dtype])
+
+
+@pytest.mark.parametrize("d", [32, 64, 128])
+def test_one_dominant_score_anywhere(backend, gen, d):
+    """A key far more aligned with the query than the rest, at a block's first, inner and
+    last row, in the tail, and at the end: the softmax must shift by the true maximum
+    (by any other, exp overflows at these scores) and put nearly all weight there."""
+    device, name = backend
+    length = 53
+    for pos in (0, 5, 15, 16, 31, 47, 48, 52):
+        q = torch.randn(2, 2, d, generator=gen)
+        k = torch.randn(2, 2, 64, d, generator=gen) * 0.1
+        v = torch.randn(2, 2, 64, d, generator=gen)
+        k[:, :, pos] = q * 40  # scores ~ 40 |q|^2 / sqrt(d): far beyond exp's float range
+        out = decode_attention(q.to(device), k.to(device), v.to(device), length, backend=name).cpu()
+        assert torch.isfinite(out).all()
+        torch.testing.assert_close(out, v[:, :, pos], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(out, reference.decode_attention(q, k, v, length), rtol=2e-5, atol=2e-5)
 
 
 def test_reference_is_the_last_row_of_causal_attention(gen):
