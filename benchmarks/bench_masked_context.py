@@ -4,12 +4,16 @@ score calls per image (encode, prior passes, decode and residual maps included),
 restoration passes alone, and the masked scorers' reference loops (fast == reference is
 printed too).
 
-    python benchmarks/bench_masked_context.py [--size 128 --batch 8 --restorations 5 --percentile 80]
+    python benchmarks/bench_masked_context.py [--size 128 --batch 8 --restorations 5 --percentile 80
+                                               --passes 4 --marker masked|gpt2]
 
 Models: the VQ-VAE of the Performer paper at --size (16 x 16 tokens at 128, 256 codes),
 GPT-2 and masked priors of the same sizes (vqfast's defaults), random weights (timing does
-not depend on them); thresholds at --percentile of each prior's NLLs on the batch's grids,
-so about (100 - percentile) % of the tokens are unusual / restored.
+not depend on them) but the codebook drawn from the batch's encodings, as a first training
+batch sets it (a random codebook puts random images on a handful of codes); thresholds at
+--percentile of each prior's NLLs on the batch's grids, so about (100 - percentile) % of
+the tokens are unusual / restored. --marker gpt2 marks u by the GPT-2 prior's NLLs (one
+causal forward) instead of the masked prior's neighbourhood NLLs (stride^2 forwards).
 """
 
 import argparse
@@ -29,23 +33,30 @@ def main() -> None:
     p.add_argument("--restorations", type=int, default=5)
     p.add_argument("--passes", type=int, default=4)
     p.add_argument("--percentile", type=float, default=80.0)
+    p.add_argument("--marker", choices=["masked", "gpt2"], default="masked", help="what marks u")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--no-reference", action="store_true", help="skip the reference loops (slow)")
     args = p.parse_args()
     torch.manual_seed(0)
-    vq = VQVAE(VQVAEConfig(in_channels=1)).eval()
+    vq = VQVAE(VQVAEConfig(in_channels=1))
     images = torch.rand(args.batch, 1, args.size, args.size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        vq(images)  # training mode: the codebook from these encodings
+    vq.eval()
     tokens = vq.encode_indices(images)
     h, w = tokens.shape[1:]
     gpt2 = GPT2Prior(GPT2PriorConfig(num_codes=vq.config.num_codes, height=h, width=w)).eval()
     masked = MaskedTokenPrior(MaskedPriorConfig(num_codes=vq.config.num_codes, height=h, width=w)).eval()
     t_ar, t_mask = nll_threshold(gpt2, tokens, args.percentile), nll_threshold(masked, tokens, args.percentile)
+    marker = gpt2 if args.marker == "gpt2" else None
+    t_mark = t_ar if marker is not None else t_mask  # u: the tokens over the marking prior's threshold
     s = args.restorations
     scorers = {
         "Sample-wise (GPT-2)": SampleWiseScorer(vq, gpt2, t_ar),
         "Pixel-wise (GPT-2, fast)": PixelWiseScorer(vq, gpt2, t_ar, restorations=s),
-        "masked Sample-wise": MaskedContextScorer(vq, masked, t_mask),
-        "masked restoration": MaskedRestorationScorer(vq, masked, t_mask, passes=args.passes, restorations=s),
+        "masked Sample-wise": MaskedContextScorer(vq, masked, t_mask, t_mark, marker),
+        "masked restoration": MaskedRestorationScorer(vq, masked, t_mark, passes=args.passes, marker=marker,
+                                                      restorations=s),
     }
     timings = [time_callable(lambda sc=sc: sc.score(images), name=name, repeats=args.repeats)
                for name, sc in scorers.items()]
@@ -55,9 +66,11 @@ def main() -> None:
     unusual = scorers["masked Sample-wise"].unusual(tokens).float().mean()
     lines = []
     if not args.no_reference:
-        slow = {"masked Sample-wise (reference loops)": MaskedContextScorer(vq, masked, t_mask, fast=False),
-                "masked restoration (reference loops)": MaskedRestorationScorer(vq, masked, t_mask, passes=args.passes,
-                                                                               restorations=s, fast=False)}
+        slow = {"masked Sample-wise (reference loops)": MaskedContextScorer(vq, masked, t_mask, t_mark, marker,
+                                                                            fast=False),
+                "masked restoration (reference loops)": MaskedRestorationScorer(vq, masked, t_mark, passes=args.passes,
+                                                                               marker=marker, restorations=s,
+                                                                               fast=False)}
         for name, sc in slow.items():
             timings.append(time_callable(lambda sc=sc: sc.score(images), name=name, repeats=1, warmup=0))
         fast_score = scorers["masked Sample-wise"].score(images).pred_score
@@ -68,7 +81,7 @@ def main() -> None:
                  f"  masked restoration: identical restored tokens: {same}"]
     print(format_table(timings, baselines=["Pixel-wise (GPT-2, fast)", "Sample-wise (GPT-2)"],
                        title=f"masked-context scoring  B={args.batch} 1x{args.size}x{args.size}  {h}x{w} tokens  "
-                             f"S={s}  passes={args.passes}  {100 * float(unusual):.0f} % unusual  on cpu "
+                             f"S={s}  passes={args.passes}  u marked by {args.marker}  {100 * float(unusual):.0f} % unusual  on cpu "
                              f"({torch.get_num_threads()} threads); times per batch"))
     print(format_table(passes, baselines=["Pixel-wise (GPT-2, fast): restoration pass only"],
                        title="the restoration passes alone (no encode, decode or residual maps)"))
