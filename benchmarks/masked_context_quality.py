@@ -9,7 +9,8 @@ of benchmarks/RESULTS.md.
 
 The command line's code path: without --vq a VQ-VAE is trained first (`vqfast train vqvae`),
 then `vqfast train gpt2` (or --gpt2 RUN) and `vqfast train masked` on its token grids with
-the same budget (--minutes, --epochs), then `vqfast score` with each scorer over the test split; the
+the same budget (--minutes, --epochs), then `vqfast score` with each scorer over the test split
+(--variants: also with `--passes 1` and / or `--marker` the GPT-2 run); the
 thresholds are the default percentiles (the paper's for GPT-2; the masked prior uses the
 GPT-2 prior's). Without --data the procedural split of `vqfast demo` (64 x 64, 160 training
 images, 40 + 40 test images) is written as image folders under <out>/data.
@@ -17,6 +18,7 @@ images, 40 + 40 test images) is written as image folders under <out>/data.
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 from vqfast.app.methods import read_run, train
@@ -24,9 +26,14 @@ from vqfast.app.report import evaluate_scores
 from vqfast.app.score import score
 from vqfast.data import procedural_splits, write_image_folder
 
-SCORERS = (("gpt2", "sample", "Sample-wise (GPT-2)"), ("gpt2", "light", "Light-Pixel-wise (GPT-2)"),
-           ("gpt2", "pixel", "Pixel-wise (GPT-2)"), ("masked", "masked-sample", "masked Sample-wise"),
-           ("masked", "masked-restore", "masked restoration"))
+SCORERS = (("gpt2", "sample", "Sample-wise (GPT-2)", {}), ("gpt2", "light", "Light-Pixel-wise (GPT-2)", {}),
+           ("gpt2", "pixel", "Pixel-wise (GPT-2)", {}), ("masked", "masked-sample", "masked Sample-wise", {}),
+           ("masked", "masked-restore", "masked restoration", {}))
+# --variants: the faster settings of the masked scorers (vqfast score --passes, --marker)
+VARIANTS = (("masked", "masked-restore", "masked restoration, 1 pass", {"passes": 1}),
+            ("masked", "masked-sample", "masked Sample-wise, u by GPT-2", {"marker": "gpt2"}),
+            ("masked", "masked-restore", "masked restoration, u by GPT-2", {"marker": "gpt2"}),
+            ("masked", "masked-restore", "masked restoration, u by GPT-2, 1 pass", {"marker": "gpt2", "passes": 1}))
 
 
 def main(argv=None):
@@ -41,6 +48,8 @@ def main(argv=None):
     p.add_argument("--vq-epochs", type=int, default=20)
     p.add_argument("--restorations", type=int, default=5)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--variants", action="store_true",
+                   help="also the masked scorers with one in-painting pass and/or u marked by the GPT-2 prior")
     args = p.parse_args(argv)
 
     out = Path(args.out)
@@ -60,23 +69,28 @@ def main(argv=None):
     runs = {m: read_run(d) if m == "gpt2" and args.gpt2 else train(m, data, args.format, d, budget, resume=args.resume)
             for m, d in dirs.items()}
     results = {"vq": vq, "priors": {m: r["summary"] for m, r in runs.items()}, "scores": {}}
-    for method, scorer, name in SCORERS:
-        folder = out / f"scores_{scorer}"
+    for method, scorer, name, extra in SCORERS + (VARIANTS if args.variants else ()):
+        folder = out / ("scores_" + "_".join([scorer] + [f"{k}{v}" for k, v in extra.items()]))
+        options = {**extra, "marker": dirs["gpt2"]} if "marker" in extra else extra
+        start = time.perf_counter()
         summary = score(scorer, dirs[method], test, args.format, folder, restorations=args.restorations,
-                        resume=args.resume)
+                        resume=args.resume, **options)
         results["scores"][name] = evaluate_scores(folder)["score"]
         results["scores"][name]["nll_percentile"] = summary.get("nll_percentile")
+        results["scores"][name]["s_per_image"] = (time.perf_counter() - start) / summary["images"]
         (out / "results.json").write_text(json.dumps(results, indent=2))
 
     for m, s in results["priors"].items():
         val = (s.get("final_val") or {}).get("loss")
         print(f"{m}: {s['epochs']} epochs ({s['stopped'] or 'epoch budget used'}), final training loss "
               f"{s['final_train']['loss']:.3f} nats" + ("" if val is None else f", validation {val:.3f}"))
-    print("| scorer | percentile | image AUROC | best F1 | pixel AUROC | AUPRO |")
-    print("|---|---|---|---|---|---|")
+    print("| scorer | percentile | image AUROC | best F1 | pixel AUROC | AUPRO | s / image (with the threshold's "
+          "validation scoring) |")
+    print("|---|---|---|---|---|---|---|")
     for name, r in results["scores"].items():
         print(f"| {name} | {r['nll_percentile']} | {r['image_auroc']:.3f} | {r['image_best_f1']:.3f} | "
-              f"{r.get('pixel_auroc', float('nan')):.3f} | {r.get('aupro', float('nan')):.3f} |")
+              f"{r.get('pixel_auroc', float('nan')):.3f} | {r.get('aupro', float('nan')):.3f} | "
+              f"{r['s_per_image']:.3f} |")
 
 
 if __name__ == "__main__":

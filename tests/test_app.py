@@ -9,8 +9,10 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from vqfast import metrics
+from vqfast.app.methods import RunError
 from vqfast.cli import main
 from vqfast.data import procedural_splits, write_image_folder
 
@@ -311,3 +313,46 @@ def test_masked_prior_trains_and_scores_from_the_command_line(folders):
     assert [r["score"] for r in _records(again)] == [r["score"] for r in _records(folders / "scores_masked-restore")]
     assert main(["score", "pixel", "--run", str(run), "--data", str(folders / "test"), "--out",
                  str(folders / "wrong")]) == 2
+
+
+def test_a_raster_prior_marks_the_masked_scorers_unusual_tokens(folders, tmp_path, capsys):
+    """--marker RUN: u = the tokens over the GPT-2 run's percentile of its own validation
+    NLLs (one causal forward), for both masked-context scorers; a marker of another kind or
+    trained on another VQ model, or on a scorer that marks nothing, is refused."""
+    import shutil
+
+    from vqfast.app.score import load_scorer
+    from vqfast.scorers.masked_context import mark_unusual
+
+    run = folders / "masked_marked"
+    assert main(["train", "masked", "--vq", str(folders / "vq"), "--data", str(folders / "train"), "--out",
+                 str(run), "--epochs", "1", "--set", "passes=3"]) == 0
+    gpt2, _ = load_scorer(folders / "gpt2", "pixel")
+    restore, _ = load_scorer(run, "masked-restore", marker=folders / "gpt2")
+    assert restore.marker is not None and restore.passes == 3  # the run's setting
+    assert load_scorer(run, "masked-restore", passes=1)[0].passes == 1 and restore.passes == 3
+    assert restore.threshold == gpt2.threshold  # the same percentile (80) of the same validation NLLs
+    sample, _ = load_scorer(run, "masked-sample", marker=folders / "gpt2", percentile=60)
+    assert sample.mark_threshold == load_scorer(folders / "gpt2", "sample", percentile=60)[0].threshold
+    assert sample.mark_threshold != sample.threshold  # lambda_S stays on the masked prior's own NLLs
+    tokens = torch.randint(0, 16, (3, 8, 8))
+    assert torch.equal(sample.unusual(tokens), mark_unusual(sample.prior, tokens, sample.mark_threshold, gpt2.prior))
+    out = tmp_path / "marked"
+    assert main(["score", "masked-restore", "--run", str(run), "--data", str(folders / "test"), "--out", str(out),
+                 "--restorations", "2", "--marker", str(folders / "gpt2"), "--passes", "1"]) == 0
+    assert json.loads((out / "summary.json").read_text())["marker"] == str(folders / "gpt2")
+    assert main(["score", "masked-restore", "--run", str(run), "--data", str(folders / "test"), "--out", str(out),
+                 "--restorations", "2", "--passes", "1", "--resume"]) == 2  # no marker: other settings
+    assert "cannot resume" in capsys.readouterr().err
+    other = tmp_path / "other_gpt2"
+    shutil.copytree(folders / "gpt2", other)
+    with open(other / "vq.safetensors", "ab") as f:
+        f.write(b"\0")
+    for marker, message in ((folders / "vq", "it must be a gpt2, performer or pixelsnail run"),
+                            (run, "a masked run"), (other, "trained on another VQ model")):
+        with pytest.raises(RunError, match=message):
+            load_scorer(run, "masked-restore", marker=marker)
+    with pytest.raises(RunError, match="only the masked-context scorers"):
+        load_scorer(folders / "gpt2", "pixel", marker=folders / "gpt2")
+    with pytest.raises(RunError, match="only masked-restore in-paints in passes"):
+        load_scorer(run, "masked-sample", passes=2)

@@ -100,7 +100,7 @@ def _score(args) -> int:
     threshold = args.threshold if args.threshold == "auto" else _number("--threshold", args.threshold)
     score(args.scorer, args.run, args.data, args.format, args.out, category=args.category, split=args.split,
           threshold=threshold, percentile=args.percentile, restorations=args.restorations,
-          decode_precision=args.decode_precision, resume=args.resume,
+          decode_precision=args.decode_precision, marker=args.marker, passes=args.passes, resume=args.resume,
           skip_bad=args.skip_bad, batch_size=args.batch_size, maps=not args.no_maps, map_format=args.maps,
           device=args.device if args.device != "auto" else None)
     distributed.close()
@@ -276,6 +276,13 @@ def _add_score(sub) -> argparse.ArgumentParser:
                    help="regenerative and restoration scorers: decode the VQ tokens in bfloat16 (about 3x faster "
                         "on CPUs with AMX or AVX512-BF16 and on GPUs; pixels within ~1e-3 of float32's; the "
                         "tokens themselves never change)")
+    p.add_argument("--marker", metavar="RUN",
+                   help="masked-sample / masked-restore: a gpt2, performer or pixelsnail run on the same VQ model "
+                        "whose NLLs mark the unusual tokens (one causal forward; default: the masked prior's "
+                        "neighbourhood NLLs, 4 forwards)")
+    p.add_argument("--passes", type=_positive_int,
+                   help="masked-restore: in-painting passes (default: the masked run's passes setting; 1 is the "
+                        "fastest: every unusual token drawn from one forward)")
     p.add_argument("--batch-size", type=_positive_int, default=8)
     p.add_argument("--maps", choices=["npy", "png"], default="npy",
                    help="how anomaly maps are saved: npy (float32 arrays) or png (16-bit grayscale images that "

@@ -48,11 +48,16 @@ def _load(run_dir: Path, name: str, expected: str = None):
 
 
 def load_scorer(run_dir, name: str, *, percentile: Optional[float] = None, token_threshold: Optional[float] = None,
-                restorations: int = 5, decode_precision: str = "float32", device=None):
+                restorations: int = 5, decode_precision: str = "float32", marker=None,
+                passes: Optional[int] = None, device=None):
     """(scorer, run record) for scorer ``name`` of the run in ``run_dir``. Prior scorers'
     token NLL threshold: ``token_threshold`` when given, else the ``percentile`` (default
     the paper's) of the prior's NLLs on the run's validation grids. ``decode_precision``
-    ("float32" or "bfloat16"): the VQ decoding of the regenerative and restoration scorers."""
+    ("float32" or "bfloat16"): the VQ decoding of the regenerative and restoration scorers.
+    ``marker``: a gpt2 / performer / pixelsnail run on the same VQ model whose NLLs mark
+    the masked-context scorers' unusual tokens u (over the same percentile of its own
+    validation NLLs), instead of the masked prior's neighbourhood NLLs. ``passes``: the
+    masked restoration's in-painting passes (default: the masked run's setting)."""
     from vqfast.scorers import (DSRScorer, FeatureAEScorer, KDEScorer, LightPixelWiseScorer, MaskedContextScorer,
                                 MaskedRestorationScorer, PAPER_PERCENTILES, PixelWiseScorer, RegenerativeScorer,
                                 SampleWiseScorer, nll_threshold)
@@ -90,11 +95,7 @@ def load_scorer(run_dir, name: str, *, percentile: Optional[float] = None, token
     vq_model = _load(run_dir, "vq.safetensors").to(device)
     if name == "regenerative":
         return RegenerativeScorer(vq_model, decode_precision=decode_precision), run
-    tokens = checkpoint.read(run_dir / "tokens.safetensors")[0]
-    prior = build_prior(run["method"], settings, vq_model, tokens["train"].shape[1:])
-    weights = checkpoint.read(run_dir / "model" / "model.safetensors")[0]
-    prior.load_state_dict(weights)
-    prior.to(device).eval()
+    prior, tokens = _load_prior(run_dir, run, vq_model, device)
     # the masked prior has no paper percentiles: the GPT-2 prior's (Sample-wise, Pixel-wise)
     paper = dict(zip(("sample", "pixel", "light"), PAPER_PERCENTILES[(type(vq_model).__name__,
                                                                       "gpt2" if run["method"] == "masked"
@@ -105,10 +106,19 @@ def load_scorer(run_dir, name: str, *, percentile: Optional[float] = None, token
         threshold = nll_threshold(prior, tokens["val"].to(device), pct)
     else:
         threshold, pct = float(token_threshold), None
+    if passes is not None and name != "masked-restore":
+        raise RunError(f"--passes: only masked-restore in-paints in passes, not {name}")
+    marker_prior = mark_threshold = None
+    if marker is not None:
+        if not name.startswith("masked-"):
+            raise RunError(f"--marker: only the masked-context scorers mark unusual tokens, not {name}")
+        marker_prior, mark_threshold = _load_marker(Path(marker), run_dir, vq_model, pct, token_threshold, device)
     if name == "masked-sample":
-        scorer = MaskedContextScorer(vq_model, prior, threshold)
-    elif name == "masked-restore":
-        scorer = MaskedRestorationScorer(vq_model, prior, threshold, passes=int(settings["passes"]),
+        scorer = MaskedContextScorer(vq_model, prior, threshold, mark_threshold, marker_prior)
+    elif name == "masked-restore":  # u: over the marker's threshold when there is one, else over the masked prior's
+        scorer = MaskedRestorationScorer(vq_model, prior, threshold if marker is None else mark_threshold,
+                                         passes=int(settings["passes"] if passes is None else passes),
+                                         marker=marker_prior,
                                          restorations=restorations, seed=seed, decode_precision=decode_precision)
     elif name == "sample":
         scorer = SampleWiseScorer(vq_model, prior, threshold)
@@ -123,6 +133,35 @@ def load_scorer(run_dir, name: str, *, percentile: Optional[float] = None, token
                            decode_precision=decode_precision)
     scorer.percentile = pct
     return scorer, run
+
+
+def _load_prior(run_dir: Path, run: Dict, vq_model, device):
+    """(prior in eval mode on ``device``, the run's token grids {"train", "val"})."""
+    tokens = checkpoint.read(run_dir / "tokens.safetensors")[0]
+    prior = build_prior(run["method"], run["settings"], vq_model, tokens["train"].shape[1:])
+    prior.load_state_dict(checkpoint.read(run_dir / "model" / "model.safetensors")[0])
+    return prior.to(device).eval(), tokens
+
+
+def _load_marker(marker_dir: Path, run_dir: Path, vq_model, pct, token_threshold, device):
+    """(raster prior, its NLL threshold) of a trained gpt2 / performer / pixelsnail run on
+    the same VQ model as the masked run: the same percentile of its validation NLLs, or
+    the same given token threshold."""
+    from vqfast.scorers import nll_threshold
+
+    marker_run = read_run(marker_dir)
+    if METHODS[marker_run["method"]].family != "prior" or marker_run["method"] == "masked":
+        raise RunError(f"--marker {marker_dir}: a {marker_run['method']} run; it must be a gpt2, performer or "
+                       "pixelsnail run")
+    if marker_run.get("status") != "trained":
+        raise RunError(f"--marker {marker_dir}: its training did not finish (status {marker_run.get('status')!r})")
+    if (marker_dir / "vq.safetensors").read_bytes() != (run_dir / "vq.safetensors").read_bytes():
+        raise RunError(f"--marker {marker_dir}: trained on another VQ model than {run_dir}; train it with the "
+                       "masked run's --vq")
+    marker, tokens = _load_prior(marker_dir, marker_run, vq_model, device)
+    if token_threshold is not None:
+        return marker, float(token_threshold)
+    return marker, nll_threshold(marker, tokens["val"].to(device), pct)
 
 
 def _read_records(path: Path) -> List[Dict]:
@@ -278,7 +317,7 @@ def _validation_images(run: Dict, transform: ImageTransform) -> AnomalyDataset:
 
 def score(scorer_name: str, run_dir, data, fmt: str, out, *, category: Optional[str] = None, split: str = "test",
           threshold="auto", percentile: Optional[float] = None, restorations: int = 5,
-          decode_precision: str = "float32", resume: bool = False,
+          decode_precision: str = "float32", marker=None, passes: Optional[int] = None, resume: bool = False,
           skip_bad: bool = False, batch_size: int = 8, maps: bool = True, map_format: str = "npy", device=None,
           progress: bool = True, echo: Callable = print) -> Dict:
     """Scores ``data`` with a run's scorer into ``out``; returns the summary (also
@@ -287,7 +326,7 @@ def score(scorer_name: str, run_dir, data, fmt: str, out, *, category: Optional[
     rank, world = distributed.rank_world()
     device = torch.device(device) if device else distributed.device()
     scorer, run = load_scorer(run_dir, scorer_name, percentile=percentile, restorations=restorations,
-                              decode_precision=decode_precision, device=device)
+                              decode_precision=decode_precision, marker=marker, passes=passes, device=device)
     transform = ImageTransform(size=int(run["transform"]["size"]), channels=int(run["transform"]["channels"]))
     dataset = open_data(data, fmt, split, transform, category=category, skip_bad=skip_bad)
     if dataset.skipped:
@@ -304,6 +343,8 @@ def score(scorer_name: str, run_dir, data, fmt: str, out, *, category: Optional[
                "skipped": [s[0] for s in dataset.skipped]}
     if getattr(scorer, "percentile", None) is not None:
         summary["nll_percentile"] = scorer.percentile
+    if marker is not None:
+        summary["marker"] = str(marker)
     if threshold == "auto":
         val = _validation_images(run, transform)
         val_records = _gather(score_images(scorer, val, out, "val_scores.jsonl", maps=False, batch_size=batch_size,
