@@ -41,7 +41,9 @@ def main(argv=None):
     p.add_argument("--data", default=None, help="default: the procedural split, written under <out>/data")
     p.add_argument("--format", default="folder")
     p.add_argument("--vq", default=None, help="a trained vqvae / vqgan run (default: train one here)")
-    p.add_argument("--gpt2", default=None, help="a trained gpt2 run on --vq's grids (default: train one here)")
+    p.add_argument("--gpt2", default=None, help="a trained gpt2 (or pixelsnail, performer) run on --vq's grids, the "
+                                                "raster prior of the other rows and --variants' marker (default: "
+                                                "train a gpt2 here)")
     p.add_argument("--out", default="runs/masked_procedural")
     p.add_argument("--minutes", type=float, default=3.0, help="each prior's training budget")
     p.add_argument("--epochs", type=int, default=30, help="each prior's epoch budget")
@@ -69,7 +71,9 @@ def main(argv=None):
     runs = {m: read_run(d) if m == "gpt2" and args.gpt2 else train(m, data, args.format, d, budget, resume=args.resume)
             for m, d in dirs.items()}
     results = {"vq": vq, "priors": {m: r["summary"] for m, r in runs.items()}, "scores": {}}
+    ar = {"gpt2": "GPT-2", "pixelsnail": "PixelSNAIL", "performer": "Performer"}[runs["gpt2"]["method"]]
     for method, scorer, name, extra in SCORERS + (VARIANTS if args.variants else ()):
+        name = name.replace("GPT-2", ar)
         folder = out / ("scores_" + "_".join([scorer] + [f"{k}{v}" for k, v in extra.items()]))
         options = {**extra, "marker": dirs["gpt2"]} if "marker" in extra else extra
         start = time.perf_counter()
