@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
+from masked_context_quality import procedural_folders, train_small_vqvae  # benchmarks/, beside this script
 from vqfast.app.methods import train
 from vqfast.app.report import evaluate_scores
 from vqfast.app.score import load_map, score
-from vqfast.data import procedural_splits, write_image_folder
 
 SCORERS = (("regenerative", "Regenerative"), ("light", "Light-Pixel-wise"), ("pixel", "Pixel-wise"))
 METRICS = ("image_auroc", "image_best_f1", "pixel_auroc", "aupro")
@@ -45,15 +45,10 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     out = Path(args.out)
-    data, test = args.data, args.data
-    if data is None:
-        train_set, test_set = procedural_splits(size=64, seed=0, n_train=160, n_test_normal=40, n_test_anomalous=40)
-        data, test = str(write_image_folder(train_set, out / "data" / "train")), \
-            str(write_image_folder(test_set, out / "data" / "test"))
+    data, test = (args.data, args.data) if args.data else procedural_folders(out / "data")
     prior = args.prior
     if prior is None:
-        train("vqvae", data, args.format, out / "vq", {"size": 64, "channels": 3, "epochs": 20, "hidden": 32,
-                                                      "res_blocks": 2, "codes": 64, "code_dim": 16, "downsamples": 2})
+        train_small_vqvae(data, args.format, out / "vq")
         prior = out / "gpt2"
         train("gpt2", data, args.format, prior, {"vq": str(out / "vq"), "minutes": args.minutes,
                                                  "epochs": args.epochs})

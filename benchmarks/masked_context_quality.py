@@ -36,6 +36,19 @@ VARIANTS = (("masked", "masked-restore", "masked restoration, 1 pass", {"passes"
             ("masked", "masked-restore", "masked restoration, u by GPT-2, 1 pass", {"marker": "gpt2", "passes": 1}))
 
 
+def procedural_folders(root: Path):
+    """(train folder, test folder): `vqfast demo`'s procedural split (64 x 64, 160 training
+    images, 40 + 40 test images) written under ``root``."""
+    train_set, test_set = procedural_splits(size=64, seed=0, n_train=160, n_test_normal=40, n_test_anomalous=40)
+    return str(write_image_folder(train_set, root / "train")), str(write_image_folder(test_set, root / "test"))
+
+
+def train_small_vqvae(data, fmt: str, out, epochs: int = 20, resume: bool = False):
+    """The procedural tables' VQ-VAE: hidden 32, 2 residual blocks, 64 x 16 codes, 16 x 16 tokens."""
+    return train("vqvae", data, fmt, out, {"size": 64, "channels": 3, "epochs": epochs, "hidden": 32, "res_blocks": 2,
+                                           "codes": 64, "code_dim": 16, "downsamples": 2}, resume=resume)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=None, help="default: the procedural split, written under <out>/data")
@@ -55,17 +68,11 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     out = Path(args.out)
-    data, test = args.data, args.data
-    if data is None:
-        train_set, test_set = procedural_splits(size=64, seed=0, n_train=160, n_test_normal=40, n_test_anomalous=40)
-        data, test = str(write_image_folder(train_set, out / "data" / "train")), \
-            str(write_image_folder(test_set, out / "data" / "test"))
+    data, test = (args.data, args.data) if args.data else procedural_folders(out / "data")
     vq = args.vq
     if vq is None:
         vq = str(out / "vq")
-        train("vqvae", data, args.format, vq, {"size": 64, "channels": 3, "epochs": args.vq_epochs, "hidden": 32,
-                                               "res_blocks": 2, "codes": 64, "code_dim": 16, "downsamples": 2},
-              resume=args.resume)
+        train_small_vqvae(data, args.format, vq, args.vq_epochs, resume=args.resume)
     budget = {"vq": vq, "minutes": args.minutes, "epochs": args.epochs}
     dirs = {"gpt2": Path(args.gpt2) if args.gpt2 else out / "gpt2", "masked": out / "masked"}
     runs = {m: read_run(d) if m == "gpt2" and args.gpt2 else train(m, data, args.format, d, budget, resume=args.resume)
