@@ -5,7 +5,6 @@
 #include <ATen/Parallel.h>
 
 #include <cmath>
-#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -14,38 +13,6 @@
 
 namespace vqfast {
 namespace {
-
-typedef float f32x16 __attribute__((vector_size(64)));
-
-// (u, v) -> u's and v's even lanes + their odd lanes: adjacent partial sums of each row
-// block added, two blocks of 16 partials into one.
-inline __attribute__((always_inline)) f32x16 fold(f32x16 u, f32x16 v) {
-  return __builtin_shufflevector(u, v, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30) +
-         __builtin_shufflevector(u, v, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-}
-
-// The dot products of q with 16 consecutive cache rows of DC (a multiple of 16) floats, as
-// one vector: each row's 16 partial sums folded pairwise (15 folds) instead of 16 separate
-// horizontal sums, the cost that dominated the score loop.
-template <int DC>
-inline __attribute__((always_inline)) f32x16 dots16(const float* __restrict__ q, const float* __restrict__ k) {
-  f32x16 r[16];
-  for (int j = 0; j < 16; ++j) {
-    f32x16 acc = {};
-    for (int c = 0; c < DC; c += 16) {
-      f32x16 kv, qv;
-      std::memcpy(&kv, k + j * DC + c, sizeof(kv));
-      std::memcpy(&qv, q + c, sizeof(qv));
-      acc += kv * qv;
-    }
-    r[j] = acc;
-  }
-  f32x16 a[8], b[4], c[2];
-  for (int i = 0; i < 8; ++i) a[i] = fold(r[2 * i], r[2 * i + 1]);
-  for (int i = 0; i < 4; ++i) b[i] = fold(a[2 * i], a[2 * i + 1]);
-  for (int i = 0; i < 2; ++i) c[i] = fold(b[2 * i], b[2 * i + 1]);
-  return fold(c[0], c[1]);
-}
 
 // One (row, head): scores, softmax, weighted sum of values. T = double keeps std::exp
 // (the float64 reference tests); float uses the 8-lane exp.
@@ -57,21 +24,11 @@ inline __attribute__((always_inline)) void attend_impl(const T* __restrict__ q, 
                                                         T* __restrict__ out, T* __restrict__ p) {
   const int64_t d = DC > 0 ? DC : d_rt;
   T top = -INFINITY;
-  int64_t t = 0;
-  if constexpr (std::is_same_v<T, float> && DC > 0 && DC % 16 == 0) {
-    f32x16 tops = f32x16{} - INFINITY;
-    for (; t + 16 <= length; t += 16) {
-      // The cache is streamed once per step, mostly from L3: fetch the next block ahead.
-      for (int j = 0; j < 16 * DC; j += 16) __builtin_prefetch(k + (t + 16) * DC + j);
-      const f32x16 s = dots16<DC>(q, k + t * DC) * scale;
-      std::memcpy(p + t, &s, sizeof(s));
-      tops = s > tops ? s : tops;
-    }
-    for (int j = 0; j < 16; ++j) top = tops[j] > top ? tops[j] : top;
-  }
-  for (; t < length; ++t) {
+  for (int64_t t = 0; t < length; ++t) {
     const T* kt = k + t * d;
+    // The cache is streamed once per step, mostly from L3/DRAM: fetch ahead.
     __builtin_prefetch(kt + 8 * d);
+    __builtin_prefetch(v + t * d);
     T s = 0;
 #pragma omp simd reduction(+ : s)
     for (int64_t i = 0; i < d; ++i) s += q[i] * kt[i];
@@ -85,26 +42,14 @@ inline __attribute__((always_inline)) void attend_impl(const T* __restrict__ q, 
     for (int64_t t = 0; t < length; ++t) z += (p[t] = std::exp(p[t] - top));
   }
   if constexpr (DC > 0) {
-    // Four accumulators over t: one chain of FMAs per output vector would wait on the
-    // FMA latency every cache row.
-    T acc[4][DC] = {};
-    int64_t t = 0;
-    for (; t + 4 <= length; t += 4) {
-      __builtin_prefetch(v + (t + 8) * DC);
-      for (int u = 0; u < 4; ++u) {
-        const T w = p[t + u];
-        const T* vt = v + (t + u) * DC;
-#pragma omp simd
-        for (int i = 0; i < DC; ++i) acc[u][i] += w * vt[i];
-      }
-    }
-    for (; t < length; ++t) {
+    T acc[DC] = {};
+    for (int64_t t = 0; t < length; ++t) {
       const T w = p[t];
       const T* vt = v + t * DC;
 #pragma omp simd
-      for (int i = 0; i < DC; ++i) acc[0][i] += w * vt[i];
+      for (int i = 0; i < DC; ++i) acc[i] += w * vt[i];
     }
-    for (int i = 0; i < DC; ++i) out[i] = ((acc[0][i] + acc[1][i]) + (acc[2][i] + acc[3][i])) / z;
+    for (int i = 0; i < DC; ++i) out[i] = acc[i] / z;
   } else {
     for (int64_t i = 0; i < d; ++i) out[i] = 0;
     for (int64_t t = 0; t < length; ++t) {
