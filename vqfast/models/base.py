@@ -19,6 +19,7 @@ def check_precision(precision: str) -> None:
 
 
 def _autocast(device: torch.device, precision: str):
+    check_precision(precision)
     if precision == "float32":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16)
@@ -54,9 +55,9 @@ class VQAutoencoder(nn.Module):
     def decode(self, z_q: torch.Tensor) -> torch.Tensor:
         return self.decoder(z_q)
 
-    def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
-        """(B, h, w) int64 token grid -> (B, C, H, W) image."""
-        return self.decode(F.embedding(indices, self.vq.codes()).permute(0, 3, 1, 2))
+    def decode_indices(self, indices: torch.Tensor, precision: str = "float32") -> torch.Tensor:
+        """(B, h, w) int64 token grid -> (B, C, H, W) image; precision as in decode_grids."""
+        return self._decode_in(F.embedding(indices, self.vq.codes()).permute(0, 3, 1, 2), precision)
 
     @torch.no_grad()
     def decode_grids(self, indices: torch.Tensor, precision: str = "float32", distinct: bool = True) -> torch.Tensor:
@@ -73,13 +74,11 @@ class VQAutoencoder(nn.Module):
             from float32's by about 1e-3 (benchmarks/RESULTS.md); token grids never change,
             only decoding does.
         """
-        check_precision(precision)
         if distinct and indices.shape[0] > 1 and not self.training:
             unique, inverse = torch.unique(indices.flatten(1), dim=0, return_inverse=True)
             if unique.shape[0] < indices.shape[0]:
                 return self.decode_grids(unique.view(-1, *indices.shape[1:]), precision, distinct=False)[inverse]
-        with _autocast(indices.device, precision):
-            return self.decode_indices(indices).to(self.vq.codebook.dtype)
+        return self.decode_indices(indices, precision)
 
     def forward(self, x: torch.Tensor) -> VQAutoencoderOutput:
         vq = self.vq(self.encode(x))
