@@ -5,7 +5,8 @@ restoration passes alone, and the masked scorers' reference loops (fast == refer
 printed too).
 
     python benchmarks/bench_masked_context.py [--size 128 --batch 8 --restorations 5 --percentile 80
-                                               --passes 4 --marker masked|gpt2]
+                                               --passes 4 --marker masked|gpt2
+                                               --prior-precision float32|bfloat16]
 
 Models: the VQ-VAE of the Performer paper at --size (16 x 16 tokens at 128, 256 codes),
 GPT-2 and masked priors of the same sizes (vqfast's defaults), random weights (timing does
@@ -14,6 +15,8 @@ batch sets it (a random codebook puts random images on a handful of codes); thre
 --percentile of each prior's NLLs on the batch's grids, so about (100 - percentile) % of
 the tokens are unusual / restored. --marker gpt2 marks u by the GPT-2 prior's NLLs (one
 causal forward) instead of the masked prior's neighbourhood NLLs (stride^2 forwards).
+--prior-precision runs every scorer's priors (GPT-2 and masked; thresholds included) in
+that precision, so the ratios compare like with like; the reference loops too.
 """
 
 import argparse
@@ -34,6 +37,7 @@ def main() -> None:
     p.add_argument("--passes", type=int, default=4)
     p.add_argument("--percentile", type=float, default=80.0)
     p.add_argument("--marker", choices=["masked", "gpt2"], default="masked", help="what marks u")
+    p.add_argument("--prior-precision", choices=["float32", "bfloat16"], default="float32")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--no-reference", action="store_true", help="skip the reference loops (slow)")
     args = p.parse_args()
@@ -47,16 +51,18 @@ def main() -> None:
     h, w = tokens.shape[1:]
     gpt2 = GPT2Prior(GPT2PriorConfig(num_codes=vq.config.num_codes, height=h, width=w)).eval()
     masked = MaskedTokenPrior(MaskedPriorConfig(num_codes=vq.config.num_codes, height=h, width=w)).eval()
-    t_ar, t_mask = nll_threshold(gpt2, tokens, args.percentile), nll_threshold(masked, tokens, args.percentile)
+    pp = args.prior_precision
+    t_ar = nll_threshold(gpt2, tokens, args.percentile, precision=pp)
+    t_mask = nll_threshold(masked, tokens, args.percentile, precision=pp)
     marker = gpt2 if args.marker == "gpt2" else None
     t_mark = t_ar if marker is not None else t_mask  # u: the tokens over the marking prior's threshold
     s = args.restorations
     scorers = {
-        "Sample-wise (GPT-2)": SampleWiseScorer(vq, gpt2, t_ar),
-        "Pixel-wise (GPT-2, fast)": PixelWiseScorer(vq, gpt2, t_ar, restorations=s),
-        "masked Sample-wise": MaskedContextScorer(vq, masked, t_mask, t_mark, marker),
+        "Sample-wise (GPT-2)": SampleWiseScorer(vq, gpt2, t_ar, prior_precision=pp),
+        "Pixel-wise (GPT-2, fast)": PixelWiseScorer(vq, gpt2, t_ar, restorations=s, prior_precision=pp),
+        "masked Sample-wise": MaskedContextScorer(vq, masked, t_mask, t_mark, marker, prior_precision=pp),
         "masked restoration": MaskedRestorationScorer(vq, masked, t_mark, passes=args.passes, marker=marker,
-                                                      restorations=s),
+                                                      restorations=s, prior_precision=pp),
     }
     timings = [time_callable(lambda sc=sc: sc.score(images), name=name, repeats=args.repeats)
                for name, sc in scorers.items()]
@@ -67,10 +73,10 @@ def main() -> None:
     lines = []
     if not args.no_reference:
         slow = {"masked Sample-wise (reference loops)": MaskedContextScorer(vq, masked, t_mask, t_mark, marker,
-                                                                            fast=False),
+                                                                            fast=False, prior_precision=pp),
                 "masked restoration (reference loops)": MaskedRestorationScorer(vq, masked, t_mark, passes=args.passes,
                                                                                marker=marker, restorations=s,
-                                                                               fast=False)}
+                                                                               fast=False, prior_precision=pp)}
         for name, sc in slow.items():
             timings.append(time_callable(lambda sc=sc: sc.score(images), name=name, repeats=1, warmup=0))
         fast_score = scorers["masked Sample-wise"].score(images).pred_score
@@ -81,7 +87,8 @@ def main() -> None:
                  f"  masked restoration: identical restored tokens: {same}"]
     print(format_table(timings, baselines=["Pixel-wise (GPT-2, fast)", "Sample-wise (GPT-2)"],
                        title=f"masked-context scoring  B={args.batch} 1x{args.size}x{args.size}  {h}x{w} tokens  "
-                             f"S={s}  passes={args.passes}  u marked by {args.marker}  {100 * float(unusual):.0f} % unusual  on cpu "
+                             f"S={s}  passes={args.passes}  u marked by {args.marker}  priors in {pp}  "
+                             f"{100 * float(unusual):.0f} % unusual  on cpu "
                              f"({torch.get_num_threads()} threads); times per batch"))
     print(format_table(passes, baselines=["Pixel-wise (GPT-2, fast): restoration pass only"],
                        title="the restoration passes alone (no encode, decode or residual maps)"))

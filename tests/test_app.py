@@ -159,6 +159,10 @@ def test_config_files_mirror_the_flags(folders, tmp_path):
     (["report", "--scores", "{root}/train"], "not a finished vqfast score folder"),
     (["score", "sample", "--run", "{root}/gpt2", "--data", "{root}/test", "--out", "{tmp}/x",
       "--decode-precision", "bfloat16"], "the sample scorer decodes no VQ tokens"),
+    (["score", "regenerative", "--run", "{root}/vq", "--data", "{root}/test", "--out", "{tmp}/x",
+      "--prior-precision", "bfloat16"], "a vqvae run has no token prior"),
+    (["score", "regenerative", "--run", "{root}/gpt2", "--data", "{root}/test", "--out", "{tmp}/x",
+      "--prior-precision", "bfloat16"], "the regenerative scorer runs no prior"),
     (["train", "vqvae", "--config", "{tmp}/none.toml", "--out", "{tmp}/x"], "cannot read the --config file"),
     (["train", "vqvae", "--data", "{tmp}/bad", "--out", "{tmp}/x"], "bad/0001.png"),
 ])
@@ -292,6 +296,20 @@ def test_decode_precision_reaches_the_decoding_scorers(folders):
     assert '"decode_precision": "bfloat16"' in json.loads((out / "score.json").read_text())["scorer.settings"]
 
 
+def test_prior_precision_reaches_the_prior_scorers_and_their_thresholds(folders):
+    from vqfast.app.score import load_scorer
+
+    for name in ("sample", "pixel", "light", "kde"):
+        half = load_scorer(folders / "gpt2", name, prior_precision="bfloat16")[0]
+        full = load_scorer(folders / "gpt2", name)[0]
+        assert (half.prior_precision, full.prior_precision) == ("bfloat16", "float32")
+        assert half.threshold != full.threshold  # the validation NLLs in bfloat16 too
+    out = folders / "scores_prior_bf16"
+    assert main(["score", "sample", "--run", str(folders / "gpt2"), "--data", str(folders / "test"), "--out", str(out),
+                 "--threshold", "1e9", "--prior-precision", "bfloat16"]) == 0
+    assert '"prior_precision": "bfloat16"' in json.loads((out / "score.json").read_text())["scorer.settings"]
+
+
 def test_masked_prior_trains_and_scores_from_the_command_line(folders):
     """vqfast train masked, then both masked-context scorers; a restoration scorer's
     records resume to the same values (its draws are keyed by the image)."""
@@ -337,6 +355,9 @@ def test_a_raster_prior_marks_the_masked_scorers_unusual_tokens(folders, tmp_pat
     assert sample.mark_threshold != sample.threshold  # lambda_S stays on the masked prior's own NLLs
     tokens = torch.randint(0, 16, (3, 8, 8))
     assert torch.equal(sample.unusual(tokens), mark_unusual(sample.prior, tokens, sample.mark_threshold, gpt2.prior))
+    half, _ = load_scorer(run, "masked-restore", marker=folders / "gpt2", prior_precision="bfloat16")
+    assert half.prior_precision == "bfloat16"  # the marker's threshold from its bfloat16 NLLs too
+    assert half.threshold == load_scorer(folders / "gpt2", "pixel", prior_precision="bfloat16")[0].threshold
     out = tmp_path / "marked"
     assert main(["score", "masked-restore", "--run", str(run), "--data", str(folders / "test"), "--out", str(out),
                  "--restorations", "2", "--marker", str(folders / "gpt2"), "--passes", "1"]) == 0

@@ -39,6 +39,22 @@ def test_fast_logits_equal_transformers(backend, gen):
                                        atol=1e-10)
 
 
+def test_activation_is_gpt2s_gelu_new(gen):
+    """The fused tanh GELU is GPT-2's own function: logits equal transformers' gelu_new
+    model on the same weights (so published GPT-2 checkpoints mean the same here)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    prior = _prior()
+    assert prior.model.config.activation_function == "gelu_pytorch_tanh"
+    config = {**prior.model.config.to_dict(), "activation_function": "gelu_new"}
+    original = GPT2LMHeadModel(GPT2Config(**config)).to(torch.float64).eval()
+    original.load_state_dict(prior.model.state_dict())
+    tokens = torch.randint(0, 37, (3, 5, 7), generator=gen)
+    inputs = prior._inputs(tokens)
+    torch.testing.assert_close(prior.logits(tokens), original(input_ids=inputs).logits[..., :37], rtol=1e-12,
+                               atol=1e-12)
+
+
 def test_nll_and_training_loss(gen):
     prior = _prior(torch.float32)
     tokens = torch.randint(0, 37, (4, 5, 7), generator=gen)

@@ -254,3 +254,34 @@ def test_masked_restoration_scores_through_eqs_11_12(gen):
     torch.testing.assert_close(scorer.score(images[1:]).pred_score, out.pred_score[1:], rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="passes"):
         MaskedRestorationScorer(vq, prior, 1.0, passes=0)
+
+
+@pytest.mark.parametrize("marked_by", ["masked", "gpt2"])
+def test_bfloat16_priors_stay_close_to_float32(gen, marked_by):
+    """prior_precision="bfloat16" runs both priors (the masked prior and a marker) in
+    bfloat16: pass 2's NLLs move within bfloat16 rounding, not bitwise; the in-painting
+    still changes only tokens of u (u marked in bfloat16) and is reproducible."""
+    from vqfast.scorers import MaskedRestorationScorer
+
+    vq, prior = _vq(), _prior(6, 6).float()
+    torch.manual_seed(1)
+    marker = None
+    if marked_by == "gpt2":
+        marker = GPT2Prior(GPT2PriorConfig(num_codes=16, height=6, width=6, n_layer=2, n_embd=32, n_head=4)).eval()
+    images = torch.rand(3, 3, 24, 24, generator=gen)
+    tokens = vq.encode_indices(images)
+    mark = nll_threshold(marker or prior, tokens, 60, precision="bfloat16")
+    full = MaskedContextScorer(vq, prior, 0.5, mark, marker)
+    half = MaskedContextScorer(vq, prior, 0.5, mark, marker, prior_precision="bfloat16")
+    unusual = half.unusual(tokens)
+    a, b = full.context_nll(tokens, unusual), half.context_nll(tokens, unusual)
+    assert bool(unusual.any()) and not torch.equal(a, b)
+    assert float((a - b).abs().amax()) < 0.05
+    scorer = MaskedRestorationScorer(vq, prior, mark, passes=2, marker=marker, restorations=3,
+                                     prior_precision="bfloat16")
+    seeds = scorer.image_seeds(images)
+    out = scorer.restore(tokens, seeds)
+    keep = ~unusual[:, None].expand_as(out)
+    assert torch.equal(out[keep], tokens[:, None].expand_as(out)[keep])
+    assert bool((out != tokens[:, None]).any()) and torch.equal(scorer.restore(tokens, seeds), out)
+    assert torch.isfinite(scorer.score(images).pred_score).all()

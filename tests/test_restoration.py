@@ -308,3 +308,65 @@ def test_bfloat16_decoding_keeps_the_tokens_and_the_map_within_tolerance(models,
     assert scorer_fingerprint(full) != scorer_fingerprint(half)
     with pytest.raises(ValueError, match="decode precision must be one of"):
         cls(vq, prior, threshold, decode_precision="fp16")
+
+
+def _float_prior(prior):
+    """A float32 copy: autocast (prior_precision) leaves float64 models alone."""
+    import copy
+
+    return copy.deepcopy(prior).float().eval()
+
+
+@pytest.mark.parametrize("cls", [SampleWiseScorer, PixelWiseScorer, LightPixelWiseScorer])
+def test_bfloat16_prior_is_close_to_float32_not_equal(models, gen, cls):
+    """prior_precision="bfloat16" runs the prior's forwards (the fast incremental pass
+    included) in bfloat16: NLLs and thresholds move within bfloat16 rounding, most
+    restored tokens stay, the fingerprint differs, and an unknown precision is named."""
+    from vqfast.scorers import scorer_fingerprint
+
+    vq, prior = models
+    prior = _float_prior(prior)
+    images = torch.rand(4, 3, 24, 24, generator=gen)
+    tokens = vq.encode_indices(images)
+    t32, t16 = nll_threshold(prior, tokens, 60), nll_threshold(prior, tokens, 60, precision="bfloat16")
+    assert t32 != t16 and abs(t32 - t16) < 0.05
+    kwargs = {} if cls is SampleWiseScorer else {"restorations": 3}
+    full = cls(vq, prior, t32, **kwargs)
+    half = cls(vq, prior, t16, prior_precision="bfloat16", **kwargs)
+    n32, n16 = full.prior_nll(tokens), half.prior_nll(tokens)
+    assert n16.dtype == torch.float32 and not torch.equal(n32, n16)
+    assert float((n32 - n16).abs().amax()) < 0.05
+    if cls is not SampleWiseScorer:
+        seeds = full.image_seeds(images)
+        a, b = full.restore(tokens, seeds), half.restore(tokens, seeds)
+        assert float((a == b).float().mean()) > 0.8
+        assert torch.equal(half.restore(tokens, seeds), b)  # reproducible in bfloat16 too
+        slow = cls(vq, prior, t16, prior_precision="bfloat16", fast=False, **kwargs).restore(tokens, seeds)
+        assert float((slow == b).float().mean()) > 0.8  # the reference loop in bfloat16: close, not bitwise
+    assert torch.isfinite(half.score(images).pred_score).all()
+    assert scorer_fingerprint(full) != scorer_fingerprint(half)
+    with pytest.raises(ValueError, match="prior_precision must be one of float32, bfloat16, got 'half'"):
+        cls(vq, prior, t32, prior_precision="half", **kwargs)
+
+
+@pytest.mark.parametrize("which", ["gpt2", "performer", "pixelsnail"])
+def test_incremental_steps_run_under_bfloat16_autocast(gen, which):
+    """Every prior's incremental step in bfloat16 autocast gives the full forward's
+    bfloat16 logits within bfloat16 rounding (its float32 state and caches take the
+    bfloat16 activations)."""
+    from vqfast.models.performer import PerformerPrior, PerformerPriorConfig
+
+    torch.manual_seed(0)
+    prior = {"gpt2": _priors()["gpt2"], "pixelsnail": _priors()["pixelsnail"],
+             "performer": PerformerPrior(PerformerPriorConfig(num_codes=16, height=6, width=6, n_layer=2, n_embd=32,
+                                                              n_head=4))}[which].eval()
+    tokens = torch.randint(0, 16, (3, 6, 6), generator=gen)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        full = prior.logits(tokens).float()
+        step = prior.fast().logits(tokens).float()
+    with torch.no_grad():
+        exact = prior.logits(tokens)
+    assert not torch.equal(full, exact)
+    scale = float(exact.abs().amax())
+    assert float((step - full).abs().amax()) < 0.05 * scale
+    assert float((step - exact).abs().amax()) < 0.05 * scale

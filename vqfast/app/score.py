@@ -48,12 +48,14 @@ def _load(run_dir: Path, name: str, expected: str = None):
 
 
 def load_scorer(run_dir, name: str, *, percentile: Optional[float] = None, token_threshold: Optional[float] = None,
-                restorations: int = 5, decode_precision: str = "float32", marker=None,
-                passes: Optional[int] = None, device=None):
+                restorations: int = 5, decode_precision: str = "float32", prior_precision: str = "float32",
+                marker=None, passes: Optional[int] = None, device=None):
     """(scorer, run record) for scorer ``name`` of the run in ``run_dir``. Prior scorers'
     token NLL threshold: ``token_threshold`` when given, else the ``percentile`` (default
     the paper's) of the prior's NLLs on the run's validation grids. ``decode_precision``
-    ("float32" or "bfloat16"): the VQ decoding of the regenerative and restoration scorers.
+    ("float32" or "bfloat16"): the VQ decoding of the regenerative and restoration scorers;
+    ``prior_precision``: the prior's (and marker's) forwards of the prior scorers, their
+    thresholds' validation NLLs included.
     ``marker``: a gpt2 / performer / pixelsnail run on the same VQ model whose NLLs mark
     the masked-context scorers' unusual tokens u (over the same percentile of its own
     validation NLLs), instead of the masked prior's neighbourhood NLLs. ``passes``: the
@@ -77,6 +79,11 @@ def load_scorer(run_dir, name: str, *, percentile: Optional[float] = None, token
     if decode_precision != "float32" and not decodes:
         raise RunError(f"--decode-precision {decode_precision}: the {name} scorer decodes no VQ tokens; it applies "
                        "to regenerative, pixel, light, kde and masked-restore")
+    if prior_precision != "float32" and method.family != "prior":
+        raise RunError(f"--prior-precision {prior_precision}: a {run['method']} run has no token prior; it applies "
+                       "to the gpt2, performer, pixelsnail and masked runs' scorers")
+    if prior_precision != "float32" and name == "regenerative":
+        raise RunError(f"--prior-precision {prior_precision}: the regenerative scorer runs no prior")
     if method.family == "vq":
         return RegenerativeScorer(_load(run_dir / "model", "model.safetensors").to(device),
                                   decode_precision=decode_precision), run
@@ -103,7 +110,7 @@ def load_scorer(run_dir, name: str, *, percentile: Optional[float] = None, token
     kind = {"kde": "pixel", "masked-sample": "sample", "masked-restore": "pixel"}.get(name, name)
     pct = percentile if percentile is not None else paper[kind]
     if token_threshold is None:
-        threshold = nll_threshold(prior, tokens["val"].to(device), pct)
+        threshold = nll_threshold(prior, tokens["val"].to(device), pct, precision=prior_precision)
     else:
         threshold, pct = float(token_threshold), None
     if passes is not None and name != "masked-restore":
@@ -112,25 +119,28 @@ def load_scorer(run_dir, name: str, *, percentile: Optional[float] = None, token
     if marker is not None:
         if not name.startswith("masked-"):
             raise RunError(f"--marker: only the masked-context scorers mark unusual tokens, not {name}")
-        marker_prior, mark_threshold = _load_marker(Path(marker), run_dir, vq_model, pct, token_threshold, device)
+        marker_prior, mark_threshold = _load_marker(Path(marker), run_dir, vq_model, pct, token_threshold, device,
+                                                    prior_precision)
     if name == "masked-sample":
-        scorer = MaskedContextScorer(vq_model, prior, threshold, mark_threshold, marker_prior)
+        scorer = MaskedContextScorer(vq_model, prior, threshold, mark_threshold, marker_prior,
+                                     prior_precision=prior_precision)
     elif name == "masked-restore":  # u: over the marker's threshold when there is one, else over the masked prior's
         scorer = MaskedRestorationScorer(vq_model, prior, threshold if marker is None else mark_threshold,
                                          passes=int(settings["passes"] if passes is None else passes),
                                          marker=marker_prior,
-                                         restorations=restorations, seed=seed, decode_precision=decode_precision)
+                                         restorations=restorations, seed=seed, decode_precision=decode_precision,
+                                         prior_precision=prior_precision)
     elif name == "sample":
-        scorer = SampleWiseScorer(vq_model, prior, threshold)
-    elif name == "light":
-        scorer = LightPixelWiseScorer(vq_model, prior, threshold, restorations=restorations, seed=seed,
-                                      decode_precision=decode_precision)
-    elif name == "pixel":
-        scorer = PixelWiseScorer(vq_model, prior, threshold, restorations=restorations, seed=seed,
-                                 decode_precision=decode_precision)
-    else:  # tokens with p < exp(-lambda_P) resampled
-        scorer = KDEScorer(vq_model, prior, math.exp(-threshold), restorations=restorations, seed=seed,
-                           decode_precision=decode_precision)
+        scorer = SampleWiseScorer(vq_model, prior, threshold, prior_precision=prior_precision)
+    else:
+        restoring = dict(restorations=restorations, seed=seed, decode_precision=decode_precision,
+                         prior_precision=prior_precision)
+        if name == "light":
+            scorer = LightPixelWiseScorer(vq_model, prior, threshold, **restoring)
+        elif name == "pixel":
+            scorer = PixelWiseScorer(vq_model, prior, threshold, **restoring)
+        else:  # tokens with p < exp(-lambda_P) resampled
+            scorer = KDEScorer(vq_model, prior, math.exp(-threshold), **restoring)
     scorer.percentile = pct
     return scorer, run
 
@@ -143,7 +153,7 @@ def _load_prior(run_dir: Path, run: Dict, vq_model, device):
     return prior.to(device).eval(), tokens
 
 
-def _load_marker(marker_dir: Path, run_dir: Path, vq_model, pct, token_threshold, device):
+def _load_marker(marker_dir: Path, run_dir: Path, vq_model, pct, token_threshold, device, precision: str):
     """(raster prior, its NLL threshold) of a trained gpt2 / performer / pixelsnail run on
     the same VQ model as the masked run: the same percentile of its validation NLLs, or
     the same given token threshold."""
@@ -161,7 +171,7 @@ def _load_marker(marker_dir: Path, run_dir: Path, vq_model, pct, token_threshold
     marker, tokens = _load_prior(marker_dir, marker_run, vq_model, device)
     if token_threshold is not None:
         return marker, float(token_threshold)
-    return marker, nll_threshold(marker, tokens["val"].to(device), pct)
+    return marker, nll_threshold(marker, tokens["val"].to(device), pct, precision=precision)
 
 
 def _read_records(path: Path) -> List[Dict]:
@@ -317,7 +327,8 @@ def _validation_images(run: Dict, transform: ImageTransform) -> AnomalyDataset:
 
 def score(scorer_name: str, run_dir, data, fmt: str, out, *, category: Optional[str] = None, split: str = "test",
           threshold="auto", percentile: Optional[float] = None, restorations: int = 5,
-          decode_precision: str = "float32", marker=None, passes: Optional[int] = None, resume: bool = False,
+          decode_precision: str = "float32", prior_precision: str = "float32", marker=None,
+          passes: Optional[int] = None, resume: bool = False,
           skip_bad: bool = False, batch_size: int = 8, maps: bool = True, map_format: str = "npy", device=None,
           progress: bool = True, echo: Callable = print) -> Dict:
     """Scores ``data`` with a run's scorer into ``out``; returns the summary (also
@@ -326,7 +337,8 @@ def score(scorer_name: str, run_dir, data, fmt: str, out, *, category: Optional[
     rank, world = distributed.rank_world()
     device = torch.device(device) if device else distributed.device()
     scorer, run = load_scorer(run_dir, scorer_name, percentile=percentile, restorations=restorations,
-                              decode_precision=decode_precision, marker=marker, passes=passes, device=device)
+                              decode_precision=decode_precision, prior_precision=prior_precision, marker=marker,
+                              passes=passes, device=device)
     transform = ImageTransform(size=int(run["transform"]["size"]), channels=int(run["transform"]["channels"]))
     dataset = open_data(data, fmt, split, transform, category=category, skip_bad=skip_bad)
     if dataset.skipped:

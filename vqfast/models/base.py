@@ -10,16 +10,18 @@ import torch.nn.functional as F
 from vqfast.models.vq import VQOutput
 
 
-DECODE_PRECISIONS = ("float32", "bfloat16")
+PRECISIONS = ("float32", "bfloat16")
 
 
-def check_precision(precision: str) -> None:
-    if precision not in DECODE_PRECISIONS:
-        raise ValueError(f"decode precision must be one of {', '.join(DECODE_PRECISIONS)}, got {precision!r}")
+def check_precision(precision: str, name: str = "decode precision") -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"{name} must be one of {', '.join(PRECISIONS)}, got {precision!r}")
 
 
-def _autocast(device: torch.device, precision: str):
-    check_precision(precision)
+def autocast_precision(device: torch.device, precision: str, name: str = "decode precision"):
+    """A context running float32 models in ``precision``: nothing for "float32",
+    bfloat16 autocast on ``device``'s type for "bfloat16"."""
+    check_precision(precision, name)
     if precision == "float32":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16)
@@ -93,7 +95,7 @@ class VQAutoencoder(nn.Module):
         return self._decode_in(vq.quantized, precision)
 
     def _decode_in(self, z_q: torch.Tensor, precision: str) -> torch.Tensor:
-        with _autocast(z_q.device, precision):
+        with autocast_precision(z_q.device, precision):
             return self.decode(z_q).to(z_q.dtype)
 
     def profile(self, x: torch.Tensor, repeats: int = 5, precision: str = "float32"):

@@ -253,7 +253,8 @@ class FastPerformer(IncrementalPrior):
             kf = wk.sub_(qkv[:, 1].square().sum(-1, keepdim=True), alpha=d**-0.5 / 2).sub_(key_shift).exp_()
             values[..., :d].copy_(qkv[:, 2])
             state = self.state[i].view(m_rows * h, -1, d + 1)
-            state.baddbmm_(kf.reshape(m_rows * h, -1, 1), values.view(m_rows * h, 1, d + 1))  # in place
+            # in place; kf is bfloat16 under autocast (prior_precision), the state float32
+            state.baddbmm_(kf.reshape(m_rows * h, -1, 1).to(state.dtype), values.view(m_rows * h, 1, d + 1))
             out = torch.bmm(qf.reshape(m_rows * h, 1, -1), state).view(m_rows, h, d + 1)
             attn = out[..., :d] / out[..., d:].clamp_min(tiny)
             x = x + F.linear(attn.reshape(m_rows, n), block.proj.weight, block.proj.bias)

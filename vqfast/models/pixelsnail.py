@@ -333,9 +333,10 @@ class FastPixelSNAIL(IncrementalPrior):
             if position:
                 kv = kv + t["code"][inputs]
             t["cache"][:, :, :, position] = kv.view(m, 2, heads, -1).transpose(0, 1)
-            a = self._attend(qkv[:, : cfg.channels].reshape(m, heads, -1), t["cache"][0], t["cache"][1],
-                             position + 1).reshape(m, -1)
-            mixed = torch.addmm(block.out_res.bias, F.elu(h), t["res_w"]).addmm_(F.elu(a), t["attn_w"])
+            q = qkv[:, : cfg.channels].reshape(m, heads, -1).to(t["cache"].dtype)  # bfloat16 under autocast
+            a = self._attend(q, t["cache"][0], t["cache"][1], position + 1).reshape(m, -1)
+            # out of place: autocast (prior_precision) casts addmm's operands, not addmm_'s
+            mixed = torch.addmm(torch.addmm(block.out_res.bias, F.elu(h), t["res_w"]), F.elu(a), t["attn_w"])
             mixed.add_(block.out_attn.bias)
             x = x + torch.addmm(block.combine.bias, F.elu(mixed), t["comb_w"])
         return torch.addmm(p.head.bias, F.elu(x), p.head.weight[:, :, 0, 0].T)

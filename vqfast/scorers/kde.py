@@ -60,7 +60,8 @@ class KDEScorer(PixelWiseScorer):
     NLL threshold is -log t), restorations S, dropout_decodes D (decodes per restoration;
     D > 1 turns the decoder's dropout on, with masks drawn from the image's seed), the
     mask (``mask_sigma``, ``mask_cutoff``), ``bandwidth_floor``, ``outside``, the image
-    score's ``reduction``/``topk``, ``seed`` and ``decode_precision`` as the restoration scorers'. The paper's
+    score's ``reduction``/``topk``, ``seed``, ``decode_precision`` and ``prior_precision`` as the restoration
+    scorers'. The paper's
     anchor uses S = 20 and D = 20.
 
     score(images (B, C, H, W)) -> ScoreBatch(reduction of the map, abnormality map (B, H, W)).
@@ -69,14 +70,16 @@ class KDEScorer(PixelWiseScorer):
     def __init__(self, vq_model, prior, probability: float, restorations: int = 5, dropout_decodes: int = 1,
                  mask_sigma: float = 2.0, mask_cutoff: float = 0.05, bandwidth_floor: float = 0.01,
                  outside: Optional[float] = None, reduction: str = "max", topk: float = 0.01, fast: bool = True,
-                 op_backend: str = "auto", seed: int = 0, decode_precision: str = "float32"):
+                 op_backend: str = "auto", seed: int = 0, decode_precision: str = "float32",
+                 prior_precision: str = "float32"):
         if not 0 < probability < 1:
             raise ValueError(f"probability must be in (0, 1), got {probability}")
         if dropout_decodes < 1 or restorations * dropout_decodes < 2:
             raise ValueError(f"need dropout_decodes >= 1 and at least 2 samples per pixel, got {restorations} "
                              f"restorations x {dropout_decodes} decodes")
         super().__init__(vq_model, prior, -math.log(probability), restorations=restorations, reduction=reduction,
-                         topk=topk, fast=fast, op_backend=op_backend, seed=seed, decode_precision=decode_precision)
+                         topk=topk, fast=fast, op_backend=op_backend, seed=seed, decode_precision=decode_precision,
+                         prior_precision=prior_precision)
         self.probability, self.dropout_decodes = probability, dropout_decodes
         self.mask_sigma, self.mask_cutoff, self.bandwidth_floor = mask_sigma, mask_cutoff, bandwidth_floor
         self.outside = outside
@@ -115,7 +118,7 @@ class KDEScorer(PixelWiseScorer):
         samples = self._decode_samples(restored, image_seeds, tuple(images.shape[1:]))
         abnormality = kde_abnormality(images, samples, self.bandwidth_floor)
         # resampled: changed by some restoration, or over the threshold under the original tokens
-        resampled = (restored != tokens[:, None]).any(1) | (self.prior.nll(tokens) > self.threshold)
+        resampled = (restored != tokens[:, None]).any(1) | (self.prior_nll(tokens) > self.threshold)
         inside = resampling_mask(resampled, images.shape[-2:], self.mask_sigma) > self.mask_cutoff
         outside = self.outside
         if outside is None:

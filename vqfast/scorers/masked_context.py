@@ -66,11 +66,12 @@ class MaskedContextScorer(_TokenScorer):
     lambda_S on its NLLs (e.g. nll_threshold(prior, val_tokens, pct)); mark_threshold:
     pass 1's threshold (default ``threshold`` when the prior marks; required with a
     ``marker``); marker: a raster prior that marks u instead; fast (batched passes) or the
-    reference loops."""
+    reference loops; prior_precision: both priors' forwards in "float32" or "bfloat16"
+    (vqfast.scorers.SampleWiseScorer's)."""
 
     def __init__(self, vq_model, prior, threshold: float, mark_threshold: Optional[float] = None, marker=None,
-                 fast: bool = True):
-        super().__init__(vq_model, prior, threshold)
+                 fast: bool = True, prior_precision: str = "float32"):
+        super().__init__(vq_model, prior, threshold, prior_precision)
         if marker is not None:
             if mark_threshold is None:
                 raise ValueError("a marker prior needs its own mark_threshold (e.g. nll_threshold(marker, ...))")
@@ -87,14 +88,16 @@ class MaskedContextScorer(_TokenScorer):
     @torch.no_grad()
     def unusual(self, tokens: torch.Tensor) -> torch.Tensor:
         """Pass 1: (B, h, w) tokens -> (B, h, w) bool, the tokens u."""
-        return mark_unusual(self.prior, tokens, self.mark_threshold, self.marker, self.fast)
+        with self._prior_autocast(tokens.device):
+            return mark_unusual(self.prior, tokens, self.mark_threshold, self.marker, self.fast)
 
     @torch.no_grad()
     def context_nll(self, tokens: torch.Tensor, unusual: torch.Tensor) -> torch.Tensor:
         """Pass 2: (B, h, w) NLL2 at the tokens of u (given u-bar), 0 elsewhere."""
-        if not self.fast:
-            return ref.context_nll_of_unusual(self.prior, tokens, unusual)
-        nll = self.prior.context_nll(tokens, unusual).float()
+        with self._prior_autocast(tokens.device):
+            if not self.fast:
+                return ref.context_nll_of_unusual(self.prior, tokens, unusual)
+            nll = self.prior.context_nll(tokens, unusual).float()
         return torch.where(unusual, nll, torch.zeros_like(nll))
 
     @torch.no_grad()
@@ -130,7 +133,8 @@ class MaskedRestorationScorer(_RestorationScorer):
     scorers (vqfast.scorers.PixelWiseScorer): threshold marks u, on the masked prior's
     neighbourhood NLLs or, with ``marker`` (a raster prior), on that prior's NLLs;
     passes: the in-painting passes; restorations S, temperature, k of eq. 11, reduction,
-    fast (batched) or the reference loop, seed."""
+    fast (batched) or the reference loop, seed, decode_precision and prior_precision (both
+    priors' forwards)."""
 
     def __init__(self, vq_model, prior, threshold: float, passes: int = 4, marker=None, **kwargs):
         super().__init__(vq_model, prior, threshold, **kwargs)
@@ -145,8 +149,7 @@ class MaskedRestorationScorer(_RestorationScorer):
             self.marker.eval()
 
     @torch.no_grad()
-    def restore(self, tokens: torch.Tensor, image_seeds: torch.Tensor) -> torch.Tensor:
-        """tokens (B, h, w), image_seeds (B,) -> restored (B, S, h, w)."""
+    def _restore(self, tokens: torch.Tensor, image_seeds: torch.Tensor) -> torch.Tensor:
         b, s = tokens.shape[0], self.restorations
         unusual = mark_unusual(self.prior, tokens, self.threshold, self.marker, self.fast)
         seeds = stream_seeds(image_seeds, s).reshape(-1)

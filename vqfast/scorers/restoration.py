@@ -23,7 +23,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from vqfast.models.base import check_precision
+from vqfast.models.base import autocast_precision, check_precision
 from vqfast.ops import restore_step
 from vqfast.reference import restoration as ref
 from vqfast.reference.restore_step import image_seeds, stream_seeds, token_nll
@@ -31,14 +31,17 @@ from vqfast.scorers.base import ScoreBatch, check_images, reduce_map
 
 
 @torch.no_grad()
-def nll_threshold(prior, tokens: torch.Tensor, percentile: float, batch_size: int = 64) -> float:
+def nll_threshold(prior, tokens: torch.Tensor, percentile: float, batch_size: int = 64,
+                  precision: str = "float32") -> float:
     """The ``percentile`` (0-100) of the prior's per-token NLLs over grids (N, h, w),
-    e.g. of training or validation tokens, as the paper sets lambda_S, lambda_P, lambda_LP."""
+    e.g. of training or validation tokens, as the paper sets lambda_S, lambda_P, lambda_LP;
+    the prior run in ``precision`` (a scorer's prior_precision)."""
     if not 0 <= percentile <= 100:
         raise ValueError(f"percentile must be in [0, 100], got {percentile}")
     prior.eval()
-    values = torch.cat([prior.nll(tokens[i : i + batch_size]).flatten().float().cpu()
-                        for i in range(0, tokens.shape[0], batch_size)])
+    with autocast_precision(tokens.device, precision, "precision"):
+        values = torch.cat([prior.nll(tokens[i : i + batch_size]).flatten().float().cpu()
+                            for i in range(0, tokens.shape[0], batch_size)])
     return float(torch.quantile(values.double(), percentile / 100))
 
 
@@ -106,7 +109,15 @@ def batched_restore(prior, tokens: torch.Tensor, threshold: float, seeds: torch.
 
 
 class _TokenScorer:
-    def __init__(self, vq_model, prior, threshold: float):
+    """prior_precision: "float32" (the default: the fast paths equal the reference
+    loops' tokens) or "bfloat16": the prior's forwards run under bfloat16 autocast
+    (faster where the hardware has bfloat16 matrix units; NLLs move by about 1e-2, so a
+    token near a threshold can be judged the other way, and tokens and scores are close
+    to float32's, not equal)."""
+
+    def __init__(self, vq_model, prior, threshold: float, prior_precision: str = "float32"):
+        check_precision(prior_precision, "prior_precision")
+        self.prior_precision = prior_precision
         vq_codes = vq_model.vq.codebook.shape[0]
         if prior.config.num_codes != vq_codes:
             raise ValueError(f"the prior models {prior.config.num_codes} codes but the VQ model's codebook has "
@@ -136,6 +147,15 @@ class _TokenScorer:
         self.vq_model.eval()
         self.prior.eval()
 
+    def _prior_autocast(self, device: torch.device):
+        return autocast_precision(device, self.prior_precision, "prior_precision")
+
+    @torch.no_grad()
+    def prior_nll(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, h, w) -> (B, h, w) float32 NLLs under the prior, in ``prior_precision``."""
+        with self._prior_autocast(tokens.device):
+            return self.prior.nll(tokens).float()
+
 
 class SampleWiseScorer(_TokenScorer):
     """pred_score = sum of the NLLs over lambda_S (eq. 9); anomaly_map = those
@@ -144,7 +164,7 @@ class SampleWiseScorer(_TokenScorer):
     @torch.no_grad()
     def score(self, images: torch.Tensor) -> ScoreBatch:
         self._eval()
-        nll = self.prior.nll(self._tokens(images)).float()
+        nll = self.prior_nll(self._tokens(images))
         xi = torch.where(nll > self.threshold, nll, torch.zeros_like(nll))
         maps = F.interpolate(xi.unsqueeze(1), size=images.shape[-2:], mode="bilinear", align_corners=False)
         return ScoreBatch(xi.flatten(1).sum(1), maps.squeeze(1))
@@ -159,7 +179,7 @@ class SampleWiseScorer(_TokenScorer):
         dev = images.device
         return [time_callable(lambda: self.vq_model.encode_indices(images), name="encode (VQ)", device=dev,
                               repeats=repeats),
-                time_callable(lambda: self.prior.nll(tokens), name="prior (NLLs)", device=dev, repeats=repeats),
+                time_callable(lambda: self.prior_nll(tokens), name=f"prior (NLLs, {self.prior_precision})", device=dev, repeats=repeats),
                 time_callable(lambda: self.score(images), name="score (total)", device=dev, repeats=repeats)]
 
 
@@ -171,12 +191,13 @@ class _RestorationScorer(_TokenScorer):
     image's random streams (image_seeds), so a score never depends on call order;
     decode_precision: "float32" or "bfloat16" (VQAutoencoder.decode_grids: faster
     where the hardware has bfloat16, maps within about 1e-2 of float32's). Each distinct
-    restored grid is decoded once."""
+    restored grid is decoded once. prior_precision: as _TokenScorer's."""
 
     def __init__(self, vq_model, prior, threshold: float, restorations: int = 5, temperature: float = 1.0,
                  k: Optional[float] = None, reduction: str = "max", topk: float = 0.01, fast: bool = True,
-                 op_backend: str = "auto", seed: int = 0, decode_precision: str = "float32"):
-        super().__init__(vq_model, prior, threshold)
+                 op_backend: str = "auto", seed: int = 0, decode_precision: str = "float32",
+                 prior_precision: str = "float32"):
+        super().__init__(vq_model, prior, threshold, prior_precision)
         check_precision(decode_precision)
         self.decode_precision = decode_precision
         reduce_map(torch.zeros(1, 1, 1), reduction, topk)  # validates the arguments
@@ -196,7 +217,12 @@ class _RestorationScorer(_TokenScorer):
         return image_seeds(images, self.seed)
 
     def restore(self, tokens: torch.Tensor, image_seeds: torch.Tensor) -> torch.Tensor:
-        """tokens (B, h, w), image_seeds (B,) -> restored (B, S, h, w)."""
+        """tokens (B, h, w), image_seeds (B,) -> restored (B, S, h, w), the prior in
+        ``prior_precision``."""
+        with self._prior_autocast(tokens.device):
+            return self._restore(tokens, image_seeds)
+
+    def _restore(self, tokens: torch.Tensor, image_seeds: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def decode(self, restored: torch.Tensor) -> torch.Tensor:
@@ -234,7 +260,8 @@ class _RestorationScorer(_TokenScorer):
         distinct = torch.unique(grids.flatten(1), dim=0).shape[0]
         return [
             time_callable(lambda: self.vq_model.encode_indices(images), name="encode (VQ)", device=dev, repeats=repeats),
-            time_callable(lambda: self.restore(tokens, seeds), name="restore (prior + sampling)", device=dev,
+            time_callable(lambda: self.restore(tokens, seeds), name=f"restore (prior in {self.prior_precision} + sampling)",
+                          device=dev,
                           repeats=repeats, warmup=1),
             time_callable(lambda: self.decode(restored),
                           name=f"decode (VQ, {distinct} distinct of {grids.shape[0]} grids, {self.decode_precision})",
@@ -251,7 +278,7 @@ class PixelWiseScorer(_RestorationScorer):
     lambda_P, restorations S, temperature of the samples, k of eq. 11, reduction of the
     map to the image score, fast (KV-cached batched pass) or the reference loop."""
 
-    def restore(self, tokens: torch.Tensor, image_seeds: torch.Tensor) -> torch.Tensor:
+    def _restore(self, tokens: torch.Tensor, image_seeds: torch.Tensor) -> torch.Tensor:
         b, s = tokens.shape[0], self.restorations
         seeds = stream_seeds(image_seeds, s)  # (B, S)
         if self.fast:
@@ -273,7 +300,7 @@ class PixelWiseScorer(_RestorationScorer):
 class LightPixelWiseScorer(_RestorationScorer):
     """Light-Pixel-wise restoration (section 3.5): the prior runs once per image."""
 
-    def restore(self, tokens: torch.Tensor, image_seeds: torch.Tensor) -> torch.Tensor:
+    def _restore(self, tokens: torch.Tensor, image_seeds: torch.Tensor) -> torch.Tensor:
         b, s = tokens.shape[0], self.restorations
         seeds = stream_seeds(image_seeds, s)
         if not self.fast:
