@@ -16,7 +16,9 @@ batch sets it (a random codebook puts random images on a handful of codes); thre
 the tokens are unusual / restored. --marker gpt2 marks u by the GPT-2 prior's NLLs (one
 causal forward) instead of the masked prior's neighbourhood NLLs (stride^2 forwards).
 --prior-precision runs every scorer's priors (GPT-2 and masked; thresholds included) in
-that precision, so the ratios compare like with like; the reference loops too.
+that precision, so the ratios compare like with like; the reference loops too. The table of
+the restoration passes alone always has the float32 passes as well, so a bfloat16 run
+compares against both of Pixel-wise's settings in one run.
 """
 
 import argparse
@@ -67,8 +69,19 @@ def main() -> None:
     timings = [time_callable(lambda sc=sc: sc.score(images), name=name, repeats=args.repeats)
                for name, sc in scorers.items()]
     seeds = scorers["masked restoration"].image_seeds(images)
-    passes = [time_callable(lambda sc=scorers[n]: sc.restore(tokens, seeds), name=f"{n}: restoration pass only",
-                            repeats=args.repeats) for n in ("Pixel-wise (GPT-2, fast)", "masked restoration")]
+
+    def restorers(precision):
+        ta = nll_threshold(gpt2, tokens, args.percentile, precision=precision)
+        tm = ta if marker is not None else nll_threshold(masked, tokens, args.percentile, precision=precision)
+        return {f"Pixel-wise (GPT-2, fast) pass, {precision}": PixelWiseScorer(vq, gpt2, ta, restorations=s,
+                                                                               prior_precision=precision),
+                f"masked restoration pass, {precision}": MaskedRestorationScorer(
+                    vq, masked, tm, passes=args.passes, marker=marker, restorations=s, prior_precision=precision)}
+
+    # the float32 passes always, so a bfloat16 run also compares against Pixel-wise's default
+    pass_scorers = {**restorers("float32"), **(restorers(pp) if pp != "float32" else {})}
+    passes = [time_callable(lambda sc=sc: sc.restore(tokens, seeds), name=n, repeats=args.repeats)
+              for n, sc in pass_scorers.items()]
     unusual = scorers["masked Sample-wise"].unusual(tokens).float().mean()
     lines = []
     if not args.no_reference:
@@ -90,7 +103,7 @@ def main() -> None:
                              f"S={s}  passes={args.passes}  u marked by {args.marker}  priors in {pp}  "
                              f"{100 * float(unusual):.0f} % unusual  on cpu "
                              f"({torch.get_num_threads()} threads); times per batch"))
-    print(format_table(passes, baselines=["Pixel-wise (GPT-2, fast): restoration pass only"],
+    print(format_table(passes, baselines=[f"Pixel-wise (GPT-2, fast) pass, {q}" for q in dict.fromkeys(("float32", pp))],
                        title="the restoration passes alone (no encode, decode or residual maps)"))
     print("  per image: " + ", ".join(f"{t.name} {1e3 * t.median_s / args.batch:.1f} ms" for t in timings))
     for line in lines:

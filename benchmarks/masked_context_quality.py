@@ -10,7 +10,8 @@ of benchmarks/RESULTS.md.
 The command line's code path: without --vq a VQ-VAE is trained first (`vqfast train vqvae`),
 then `vqfast train gpt2` (or --gpt2 RUN) and `vqfast train masked` on its token grids with
 the same budget (--minutes, --epochs), then `vqfast score` with each scorer over the test split
-(--variants: also with `--passes 1` and / or `--marker` the GPT-2 run); the
+(--variants: also with `--passes 1` and / or `--marker` the GPT-2 run; --prior-precision:
+every row's priors in that precision, `vqfast score --prior-precision`); the
 thresholds are the default percentiles (the paper's for GPT-2; the masked prior uses the
 GPT-2 prior's). Without --data the procedural split of `vqfast demo` (64 x 64, 160 training
 images, 40 + 40 test images) is written as image folders under <out>/data.
@@ -63,6 +64,8 @@ def main(argv=None):
     p.add_argument("--vq-epochs", type=int, default=20)
     p.add_argument("--restorations", type=int, default=5)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--prior-precision", choices=["float32", "bfloat16"], default="float32",
+                   help="every scorer's priors (thresholds included) in this precision")
     p.add_argument("--variants", action="store_true",
                    help="also the masked scorers with one in-painting pass and/or u marked by the GPT-2 prior")
     args = p.parse_args(argv)
@@ -81,11 +84,14 @@ def main(argv=None):
     ar = {"gpt2": "GPT-2", "pixelsnail": "PixelSNAIL", "performer": "Performer"}[runs["gpt2"]["method"]]
     for method, scorer, name, extra in SCORERS + (VARIANTS if args.variants else ()):
         name = name.replace("GPT-2", ar)
-        folder = out / ("scores_" + "_".join([scorer] + [f"{k}{v}" for k, v in extra.items()]))
+        tags = [scorer] + [f"{k}{v}" for k, v in extra.items()]
+        if args.prior_precision != "float32":
+            name, tags = f"{name}, {args.prior_precision}", tags + [args.prior_precision]
+        folder = out / ("scores_" + "_".join(tags))
         options = {**extra, "marker": dirs["gpt2"]} if "marker" in extra else extra
         start = time.perf_counter()
         summary = score(scorer, dirs[method], test, args.format, folder, restorations=args.restorations,
-                        resume=args.resume, **options)
+                        prior_precision=args.prior_precision, resume=args.resume, **options)
         results["scores"][name] = evaluate_scores(folder)["score"]
         results["scores"][name]["nll_percentile"] = summary.get("nll_percentile")
         results["scores"][name]["s_per_image"] = (time.perf_counter() - start) / summary["images"]

@@ -279,3 +279,23 @@ def test_trainer_feeds_augmented_epochs_reproducibly(tmp_path):
     resumed.fit(resume=True)
     a, b = straight.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_writing_a_folder_again_keeps_identical_files(tmp_path):
+    """write_image_folder leaves a file that holds the same PNG untouched (runs on the
+    folder resume: their data identity has modification times) and rewrites one that
+    differs."""
+    from vqfast.data import procedural_splits, write_image_folder
+
+    _, test = procedural_splits(size=16, seed=0, n_train=1, n_test_normal=2, n_test_anomalous=2)
+    root = write_image_folder(test, tmp_path / "t")
+    files = sorted(p for p in root.rglob("*.png"))
+    assert len(files) == 6  # 4 images, 2 masks
+    stamps = {p: p.stat().st_mtime_ns for p in files}
+    changed = files[0]
+    changed.write_bytes(b"other")
+    write_image_folder(test, root)
+    for p in files:
+        assert (p.stat().st_mtime_ns == stamps[p]) == (p != changed)
+    fresh = write_image_folder(test, tmp_path / "fresh")
+    assert changed.read_bytes() == (fresh / changed.relative_to(root)).read_bytes()

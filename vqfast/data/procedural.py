@@ -102,9 +102,20 @@ def write_image_folder(dataset, root) -> Path:
     """Writes a dataset's items as PNGs in the layout ``vqfast score --format folder``
     reads: ``good/`` for normal items, ``defect/`` for anomalous ones and their masks in
     ``ground_truth/defect/<stem>_mask.png`` (a flat folder when every item is normal).
-    Returns ``root``; for turning the procedural data into files a user would have."""
+    Returns ``root``; for turning the procedural data into files a user would have. A file
+    that already holds the same PNG is left as it is, so runs on the folder (whose data
+    identity includes modification times) still resume after it is written again."""
+    import io
+
     import numpy as np
     from PIL import Image
+
+    def save(array, path: Path):
+        buffer = io.BytesIO()
+        Image.fromarray(array).save(buffer, format="PNG")
+        data = buffer.getvalue()
+        if not path.is_file() or path.read_bytes() != data:
+            path.write_bytes(data)
 
     root = Path(root)
     labels = [int(dataset[i]["label"]) for i in range(len(dataset))]
@@ -114,9 +125,8 @@ def write_image_folder(dataset, root) -> Path:
         folder = root if flat else root / ("defect" if label else "good")
         folder.mkdir(parents=True, exist_ok=True)
         pixels = (item["image"].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
-        Image.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels).save(folder / f"{i:04d}.png")
+        save(pixels[..., 0] if pixels.shape[2] == 1 else pixels, folder / f"{i:04d}.png")
         if label:
             (root / "ground_truth" / "defect").mkdir(parents=True, exist_ok=True)
-            Image.fromarray(item["mask"].numpy().astype(np.uint8) * 255).save(
-                root / "ground_truth" / "defect" / f"{i:04d}_mask.png")
+            save(item["mask"].numpy().astype(np.uint8) * 255, root / "ground_truth" / "defect" / f"{i:04d}_mask.png")
     return root

@@ -174,22 +174,28 @@ class MaskedRestorationScorer(_RestorationScorer):
             if not bool(hidden.any()):
                 break
             if t == 0:
-                first = self.prior.logits(grid[::copies].view(-1, h, w), hidden[::copies].view(-1, h, w))
-                logits = first.repeat_interleave(copies, 0)  # (M, T, K)
+                logits = self.prior.logits(grid[::copies].view(-1, h, w), hidden[::copies].view(-1, h, w))
+                row = torch.arange(m, device=grids.device) // copies  # grid m's row of logits
             else:
                 logits = self.prior.logits(grid.view(m, h, w), hidden.view(m, h, w))
-            flat = logits.reshape(m * t_len, -1)
-            sample, _ = restore_step(flat, grid.reshape(-1), float("-inf"), seeds.repeat_interleave(t_len),
-                                     t * t_len + positions.repeat(m), self.temperature)
-            sample = sample.view(m, t_len)
-            prob = torch.softmax(logits.double(), -1).gather(-1, sample[..., None])[..., 0]
+                row = torch.arange(m, device=grids.device)
+            # draws only at the hidden tokens (each a pure function of its logits and counter);
+            # float32 at least, as the other scorers decide (bfloat16 logits under prior_precision)
+            g, p = hidden.nonzero(as_tuple=True)
+            at = logits[row[g], p]
+            at = at if at.dtype == torch.float64 else at.float()
+            drawn, _ = restore_step(at, grid[g, p], float("-inf"), seeds[g], t * t_len + p, self.temperature)
+            prob = torch.softmax(at.double(), -1).gather(-1, drawn[:, None])[:, 0]
             # rank of each hidden draw by (probability desc, position asc); visible ones last
-            key = torch.where(hidden, -prob, torch.full_like(prob, float("inf")))
+            key = torch.full((m, t_len), float("inf"), dtype=torch.float64, device=grids.device)
+            key[g, p] = -prob
             order = torch.sort(key, dim=1, stable=True).indices
             rank = torch.empty_like(order)
             rank.scatter_(1, order, positions.expand(m, t_len).contiguous())
             goal = -(-n * (t + 1) // self.passes)
             fix = hidden & (rank < (goal - done)[:, None])
+            sample = grid.clone()
+            sample[g, p] = drawn
             grid = torch.where(fix, sample, grid)
             hidden = hidden & ~fix
             done = goal
