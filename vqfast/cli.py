@@ -275,12 +275,13 @@ def _add_score(sub) -> argparse.ArgumentParser:
     p.add_argument("--restorations", type=_positive_int, default=5, help="restoration scorers: samples per image")
     p.add_argument("--decode-precision", choices=["float32", "bfloat16"], default="float32",
                    help="regenerative and restoration scorers: decode the VQ tokens in bfloat16 (about 3x faster "
-                        "on CPUs with AMX or AVX512-BF16 and on GPUs; pixels within ~1e-3 of float32's; the "
+                        "on CPUs with AMX or AVX512-BF16; pixels within ~1e-3 of float32's; the "
                         "tokens themselves never change)")
     p.add_argument("--prior-precision", choices=["float32", "bfloat16"], default="float32",
                    help="prior scorers: run the token prior (and --marker) in bfloat16, thresholds included "
-                        "(2-3x faster full forwards on CPUs with AMX and on GPUs; NLLs move by ~1e-2, so tokens "
-                        "near the threshold can be judged the other way: scores close to float32's, not equal)")
+                        "(on a CPU with AMX: transformer priors' forwards ~2x faster, PixelSNAIL and the "
+                        "sequential Pixel-wise pass slower; NLLs move by ~1e-2, so tokens near the threshold can "
+                        "be judged the other way: scores close to float32's, not equal)")
     p.add_argument("--marker", metavar="RUN",
                    help="masked-sample / masked-restore: a gpt2, performer or pixelsnail run on the same VQ model "
                         "whose NLLs mark the unusual tokens (one causal forward; default: the masked prior's "
