@@ -364,6 +364,9 @@ def test_incremental_steps_run_under_bfloat16_autocast(gen, which):
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         full = prior.logits(tokens).float()
         step = prior.fast().logits(tokens).float()
+        restored, nll = prior.fast().restore(tokens, 2.0, torch.arange(3))
+    assert nll.dtype == torch.float32 and bool(torch.isfinite(nll).all())  # decided on float32 NLLs
+    assert restored.shape == tokens.shape
     with torch.no_grad():
         exact = prior.logits(tokens)
     assert not torch.equal(full, exact)

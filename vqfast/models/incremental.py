@@ -87,13 +87,21 @@ class IncrementalPrior(nn.Module):
         step_op = torch.ops.vqfast.restore_step.default
         prev = flat.new_full((flat.shape[0],), self.start_token)
         for i in range(self.length):
-            logits = self.step(prev, i)
+            logits = self.step(prev, i).to(nll.dtype)  # bfloat16 under autocast: decide in float32
             flat[:, i], nll[:, i] = step_op(logits, flat[:, i], threshold, seeds, i, temperature, backend)
             prev = flat[:, i]
         return nll
 
     def _replay(self, flat, seeds, threshold, temperature, backend):
-        key = (flat.shape[0], threshold, temperature, backend)
+        autocast = torch.is_autocast_enabled("cuda")
+        dtype = torch.get_autocast_dtype("cuda")
+        key = (flat.shape[0], threshold, temperature, backend, dtype if autocast else None)
+        # autocast's cache of cast weights must stay out of a captured graph (PyTorch's CUDA
+        # graph notes: capture with cache_enabled=False); no-op in float32
+        with torch.autocast("cuda", dtype=dtype, enabled=autocast, cache_enabled=False):
+            return self._replay_in(key, flat, seeds, threshold, temperature, backend)
+
+    def _replay_in(self, key, flat, seeds, threshold, temperature, backend):
         if key not in self._graphs:
             static_flat, static_seeds = flat.clone(), seeds.clone()
             side = torch.cuda.Stream()
