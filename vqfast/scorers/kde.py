@@ -60,9 +60,8 @@ class KDEScorer(PixelWiseScorer):
     NLL threshold is -log t), restorations S, dropout_decodes D (decodes per restoration;
     D > 1 turns the decoder's dropout on, with masks drawn from the image's seed), the
     mask (``mask_sigma``, ``mask_cutoff``), ``bandwidth_floor``, ``outside``, the image
-    score's ``reduction``/``topk``, ``seed``, ``decode_precision`` and ``prior_precision`` as the restoration
-    scorers'. The paper's
-    anchor uses S = 20 and D = 20.
+    score's ``reduction``/``topk``, ``seed``, ``decode_precision`` and ``prior_precision`` as
+    the restoration scorers'. The paper's anchor uses S = 20 and D = 20.
 
     score(images (B, C, H, W)) -> ScoreBatch(reduction of the map, abnormality map (B, H, W)).
     """

@@ -179,7 +179,8 @@ class SampleWiseScorer(_TokenScorer):
         dev = images.device
         return [time_callable(lambda: self.vq_model.encode_indices(images), name="encode (VQ)", device=dev,
                               repeats=repeats),
-                time_callable(lambda: self.prior_nll(tokens), name=f"prior (NLLs, {self.prior_precision})", device=dev, repeats=repeats),
+                time_callable(lambda: self.prior_nll(tokens), name=f"prior (NLLs, {self.prior_precision})", device=dev,
+                              repeats=repeats),
                 time_callable(lambda: self.score(images), name="score (total)", device=dev, repeats=repeats)]
 
 
@@ -260,8 +261,8 @@ class _RestorationScorer(_TokenScorer):
         distinct = torch.unique(grids.flatten(1), dim=0).shape[0]
         return [
             time_callable(lambda: self.vq_model.encode_indices(images), name="encode (VQ)", device=dev, repeats=repeats),
-            time_callable(lambda: self.restore(tokens, seeds), name=f"restore (prior in {self.prior_precision} + sampling)",
-                          device=dev,
+            time_callable(lambda: self.restore(tokens, seeds),
+                          name=f"restore (prior in {self.prior_precision} + sampling)", device=dev,
                           repeats=repeats, warmup=1),
             time_callable(lambda: self.decode(restored),
                           name=f"decode (VQ, {distinct} distinct of {grids.shape[0]} grids, {self.decode_precision})",
