@@ -2,6 +2,7 @@
 density/restoration paper's eq. 20): batched passes against the per-token loops of
 vqfast.reference.masked_context, in float64."""
 
+import copy
 import math
 
 import pytest
@@ -285,3 +286,9 @@ def test_bfloat16_priors_stay_close_to_float32(gen, marked_by):
     assert torch.equal(out[keep], tokens[:, None].expand_as(out)[keep])
     assert bool((out != tokens[:, None]).any()) and torch.equal(scorer.restore(tokens, seeds), out)
     assert torch.isfinite(scorer.score(images).pred_score).all()
+    if marker is not None:  # autocast leaves float64 models alone: refused, not silently float64
+        wide = copy.deepcopy(marker).double()
+        with pytest.raises(ValueError, match="leaves a torch.float64 marker as it is"):
+            MaskedContextScorer(vq, prior, 0.5, mark, wide, prior_precision="bfloat16")
+        with pytest.raises(ValueError, match="leaves a torch.float64 marker as it is"):
+            MaskedRestorationScorer(vq, prior, mark, marker=wide, prior_precision="bfloat16")

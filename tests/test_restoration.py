@@ -347,6 +347,8 @@ def test_bfloat16_prior_is_close_to_float32_not_equal(models, gen, cls):
     assert scorer_fingerprint(full) != scorer_fingerprint(half)
     with pytest.raises(ValueError, match="prior_precision must be one of float32, bfloat16, got 'half'"):
         cls(vq, prior, t32, prior_precision="half", **kwargs)
+    with pytest.raises(ValueError, match="leaves a torch.float64 prior as it is"):
+        cls(vq, models[1], t32, prior_precision="bfloat16", **kwargs)
 
 
 @pytest.mark.parametrize("which", ["gpt2", "performer", "pixelsnail"])

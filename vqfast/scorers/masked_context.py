@@ -76,6 +76,7 @@ class MaskedContextScorer(_TokenScorer):
             if mark_threshold is None:
                 raise ValueError("a marker prior needs its own mark_threshold (e.g. nll_threshold(marker, ...))")
             _check_marker(prior, marker)
+            self._check_autocastable(marker, "marker")
         self.marker = marker
         self.mark_threshold = float(threshold if mark_threshold is None else mark_threshold)
         self.fast = fast
@@ -141,6 +142,8 @@ class MaskedRestorationScorer(_RestorationScorer):
         if passes < 1:
             raise ValueError(f"passes must be >= 1, got {passes}")
         _check_marker(prior, marker)
+        if marker is not None:
+            self._check_autocastable(marker, "marker")
         self.passes, self.marker = passes, marker
 
     def _eval(self):

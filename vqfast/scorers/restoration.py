@@ -118,6 +118,7 @@ class _TokenScorer:
     def __init__(self, vq_model, prior, threshold: float, prior_precision: str = "float32"):
         check_precision(prior_precision, "prior_precision")
         self.prior_precision = prior_precision
+        self._check_autocastable(prior, "prior")
         vq_codes = vq_model.vq.codebook.shape[0]
         if prior.config.num_codes != vq_codes:
             raise ValueError(f"the prior models {prior.config.num_codes} codes but the VQ model's codebook has "
@@ -146,6 +147,12 @@ class _TokenScorer:
     def _eval(self):
         self.vq_model.eval()
         self.prior.eval()
+
+    def _check_autocastable(self, model, what: str) -> None:
+        dtype = next(model.parameters()).dtype
+        if self.prior_precision == "bfloat16" and dtype != torch.float32:
+            raise ValueError(f"prior_precision='bfloat16' runs a float32 {what} under autocast, which leaves a {dtype} "
+                             f"{what} as it is: use a float32 {what} or prior_precision='float32'")
 
     def _prior_autocast(self, device: torch.device):
         return autocast_precision(device, self.prior_precision, "prior_precision")
