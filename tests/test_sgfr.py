@@ -155,12 +155,29 @@ def test_eps_bounds_the_residual_norm_not_its_square(gen):
     bank = _Items(_gratings(gen, False, 12, size=32))
     test = torch.stack([t["image"] for t in _gratings(gen, False, 2, defect=True, size=32)])
     backbone = _PoolBackbone()
-    feats = {lvl: f.double().flatten(1).numpy() for lvl, f in backbone(test).items()}
-    bank_f = {lvl: f.double().flatten(1).numpy() for lvl, f in backbone(torch.stack([t["image"] for t in bank])).items()}
-    for lvl in (1, 2):
+
+    def features():
+        feats = {lvl: f.double().flatten(1).numpy() for lvl, f in backbone(test).items()}
+        bank_f = {lvl: f.double().flatten(1).numpy()
+                  for lvl, f in backbone(torch.stack([t["image"] for t in bank])).items()}
+        return feats, bank_f
+
+    def one_atom(feats, bank_f, lvl):
         one = orthogonal_mp(bank_f[lvl].T, feats[lvl].T, n_nonzero_coefs=1)  # (N, B)
-        norms = np.linalg.norm(feats[lvl].T - bank_f[lvl].T @ one, axis=0)
-        assert norms.min() > 1.0  # so that eps and eps^2 differ in what they allow
+        return one, np.linalg.norm(feats[lvl].T - bank_f[lvl].T @ one, axis=0)
+
+    # The residuals must exceed 1 so that eps and eps^2 differ in what they allow. OMP's
+    # support does not change when the features and the bank scale together (the pooling
+    # backbone is linear), and the residuals scale with them: scale until the least is 2.
+    smallest = min(one_atom(*features(), lvl)[1].min() for lvl in (1, 2))
+    scale = max(1.0, 2.0 / smallest)
+    test = scale * test
+    for item in bank:
+        item["image"] = scale * item["image"]
+    feats, bank_f = features()
+    for lvl in (1, 2):
+        one, norms = one_atom(feats, bank_f, lvl)
+        assert norms.min() > 1.5
         eps = float(norms.max()) * (1 + 1e-9)
         # one level at a time, sampling off: the whole bank is the dictionary
         scorer = SGFRScorer(backbone, levels=(lvl,), ref_level=3, s=6, eps=eps, sampling=False, sigma=0.0).fit(bank)
