@@ -287,6 +287,64 @@ def test_cpu_kernel_checks_values_as_it_packs(gen, isa, dtype, where, bad, col):
         _ext._C.nearest_code_cpu(z, cb, 2, isa)
 
 
+HAS_AMX = _ext.HAS_EXT and "amx" in _ext._C.cpu_isas()
+
+
+def _two_clusters(gen, n, d, num_codes):
+    """Codes alternating between two tight clusters at +b and -b, rows near +b: the
+    codebook mean lies between the clusters, so bfloat16 products (8 significant bits of
+    ~||b||^2) cannot tell one cluster's codes apart, and only the float32 recompute can."""
+    b = 4 * torch.randn(d, generator=gen)
+    sign = 1.0 - 2.0 * (torch.arange(num_codes) % 2).float()[:, None]
+    cb = sign * b + 1e-2 * torch.randn(num_codes, d, generator=gen)
+    return b + 1e-2 * torch.randn(n, d, generator=gen), cb
+
+
+@pytest.mark.skipif(not HAS_AMX, reason="this CPU has no AMX-BF16")
+@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("d", [64, 100])
+def test_amx_answer_is_the_exact_recomputes_argmin(gen, k, d):
+    """The AMX variant's bfloat16 products only bound the distances; what it returns is
+    the k smallest float32 recomputed distances. So it must match the float64 reference
+    wherever the gaps exceed the recompute's own rounding (float32 sums of D squares),
+    far below what an expanded-form ranking resolves at this offset."""
+    z, cb = _two_clusters(gen, 500, d, 200)
+    idx, dist = _ext._C.nearest_code_cpu(z, cb, k, "amx")
+    ref_idx, ref_dist = reference.nearest_code(z.double(), cb.double(), k + 1)
+    exact = (z.double().unsqueeze(1) - cb.double()[idx]).square().sum(-1)
+    torch.testing.assert_close(dist.double(), exact, rtol=4 * (d + 4) * EPS32, atol=0)
+    margin = 4 * (d + 4) * EPS32 * ref_dist[:, k:]
+    decided = (ref_dist.diff(dim=1) > margin).all(1)
+    assert decided.float().mean() > 0.99
+    assert torch.equal(idx[decided], ref_idx[decided, :k])
+
+
+@pytest.mark.skipif(not HAS_AMX, reason="this CPU has no AMX-BF16")
+@pytest.mark.parametrize("k", [1, 4])
+def test_amx_at_the_value_bound(gen, k):
+    """Values up to the overflow bound. Most codes sit at -bound, so the centre does too,
+    and for rows at +bound the products with the code at +bound overflow float32: such
+    codes' intervals are not finite, and they must stay candidates."""
+    d = 64
+    bound = float(torch.tensor((torch.finfo(torch.float32).max / (4 * d)) ** 0.5).float()) * (1 - 2**-20)
+    z = bound * (2 * torch.rand(300, d, generator=gen) - 1)
+    z[:10], z[10:20] = bound, -bound
+    cb = torch.cat([bound * (2 * torch.rand(20, d, generator=gen) - 1), torch.full((200, d), -bound),
+                    torch.full((1, d), bound)])
+    idx, dist = _ext._C.nearest_code_cpu(z, cb, k, "amx")
+    assert bool(dist.isfinite().all())
+    assert_matches_reference(z, cb, k, idx, dist)
+
+
+@pytest.mark.skipif(not HAS_AMX, reason="this CPU has no AMX-BF16")
+def test_auto_uses_amx_only_past_32_dimensions(gen):
+    """"auto" is AMX for D > 32 (bit-identical results to isa='amx') and AVX-512 below."""
+    for d, isa in ((33, "amx"), (32, "avx512")):
+        z, cb = torch.randn(200, d, generator=gen), torch.randn(50, d, generator=gen)
+        got, want = _ext._C.nearest_code_cpu(z, cb, 2, "auto"), _ext._C.nearest_code_cpu(z, cb, 2, isa)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
 @pytest.mark.skipif(not _ext.HAS_EXT, reason="C++ extension not built")
 def test_cpu_kernel_value_bound_is_the_python_layers():
     """Exactly at the bound passes, the next float up fails, for both checks."""
