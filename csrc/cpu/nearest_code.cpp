@@ -539,9 +539,12 @@ template <typename T> VQ_AMX_TARGET bool amx_blocks(const Problem& pr, int64_t b
       const __m512 nx = _mm512_set1_ps(nrm[r]), two = _mm512_set1_ps(2.f);
       const __m512 A = _mm512_set1_ps(bd.A), B = _mm512_set1_ps(bd.B), Ct = _mm512_set1_ps(bd.Ct),
                    Dt = _mm512_set1_ps(bd.Dt);
-      // Pass 1: intervals [lo, hi] (lo kept in place of the products) and the k-th smallest hi.
+      // Pass 1: intervals [lo, hi] (lo kept in place of the products) and an upper bound on
+      // the k-th smallest hi. Any k codes' largest hi bounds it; for k <= 16 the lanes'
+      // minima (each over its own codes) give k such codes at no extra cost, and a looser
+      // bound only admits more candidates to the exact recompute.
       __m512 hmin = _mm512_set1_ps(kInf);
-      if (k > 1) std::fill(hv.begin(), hv.end(), kInf);
+      if (k > 16) std::fill(hv.begin(), hv.end(), kInf);
       for (int64_t j = 0; j < Kp; j += 16) {
         const __m512 cn = _mm512_loadu_ps(pr.cnorm + j), nc = _mm512_loadu_ps(pr.cabs + j);
         const __m512 approx = _mm512_fnmadd_ps(two, _mm512_loadu_ps(sr + j), cn);
@@ -550,7 +553,7 @@ template <typename T> VQ_AMX_TARGET bool amx_blocks(const Problem& pr, int64_t b
         e = _mm512_fmadd_ps(_mm512_add_ps(nx, nc), Ct, e);
         const __m512 hi = _mm512_add_ps(approx, e);
         _mm512_storeu_ps(sr + j, _mm512_sub_ps(approx, e));
-        if (k == 1) {
+        if (k <= 16) {
           hmin = _mm512_min_ps(hi, hmin);  // a NaN hi leaves hmin as it was
         } else {
           __mmask16 m = _mm512_cmp_ps_mask(hi, _mm512_set1_ps(hv[k - 1]), _CMP_LT_OQ);
@@ -562,7 +565,17 @@ template <typename T> VQ_AMX_TARGET bool amx_blocks(const Problem& pr, int64_t b
           }
         }
       }
-      const float top = k == 1 ? _mm512_reduce_min_ps(hmin) : hv[k - 1];
+      float top;
+      if (k == 1) {
+        top = _mm512_reduce_min_ps(hmin);
+      } else if (k <= 16) {
+        alignas(64) float lanes[16];
+        _mm512_store_ps(lanes, hmin);
+        std::nth_element(lanes, lanes + k - 1, lanes + 16);
+        top = lanes[k - 1];
+      } else {
+        top = hv[k - 1];
+      }
       const float rh = sq[r] * bd.rfac, ends = rh + top;
       float thr = top + ((ends > 0.f ? ends * bd.cG : 0.f) + (rh + 2.f * std::fabs(top)) * bd.slack);
       if (!(thr < kInf)) thr = kInf;  // an overflowed bound: every code is a candidate
