@@ -65,6 +65,13 @@ template <typename V> VQ_INLINE V vload(const void* p) {
 template <typename V> VQ_INLINE void vstore(void* p, V v) { __builtin_memcpy(p, &v, sizeof(V)); }
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
+
+// float32 -> bfloat16, to nearest with ties to even (finite inputs).
+VQ_INLINE uint16_t to_bf16(float x) {
+  uint32_t bits;
+  __builtin_memcpy(&bits, &x, sizeof(bits));
+  return static_cast<uint16_t>((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
+}
 // A row block's packed z (rows x D floats) is kept near this size (L1/L2 resident).
 constexpr int64_t kRowBlockFloats = 16384;
 
@@ -405,7 +412,6 @@ VQ_AMX_TARGET bool pack_rows_bf16(const Problem& pr, int64_t row0, int64_t rows,
   int32_t bound_bits;
   __builtin_memcpy(&bound_bits, &pr.bound, sizeof(bound_bits));
   const VI magnitude = VI{} + 0x7fffffff, bound = VI{} + bound_bits;
-  const auto to_bf16 = [](uint32_t bits) { return static_cast<uint16_t>((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16); };
   VI bad = VI{};
   bool bad_tail = false;
   for (int64_t r = 0; r < padded; ++r) {
@@ -433,9 +439,7 @@ VQ_AMX_TARGET bool pack_rows_bf16(const Problem& pr, int64_t row0, int64_t rows,
       bad_tail |= !(std::fabs(x) <= pr.bound);
       const float c = x - pr.mu[d];
       s += c * c;
-      uint32_t bits;
-      __builtin_memcpy(&bits, &c, sizeof(bits));
-      out[d] = to_bf16(bits);
+      out[d] = to_bf16(c);
     }
     std::fill(out + D, out + Dp, uint16_t{0});
     sq[r] = s;
@@ -609,26 +613,6 @@ VQ_AMX_TARGET bool blocks_amx(const Problem& pr, int64_t b0, int64_t b1) {
   }
 }
 
-// The float32 panels (P, D, 32) that pack_codebook_t wrote, as bfloat16 B tiles: panel p
-// holds codes 32p..32p+31 as two tiles of 16 codes, each (Dp / 2, 16, 2) (pairs of
-// consecutive d per code, AMX's layout), zero past D; plus each code's computed norm.
-void pack_codebook_bf16(const Problem& pr, uint16_t* out, float* cabs) {
-  const int64_t D = pr.D, Dp = pr.Dp;
-  at::parallel_for(0, pr.P, 1, [&](int64_t p0, int64_t p1) {
-    for (int64_t p = p0; p < p1; ++p)
-      for (int64_t j = 0; j < 32; ++j) {
-        uint16_t* tile = out + (p * 2 + j / 16) * Dp * 16;
-        for (int64_t d = 0; d < Dp; ++d) {
-          const float x = d < D ? pr.packed[(p * D + d) * 32 + j] : 0.f;
-          uint32_t bits;
-          __builtin_memcpy(&bits, &x, sizeof(bits));
-          tile[((d / 2) * 16 + j % 16) * 2 + d % 2] = static_cast<uint16_t>((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
-        }
-        const float cn = pr.cnorm[p * 32 + j];
-        cabs[p * 32 + j] = cn < kInf ? std::sqrt(cn) : 0.f;
-      }
-  });
-}
 #endif  // __linux__
 #endif  // VQ_HAVE_X86_VARIANTS
 // Baseline ISA (SSE2 on x86-64, NEON on aarch64).
@@ -688,33 +672,67 @@ void centre_from_stats(const std::vector<double>& sum, const std::vector<double>
   }
 }
 
-// Returns whether any code value fails pr.bound (nothing is packed then).
-template <typename T> bool pack_codebook_t(const Problem& pr, float* mu, float* packed, float* cnorm) {
+// Centres and packs the codebook: packed (P, D, NR) panels and cnorm (P * NR,). With
+// tiles (the AMX variant, NR = 32), also each panel as two bfloat16 B tiles of 16 codes,
+// (Dp / 2, 16, 2) each (pairs of consecutive d per code, AMX's layout, zero past D), and
+// cabs, each code's computed norm. Returns whether any code value fails pr.bound
+// (nothing is packed then).
+template <typename T>
+bool pack_codebook_t(const Problem& pr, float* mu, float* packed, float* cnorm, uint16_t* tiles, float* cabs) {
+  using VF = Vec<8>::f;
   const T* cb = static_cast<const T*>(pr.codebook);
-  const int64_t K = pr.K, D = pr.D, NR = pr.NR;
+  const int64_t K = pr.K, D = pr.D, NR = pr.NR, Dp = pr.Dp;
   std::vector<double> sum(D, 0.0), sumsq(D, 0.0);
-  bool bad = false;
-  for (int64_t c = 0; c < K; ++c)
+  uint32_t bound_bits, bad = 0;
+  __builtin_memcpy(&bound_bits, &pr.bound, sizeof(bound_bits));
+  for (int64_t c = 0; c < K; ++c)  // d innermost, branch-free: the compiler vectorises it
     for (int64_t d = 0; d < D; ++d) {
-      const double x = static_cast<float>(cb[c * D + d]);
-      bad |= !(std::fabs(x) <= pr.bound);
+      const float x = static_cast<float>(cb[c * D + d]);
+      uint32_t bits;
+      __builtin_memcpy(&bits, &x, sizeof(bits));
+      bad |= (bits & 0x7fffffffu) > bound_bits;  // NaN and Inf patterns lie above any bound
       sum[d] += x;
-      sumsq[d] += x * x;
+      sumsq[d] += static_cast<double>(x) * x;
     }
   if (bad) return true;
   centre_from_stats(sum, sumsq, K, mu);
   at::parallel_for(0, pr.P, 1, [&](int64_t p0, int64_t p1) {
-    for (int64_t p = p0; p < p1; ++p)
+    std::vector<float> rows(NR * D);  // the panel's centred codes, row-major
+    for (int64_t p = p0; p < p1; ++p) {
       for (int64_t j = 0; j < NR; ++j) {
         const int64_t c = p * NR + j;
-        float norm = 0.f;
-        for (int64_t d = 0; d < D; ++d) {
-          const float x = c < K ? static_cast<float>(cb[c * D + d]) - mu[d] : 0.f;
-          packed[(p * D + d) * NR + j] = x;
-          norm += x * x;
+        float* x = rows.data() + j * D;
+        if (c >= K) {
+          std::fill_n(x, D, 0.f);
+          cnorm[c] = kInf;
+          continue;
         }
-        cnorm[c] = c < K ? norm : kInf;
+        VF acc = VF{};
+        int64_t d = 0;
+        for (; d + 8 <= D; d += 8) {
+          const VF v = load_floats<T, 8>(cb + c * D + d) - vload<VF>(mu + d);
+          acc += v * v;
+          vstore(x + d, v);
+        }
+        float norm = 0.f;
+        for (int l = 0; l < 8; ++l) norm += acc[l];
+        for (; d < D; ++d) {
+          x[d] = static_cast<float>(cb[c * D + d]) - mu[d];
+          norm += x[d] * x[d];
+        }
+        cnorm[c] = norm;
       }
+      for (int64_t d = 0; d < D; ++d)
+        for (int64_t j = 0; j < NR; ++j) packed[(p * D + d) * NR + j] = rows[j * D + d];
+      if (tiles == nullptr) continue;
+      for (int64_t h = 0; h < 2; ++h) {
+        uint16_t* tile = tiles + (p * 2 + h) * Dp * 16;
+        for (int64_t d = 0; d < Dp; ++d)
+          for (int64_t j = 0; j < 16; ++j)
+            tile[((d / 2) * 16 + j) * 2 + d % 2] = d < D ? to_bf16(rows[(h * 16 + j) * D + d]) : uint16_t{0};
+      }
+      for (int64_t j = 0; j < NR; ++j) cabs[p * NR + j] = p * NR + j < K ? std::sqrt(cnorm[p * NR + j]) : 0.f;
+    }
   });
   return false;
 }
@@ -779,12 +797,16 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_cpu(const at::Tensor& z_in, cons
 
   const auto f32 = z.options().dtype(at::kFloat);
   at::Tensor mu = at::empty({D}, f32), packed = at::empty({pr.P, D, var.NR}, f32), cnorm = at::empty({pr.P * var.NR}, f32);
+  at::Tensor tiles = at::empty({amx ? pr.P * pr.Dp * pr.NR : 0}, z.options().dtype(at::kShort));
+  at::Tensor cabs = at::empty({amx ? pr.P * pr.NR : 0}, f32);
   pr.out_idx = idx.data_ptr<int64_t>();
   pr.out_dist = dist.data_ptr<float>();
   float *m = mu.data_ptr<float>(), *pk = packed.data_ptr<float>(), *cn = cnorm.data_ptr<float>();
-  const bool bad_codes = pr.st == at::kFloat  ? pack_codebook_t<float>(pr, m, pk, cn)
-                         : pr.st == at::kHalf ? pack_codebook_t<c10::Half>(pr, m, pk, cn)
-                                              : pack_codebook_t<c10::BFloat16>(pr, m, pk, cn);
+  uint16_t* tl = amx ? reinterpret_cast<uint16_t*>(tiles.data_ptr<int16_t>()) : nullptr;
+  float* ca = amx ? cabs.data_ptr<float>() : nullptr;
+  const bool bad_codes = pr.st == at::kFloat  ? pack_codebook_t<float>(pr, m, pk, cn, tl, ca)
+                         : pr.st == at::kHalf ? pack_codebook_t<c10::Half>(pr, m, pk, cn, tl, ca)
+                                              : pack_codebook_t<c10::BFloat16>(pr, m, pk, cn, tl, ca);
   if (bad_codes) {  // z is named first when both are bad, as the Python checks order them
     raise_if_bad(z, "z");
     raise_if_bad(cb, "codebook");
@@ -793,16 +815,8 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_cpu(const at::Tensor& z_in, cons
   pr.mu = mu.data_ptr<float>();
   pr.packed = packed.data_ptr<float>();
   pr.cnorm = cnorm.data_ptr<float>();
-  at::Tensor packed_bf16, cabs;
-#ifdef VQ_HAVE_AMX
-  if (amx) {
-    packed_bf16 = at::empty({pr.P * pr.Dp * pr.NR}, z.options().dtype(at::kShort));
-    cabs = at::empty({pr.P * pr.NR}, f32);
-    pack_codebook_bf16(pr, reinterpret_cast<uint16_t*>(packed_bf16.data_ptr<int16_t>()), cabs.data_ptr<float>());
-    pr.packed_bf16 = reinterpret_cast<const uint16_t*>(packed_bf16.data_ptr<int16_t>());
-    pr.cabs = cabs.data_ptr<float>();
-  }
-#endif
+  pr.packed_bf16 = tl;
+  pr.cabs = ca;
 
   const int64_t blocks = (N + pr.RB - 1) / pr.RB;
   std::atomic<bool> bad_z{false};
