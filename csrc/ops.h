@@ -34,6 +34,8 @@ at::Tensor decode_attention_cpu(const at::Tensor& q, const at::Tensor& k_cache, 
 at::Tensor code_at_rank_cpu(const at::Tensor& z, const at::Tensor& codebook, const at::Tensor& rank);
 // CPU instruction-set variants this machine can run, best first.
 std::vector<std::string> cpu_isas();
+// The variant nearest_code_cpu(..., "auto") runs for rows of D values and k winners.
+std::string nearest_code_cpu_isa(int64_t D, int64_t k);
 
 #ifdef WITH_CUDA
 std::tuple<at::Tensor, at::Tensor> restore_step_cuda(const at::Tensor& logits, const at::Tensor& current,

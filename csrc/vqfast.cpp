@@ -24,6 +24,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("code_at_rank_cpu", &vqfast::code_at_rank_cpu, "the code at a given rank of each row's distance order (CPU)",
         py::arg("z"), py::arg("codebook"), py::arg("rank"));
   m.def("cpu_isas", &vqfast::cpu_isas, "CPU instruction-set variants available here, best first");
+  m.def("nearest_code_cpu_isa", &vqfast::nearest_code_cpu_isa, "the variant nearest_code_cpu's 'auto' runs for D and k",
+        py::arg("D"), py::arg("k") = 1);
 #ifdef WITH_CUDA
   m.def("nearest_code_cuda", &vqfast::nearest_code_cuda, "fused nearest-codebook search (CUDA)", py::arg("z"),
         py::arg("codebook"), py::arg("k"));

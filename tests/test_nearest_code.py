@@ -337,12 +337,25 @@ def test_amx_at_the_value_bound(gen, k):
 
 
 @pytest.mark.skipif(not HAS_AMX, reason="this CPU has no AMX-BF16")
-def test_auto_uses_amx_only_past_32_dimensions(gen):
-    """"auto" is AMX for D > 32 (bit-identical results to isa='amx') and AVX-512 below."""
-    for d, isa in ((33, "amx"), (32, "avx512")):
+def test_auto_uses_amx_past_32_dimensions_or_for_top_k(gen):
+    """"auto" is AMX (bit-identical results to isa='amx') for D > 32 or k > 1, AVX-512 for
+    k = 1 with D <= 32, and nearest_code_cpu_isa says so."""
+    for d, k, isa in ((33, 1, "amx"), (32, 1, "avx512"), (32, 2, "amx"), (3, 1, "avx512")):
         z, cb = torch.randn(200, d, generator=gen), torch.randn(50, d, generator=gen)
-        got, want = _ext._C.nearest_code_cpu(z, cb, 2, "auto"), _ext._C.nearest_code_cpu(z, cb, 2, isa)
+        got, want = _ext._C.nearest_code_cpu(z, cb, k, "auto"), _ext._C.nearest_code_cpu(z, cb, k, isa)
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+        assert _ext._C.nearest_code_cpu_isa(d, k) == isa
+
+
+@pytest.mark.skipif(not _ext.HAS_EXT, reason="C++ extension not built")
+def test_cpu_variant_for_auto_is_an_available_one():
+    for d in (1, 32, 33, 4096):
+        assert _ext._C.nearest_code_cpu_isa(d) in _ext._C.cpu_isas()
+        assert _ext._C.nearest_code_cpu_isa(d, 5) in _ext._C.cpu_isas()
+    with pytest.raises(ValueError, match="D must be >= 1, got 0"):
+        _ext._C.nearest_code_cpu_isa(0)
+    with pytest.raises(ValueError, match="k must be >= 1, got 0"):
+        _ext._C.nearest_code_cpu_isa(3, 0)
 
 
 @pytest.mark.skipif(not _ext.HAS_EXT, reason="C++ extension not built")

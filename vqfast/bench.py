@@ -14,7 +14,7 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
-from vqfast import reference
+from vqfast import _ext, reference
 from vqfast.ops import nearest_code
 from vqfast.ops._dispatch import resolve_backend, triton_interpret
 from vqfast.profiling import Timing, format_table, peak_extra_memory, time_callable
@@ -128,7 +128,10 @@ def run_nearest_code(
             path = os.path.join(trace_dir, f"nearest_code_{case.n}x{case.d}x{case.num_codes}_k{case.k}.json")
             echo(trace(lambda: nearest_code(z, cb, case.k), path, device=device))
         baselines = [b if case.k == 1 else b.replace("argmin", "topk") for b in BASELINES]
-        echo(format_table(timings, baselines, title=f"{case.title} on {device}") + "\n")
+        where = f"{device}"
+        if device.type == "cpu" and hasattr(getattr(_ext, "_C", None), "nearest_code_cpu_isa"):
+            where += f" (C++ variant {_ext._C.nearest_code_cpu_isa(case.d, case.k)})"
+        echo(format_table(timings, baselines, title=f"{case.title} on {where}") + "\n")
         record = {"op": "nearest_code", "device": str(device), **asdict(case), "timings": [asdict(t) for t in timings]}
         results.append(record)
         if json_path:

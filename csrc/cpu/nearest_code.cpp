@@ -641,11 +641,12 @@ std::vector<Variant> supported_variants() {
   return v;
 }
 
-// "auto": the first variant, except that AMX is passed over for D <= 32, where the
-// per-code interval work outweighs the short products (measured: 0.6-0.97x AVX-512).
-Variant pick_variant(const std::string& isa, int64_t D) {
+// "auto": the first variant, except that AMX is passed over for k = 1 and D <= 32, where
+// the per-code interval work outweighs the short products (measured 0.4-0.75x AVX-512;
+// for k > 1 AMX still wins there, its epilogue being cheaper than the float32 top-k's).
+Variant pick_variant(const std::string& isa, int64_t D, int64_t k) {
   const auto vs = supported_variants();
-  if (isa == "auto") return std::string(vs.front().name) == "amx" && D <= 32 ? vs[1] : vs.front();
+  if (isa == "auto") return std::string(vs.front().name) == "amx" && D <= 32 && k == 1 ? vs[1] : vs.front();
   std::string names;
   for (const auto& v : vs) {
     if (isa == v.name) return v;
@@ -762,6 +763,12 @@ std::vector<std::string> cpu_isas() {
   return out;
 }
 
+std::string nearest_code_cpu_isa(int64_t D, int64_t k) {
+  TORCH_CHECK_VALUE(D >= 1, "D must be >= 1, got ", D);
+  TORCH_CHECK_VALUE(k >= 1, "k must be >= 1, got ", k);
+  return pick_variant("auto", D, k).name;
+}
+
 std::tuple<at::Tensor, at::Tensor> nearest_code_cpu(const at::Tensor& z_in, const at::Tensor& cb_in, int64_t k,
                                                     const std::string& isa) {
   check_nearest_code_args(z_in, cb_in, k);
@@ -773,7 +780,7 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_cpu(const at::Tensor& z_in, cons
   at::Tensor dist = at::empty({N, k}, z.options().dtype(at::kFloat));
   if (N == 0) return {idx, dist};
 
-  const Variant var = pick_variant(isa, D);
+  const Variant var = pick_variant(isa, D, k);
   Problem pr{};
   pr.z = z.data_ptr();
   pr.codebook = cb.data_ptr();
