@@ -334,8 +334,8 @@ __attribute__((target("avx2,fma"))) bool blocks_avx2(const Problem& pr, int64_t 
 #if defined(__linux__)
 #define VQ_HAVE_AMX 1
 // AMX-BF16 (Sapphire Rapids and later): the expanded-form products of a row block run as
-// bfloat16 tile products with float32 accumulation, about 6x the float32 GEMM's rate
-// here. bfloat16 keeps 8 significant bits, so the tile products only narrow the search:
+// bfloat16 tile products with float32 accumulation, at several times the float32 GEMM's
+// rate. bfloat16 keeps 8 significant bits, so the tile products only narrow the search:
 // each code gets a proved interval around its expanded-form value, every code whose
 // interval can hold the row's minimum is recomputed exactly as sum((z - c)^2), and the
 // minimum of those recomputed distances wins. The answer is therefore the exact
