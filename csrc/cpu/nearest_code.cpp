@@ -331,7 +331,10 @@ __attribute__((target("avx2,fma"))) bool blocks_avx2(const Problem& pr, int64_t 
   return blocks_for_dtype<8, 6, 2>(pr, b0, b1);
 }
 
-#if defined(__linux__)
+// AMX intrinsics arrived in GCC 11 and Clang 12: older compilers build without the variant
+// (as does -DVQ_NO_AMX, which CI uses to check that build).
+#if !defined(VQ_NO_AMX) && defined(__linux__) && \
+    ((defined(__clang__) && __clang_major__ >= 12) || (!defined(__clang__) && __GNUC__ >= 11))
 #define VQ_HAVE_AMX 1
 // AMX-BF16 (Sapphire Rapids and later): the expanded-form products of a row block run as
 // bfloat16 tile products with float32 accumulation, at several times the float32 GEMM's
@@ -794,6 +797,7 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_cpu(const at::Tensor& z_in, cons
   pr.P = (K + var.NR - 1) / var.NR;
   pr.RB = var.MR * std::clamp<int64_t>(kRowBlockFloats / (D * var.MR), 1, 16);
   const bool amx = std::string(var.name) == "amx";
+#ifdef VQ_HAVE_AMX
   if (amx) {
     pr.Dp = (D + 31) / 32 * 32;
     // A block's bfloat16 rows and its float32 products (rows x Kp) stay near 256 KiB (L2).
@@ -801,6 +805,7 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_cpu(const at::Tensor& z_in, cons
     pr.RB = 32 * std::clamp<int64_t>((int64_t{256} << 10) / (32 * row_bytes), 1, 4);
     pr.amx = amx_bounds(D, pr.Dp);
   }
+#endif
 
   const auto f32 = z.options().dtype(at::kFloat);
   at::Tensor mu = at::empty({D}, f32), packed = at::empty({pr.P, D, var.NR}, f32), cnorm = at::empty({pr.P * var.NR}, f32);
