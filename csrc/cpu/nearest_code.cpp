@@ -122,6 +122,20 @@ template <typename T, int L> VQ_INLINE typename Vec<L>::f load_floats(const T* p
   }
 }
 
+// Lanes with |x| > bound (all bits set), compared on the bit patterns: for non-negative
+// floats they order like the values, and NaN / Inf patterns lie above every finite bound.
+template <int L> struct AboveBound {
+  using VF = typename Vec<L>::f;
+  using VI = typename Vec<L>::i;
+  VI magnitude, bound;
+  explicit AboveBound(float b) : magnitude(VI{} + 0x7fffffff) {
+    int32_t bits;
+    __builtin_memcpy(&bits, &b, sizeof(bits));
+    bound = VI{} + bits;
+  }
+  VQ_INLINE VI operator()(VF x) const { return (vload<VI>(&x) & magnitude) > bound; }
+};
+
 // Centres rows [row0, row0 + rows) into dst (rows rounded up to MR, row-major (., D));
 // rows past N are zero so the microkernel needs no tail case. Returns whether any
 // value is NaN, infinite or above pr.bound in magnitude: the scan rides on the copy.
@@ -130,11 +144,7 @@ template <typename T, int L> VQ_INLINE bool pack_rows(const Problem& pr, int64_t
   using VI = typename Vec<L>::i;
   const T* z = static_cast<const T*>(pr.z);
   const int64_t D = pr.D, padded = (rows + MR - 1) / MR * MR;
-  // |x| > bound compared on the bit patterns: for non-negative floats they order like
-  // the values, and NaN / Inf patterns lie above every finite bound.
-  int32_t bound_bits;
-  __builtin_memcpy(&bound_bits, &pr.bound, sizeof(bound_bits));
-  const VI magnitude = VI{} + 0x7fffffff, bound = VI{} + bound_bits;
+  const AboveBound<L> above(pr.bound);
   VI bad = VI{};
   bool bad_tail = false;
   for (int64_t r = 0; r < padded; ++r) {
@@ -147,7 +157,7 @@ template <typename T, int L> VQ_INLINE bool pack_rows(const Problem& pr, int64_t
     int64_t d = 0;
     for (; d + L <= D; d += L) {
       const VF x = load_floats<T, L>(src + d);
-      bad |= (vload<VI>(&x) & magnitude) > bound;
+      bad |= above(x);
       vstore(out + d, x - vload<VF>(pr.mu + d));
     }
     for (; d < D; ++d) {
@@ -412,9 +422,7 @@ VQ_AMX_TARGET bool pack_rows_bf16(const Problem& pr, int64_t row0, int64_t rows,
   typedef uint16_t VH __attribute__((vector_size(32)));
   const T* z = static_cast<const T*>(pr.z);
   const int64_t D = pr.D, Dp = pr.Dp, padded = (rows + 31) / 32 * 32;
-  int32_t bound_bits;
-  __builtin_memcpy(&bound_bits, &pr.bound, sizeof(bound_bits));
-  const VI magnitude = VI{} + 0x7fffffff, bound = VI{} + bound_bits;
+  const AboveBound<16> above(pr.bound);
   VI bad = VI{};
   bool bad_tail = false;
   for (int64_t r = 0; r < padded; ++r) {
@@ -429,7 +437,7 @@ VQ_AMX_TARGET bool pack_rows_bf16(const Problem& pr, int64_t row0, int64_t rows,
     int64_t d = 0;
     for (; d + 16 <= D; d += 16) {
       const VF x = load_floats<T, 16>(src + d);
-      bad |= (vload<VI>(&x) & magnitude) > bound;
+      bad |= above(x);
       const VF c = x - vload<VF>(pr.mu + d);
       acc += c * c;
       const VU bits = vload<VU>(&c);
