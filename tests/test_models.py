@@ -224,18 +224,27 @@ def test_decode_grids_does_not_merge_rows_in_training_mode(gen):
 def test_bfloat16_decoding_is_close_and_leaves_the_tokens(which, gen):
     """precision="bfloat16" changes the decoder's arithmetic (not equal to float32's),
     stays within bfloat16 rounding of it, returns the model's dtype, and never touches
-    encoding: reconstruct's tokens and encode_indices are the same."""
+    encoding: reconstruct's tokens and encode_indices are the same.
+
+    The bounds are 3x the largest errors seen over 300 seeds on an AVX512-BF16 CPU. The tiny
+    VQ-GAN's GroupNorms (8 channels) amplify bfloat16's rounding: its mean error is ~2 % of
+    the mean output, its largest up to 6 % of the largest output (seed 2019031890 gave 5.4 %,
+    over the 5 % this test once demanded)."""
     model = _vq_models()[which]
     k, f = model.vq.codebook.shape[0], model.downsample_factor
+
+    def assert_bfloat16_close(full, half):
+        assert float((full - half).abs().amax()) < 0.15 * float(full.abs().amax())
+        assert float((full - half).abs().mean()) < 0.08 * float(full.abs().mean())
+
     grids = torch.randint(0, k, (5, 4, 4), generator=gen)
     full, half = model.decode_grids(grids), model.decode_grids(grids, "bfloat16")
     assert half.dtype == torch.float32 and not torch.equal(full, half)
-    scale = float(full.abs().amax())
-    assert float((full - half).abs().amax()) < 0.05 * scale
+    assert_bfloat16_close(full, half)
     x = torch.rand(2, 3, 4 * f, 4 * f, generator=gen)
     rec, rec_half = model.reconstruct(x), model.reconstruct(x, "bfloat16")
     assert not torch.equal(rec, rec_half)
-    assert float((rec - rec_half).abs().amax()) < 0.05 * float(rec.abs().amax())
+    assert_bfloat16_close(rec, rec_half)
     with torch.no_grad():
         torch.testing.assert_close(rec, model(x).reconstruction)
     with pytest.raises(ValueError, match="decode precision must be one of float32, bfloat16, got 'float16'"):

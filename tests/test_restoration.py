@@ -321,14 +321,22 @@ def _float_prior(prior):
 def test_bfloat16_prior_is_close_to_float32_not_equal(models, gen, cls):
     """prior_precision="bfloat16" runs the prior's forwards (the fast incremental pass
     included) in bfloat16: NLLs and thresholds move within bfloat16 rounding, most
-    restored tokens stay, the fingerprint differs, and an unknown precision is named."""
+    restored tokens stay, the fingerprint differs, and an unknown precision is named.
+
+    The thresholds come from held-out grids, as the paper's validation NLLs do: taken
+    from the scored grids themselves, one token's NLL sits exactly on the threshold and
+    either precision's rounding flips it. Pixel-wise chains are sequential, so one
+    flipped decision changes every later draw of its chain: over 100 seeds the PixelSNAIL
+    chains' tokens agreed in 75-100 % of positions (one CI run saw 70 %), while the
+    share of restored tokens moved by at most 0.05. Light-Pixel-wise has no chains."""
     from vqfast.scorers import scorer_fingerprint
 
     vq, prior = models
     prior = _float_prior(prior)
     images = torch.rand(4, 3, 24, 24, generator=gen)
     tokens = vq.encode_indices(images)
-    t32, t16 = nll_threshold(prior, tokens, 60), nll_threshold(prior, tokens, 60, precision="bfloat16")
+    held_out = vq.encode_indices(torch.rand(4, 3, 24, 24, generator=gen))
+    t32, t16 = nll_threshold(prior, held_out, 60), nll_threshold(prior, held_out, 60, precision="bfloat16")
     assert t32 != t16 and abs(t32 - t16) < 0.05
     kwargs = {} if cls is SampleWiseScorer else {"restorations": 3}
     full = cls(vq, prior, t32, **kwargs)
@@ -339,10 +347,16 @@ def test_bfloat16_prior_is_close_to_float32_not_equal(models, gen, cls):
     if cls is not SampleWiseScorer:
         seeds = full.image_seeds(images)
         a, b = full.restore(tokens, seeds), half.restore(tokens, seeds)
-        assert float((a == b).float().mean()) > 0.8
         assert torch.equal(half.restore(tokens, seeds), b)  # reproducible in bfloat16 too
         slow = cls(vq, prior, t16, prior_precision="bfloat16", fast=False, **kwargs).restore(tokens, seeds)
-        assert float((slow == b).float().mean()) > 0.8  # the reference loop in bfloat16: close, not bitwise
+        agree = 0.5 if cls is PixelWiseScorer else 0.8
+
+        def restored(r):
+            return float((r != tokens[:, None]).float().mean())
+
+        for other in (a, slow):  # float32's fast pass; the reference loop in bfloat16: close, not bitwise
+            assert float((other == b).float().mean()) > agree
+            assert abs(restored(other) - restored(b)) < 0.15
     assert torch.isfinite(half.score(images).pred_score).all()
     assert scorer_fingerprint(full) != scorer_fingerprint(half)
     with pytest.raises(ValueError, match="prior_precision must be one of float32, bfloat16, got 'half'"):
