@@ -287,7 +287,10 @@ def test_cpu_kernel_checks_values_as_it_packs(gen, isa, dtype, where, bad, col):
         _ext._C.nearest_code_cpu(z, cb, 2, isa)
 
 
-HAS_AMX = _ext.HAS_EXT and "amx" in _ext._C.cpu_isas()
+CPU_ISAS = _ext._C.cpu_isas() if _ext.HAS_EXT else []
+# The variants whose bfloat16 products only bound the distances (AMX tiles, vdpbf16ps).
+BOUNDED_ISAS = [pytest.param(isa, marks=pytest.mark.skipif(isa not in CPU_ISAS, reason=f"this CPU has no {isa}"))
+                for isa in ("amx", "avx512bf16")]
 
 
 def _two_clusters(gen, n, d, num_codes):
@@ -300,16 +303,16 @@ def _two_clusters(gen, n, d, num_codes):
     return b + 1e-2 * torch.randn(n, d, generator=gen), cb
 
 
-@pytest.mark.skipif(not HAS_AMX, reason="this CPU has no AMX-BF16")
+@pytest.mark.parametrize("isa", BOUNDED_ISAS)
 @pytest.mark.parametrize("k", [1, 3])
 @pytest.mark.parametrize("d", [64, 100])
-def test_amx_answer_is_the_exact_recomputes_argmin(gen, k, d):
-    """The AMX variant's bfloat16 products only bound the distances; what it returns is
+def test_bfloat16_variant_answer_is_the_exact_recomputes_argmin(gen, k, d, isa):
+    """The bfloat16 variants' products only bound the distances; what they return is
     the k smallest float32 recomputed distances. So it must match the float64 reference
     wherever the gaps exceed the recompute's own rounding (float32 sums of D squares),
     far below what an expanded-form ranking resolves at this offset."""
     z, cb = _two_clusters(gen, 500, d, 200)
-    idx, dist = _ext._C.nearest_code_cpu(z, cb, k, "amx")
+    idx, dist = _ext._C.nearest_code_cpu(z, cb, k, isa)
     ref_idx, ref_dist = reference.nearest_code(z.double(), cb.double(), k + 1)
     exact = (z.double().unsqueeze(1) - cb.double()[idx]).square().sum(-1)
     torch.testing.assert_close(dist.double(), exact, rtol=4 * (d + 4) * EPS32, atol=0)
@@ -319,9 +322,9 @@ def test_amx_answer_is_the_exact_recomputes_argmin(gen, k, d):
     assert torch.equal(idx[decided], ref_idx[decided, :k])
 
 
-@pytest.mark.skipif(not HAS_AMX, reason="this CPU has no AMX-BF16")
+@pytest.mark.parametrize("isa", BOUNDED_ISAS)
 @pytest.mark.parametrize("k", [1, 4])
-def test_amx_at_the_value_bound(gen, k):
+def test_bfloat16_variant_at_the_value_bound(gen, k, isa):
     """Values up to the overflow bound. Most codes sit at -bound, so the centre does too,
     and for rows at +bound the products with the code at +bound overflow float32: such
     codes' intervals are not finite, and they must stay candidates."""
@@ -331,16 +334,18 @@ def test_amx_at_the_value_bound(gen, k):
     z[:10], z[10:20] = bound, -bound
     cb = torch.cat([bound * (2 * torch.rand(20, d, generator=gen) - 1), torch.full((200, d), -bound),
                     torch.full((1, d), bound)])
-    idx, dist = _ext._C.nearest_code_cpu(z, cb, k, "amx")
+    idx, dist = _ext._C.nearest_code_cpu(z, cb, k, isa)
     assert bool(dist.isfinite().all())
     assert_matches_reference(z, cb, k, idx, dist)
 
 
-@pytest.mark.skipif(not HAS_AMX, reason="this CPU has no AMX-BF16")
-def test_auto_uses_amx_past_32_dimensions_or_for_top_k(gen):
-    """"auto" is AMX (bit-identical results to isa='amx') for D > 32 or k > 1, AVX-512 for
-    k = 1 with D <= 32, and nearest_code_cpu_isa says so."""
-    for d, k, isa in ((33, 1, "amx"), (32, 1, "avx512"), (32, 2, "amx"), (3, 1, "avx512")):
+@pytest.mark.skipif(not {"amx", "avx512bf16"} & set(CPU_ISAS), reason="this CPU has no bfloat16 variant")
+def test_auto_uses_bfloat16_past_32_dimensions_or_for_top_k(gen):
+    """"auto" is the first bfloat16 variant (AMX, else AVX512-BF16; bit-identical results
+    to naming it) for D > 32 or k > 1, AVX-512 for k = 1 with D <= 32, and
+    nearest_code_cpu_isa says so."""
+    bf16 = "amx" if "amx" in CPU_ISAS else "avx512bf16"
+    for d, k, isa in ((33, 1, bf16), (32, 1, "avx512"), (32, 2, bf16), (3, 1, "avx512")):
         z, cb = torch.randn(200, d, generator=gen), torch.randn(50, d, generator=gen)
         got, want = _ext._C.nearest_code_cpu(z, cb, k, "auto"), _ext._C.nearest_code_cpu(z, cb, k, isa)
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])

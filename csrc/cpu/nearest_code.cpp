@@ -7,8 +7,9 @@
 // the expanded form, while data on a coarse grid (small integers, say) stay exact, so
 // exactly tied distances stay tied and go to the lower index. The k winners'
 // distances are then recomputed exactly as sum((z - c)^2) and re-sorted by
-// (distance, index). The AMX variant (amx_blocks) ranks nothing in reduced precision: its
-// bfloat16 products bound each distance, and the bounds pick the codes to recompute.
+// (distance, index). The bfloat16 variants (bf16_blocks: AMX tiles, or AVX512-BF16 dot
+// products) rank nothing in reduced precision: their bfloat16 products bound each
+// distance, and the bounds pick the codes to recompute.
 //
 // Values are checked on the way: the row packing and the codebook statistics already
 // read every value, so a NaN, an Inf or a value whose squared distances overflow
@@ -87,7 +88,7 @@ struct Problem {
   int64_t P, NR, RB;  // panels, panel width, rows per block
   int64_t* out_idx;     // (N, k)
   float* out_dist;      // (N, k)
-  // The AMX variant only (see amx_blocks): codes as bfloat16 tiles, their norms, the bounds.
+  // The bfloat16 variants only (see bf16_blocks): codes as bfloat16 tiles, their norms, the bounds.
   const uint16_t* packed_bf16;  // (P, 2, Dp / 2, 16, 2): each 32-code panel as two B tiles
   const float* cabs;            // (P * NR,) ||c - mu|| as computed, 0 on padding
   int64_t Dp;                   // D rounded up to 32, one tile's depth
@@ -95,7 +96,7 @@ struct Problem {
     float A, B, Ct, Dt;  // |approx - exact| <= A |x||c| + B ||c||^2 + Ct (|x| + |c|) + Dt
     float rfac;          // ||x||^2 <= rfac * (computed ||x||^2)
     float cG, slack;     // relative and absolute widening for the final recompute's rounding
-  } amx;
+  } bf16;
 };
 
 // Distances are float32 sums of D squares of differences: |values| <= sqrt(FLT_MAX / 4D)
@@ -341,8 +342,8 @@ __attribute__((target("avx2,fma"))) bool blocks_avx2(const Problem& pr, int64_t 
   return blocks_for_dtype<8, 6, 2>(pr, b0, b1);
 }
 
-// AMX intrinsics arrived in GCC 11 and Clang 12: older compilers build without the variant
-// (as does -DVQ_NO_AMX, which CI uses to check that build).
+// AMX intrinsics arrived in GCC 11 and Clang 12: older compilers build without the bfloat16
+// variants (as does -DVQ_NO_AMX, which CI uses to check that build).
 #if !defined(VQ_NO_AMX) && defined(__linux__) && \
     ((defined(__clang__) && __clang_major__ >= 12) || (!defined(__clang__) && __GNUC__ >= 11))
 #define VQ_HAVE_AMX 1
@@ -354,6 +355,12 @@ __attribute__((target("avx2,fma"))) bool blocks_avx2(const Problem& pr, int64_t 
 // minimum of those recomputed distances wins. The answer is therefore the exact
 // recompute's own argmin (lower index on ties), which the float32 variants only reach
 // where their expanded form ranks right.
+//
+// AVX512-BF16 (Zen 4 and later, Cooper Lake) computes the same products with vdpbf16ps,
+// which like the tiles adds exact bfloat16 products into float32 lanes (round to nearest,
+// subnormals flushed): each (row, code) is one lane's sum of Dp products, in at most Dp
+// roundings, so the bound below covers it unchanged, whatever order or pairing the
+// hardware adds in. The rest (intervals, threshold, recompute) is shared code.
 //
 // The bound, per (row, code), with x = z - mu and c = code - mu as exact reals, u = 2^-8
 // (bfloat16's unit roundoff), v = 2^-24 (float32's), n = Dp and gamma_m = m v / (1 - m v):
@@ -371,7 +378,7 @@ __attribute__((target("avx2,fma"))) bool blocks_avx2(const Problem& pr, int64_t 
 // Every constant is rounded up, and a safety factor 1.01 covers the second-order terms
 // and the roundings of evaluating E itself in float32. A non-finite interval (a bound that
 // overflowed) makes its code a candidate rather than dropping it.
-Problem::Bounds amx_bounds(int64_t D, int64_t Dp) {
+Problem::Bounds bf16_bounds(int64_t D, int64_t Dp) {
   const double v = 0x1p-24, u = 0x1p-8, tau = 0x1p-126, n = static_cast<double>(Dp);
   const auto gamma = [v](double m) { return m * v / (1.0 - m * v); };
   const double eps = u + v + u * v;
@@ -408,7 +415,10 @@ struct alignas(64) TileConfig {
   uint8_t rows[16];
 };
 
-#define VQ_AMX_TARGET __attribute__((target("amx-tile,amx-bf16,avx512f,avx512dq,avx512vl,avx512bw,fma")))
+// One target for both bfloat16 variants: compilers emit AMX instructions only for the tile
+// intrinsics, which only the AMX instantiation of bf16_blocks contains.
+#define VQ_AMX_TARGET \
+  __attribute__((target("amx-tile,amx-bf16,avx512bf16,avx512f,avx512dq,avx512vl,avx512bw,fma")))
 
 // Rows [row0, row0 + rows) centred, rounded to bfloat16 (to nearest, ties to even) into
 // dst, (padded, Dp) with zeros past D and past N (padded = rows rounded up to 32), and
@@ -496,21 +506,49 @@ VQ_INLINE void smallest_insert(float* tv, int64_t k, float d) {
   tv[pos] = d;
 }
 
-// Row blocks [blk0, blk1) on AMX: per block, tile products into s (rows x Kp float32),
-// then per row the intervals, the threshold and the exact recompute of the candidates.
-template <typename T> VQ_AMX_TARGET bool amx_blocks(const Problem& pr, int64_t blk0, int64_t blk1) {
+// 32 rows (a, row-major (32, Dp) bfloat16) times one 32-code panel (b, two B tiles) into
+// c (32 x 32 float32, row stride ldc) with vdpbf16ps: 8 rows x 32 codes per register tile,
+// each row's pair of values broadcast against 16 codes' pairs.
+VQ_AMX_TARGET VQ_INLINE void dpbf16_panel(const uint16_t* a, const uint16_t* b, int64_t Dp, float* c, int64_t ldc) {
+  for (int r0 = 0; r0 < 32; r0 += 8) {
+    __m512 acc[8][2];
+    for (int r = 0; r < 8; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+    for (int64_t j = 0; j < Dp / 2; ++j) {
+      const __m512bh b0 = (__m512bh)_mm512_loadu_si512(b + j * 32);
+      const __m512bh b1 = (__m512bh)_mm512_loadu_si512(b + Dp * 16 + j * 32);
+      for (int r = 0; r < 8; ++r) {
+        uint32_t pair;
+        __builtin_memcpy(&pair, a + (r0 + r) * Dp + 2 * j, sizeof(pair));
+        const __m512bh x = (__m512bh)_mm512_set1_epi32(static_cast<int>(pair));
+        acc[r][0] = _mm512_dpbf16_ps(acc[r][0], x, b0);
+        acc[r][1] = _mm512_dpbf16_ps(acc[r][1], x, b1);
+      }
+    }
+    for (int r = 0; r < 8; ++r) {
+      _mm512_storeu_ps(c + (r0 + r) * ldc, acc[r][0]);
+      _mm512_storeu_ps(c + (r0 + r) * ldc + 16, acc[r][1]);
+    }
+  }
+}
+
+// Row blocks [blk0, blk1): per block, bfloat16 products into s (rows x Kp float32), on
+// AMX tiles or with vdpbf16ps, then per row the intervals, the threshold and the exact
+// recompute of the candidates.
+template <typename T, bool Amx> VQ_AMX_TARGET bool bf16_blocks(const Problem& pr, int64_t blk0, int64_t blk1) {
   const int64_t D = pr.D, Dp = pr.Dp, RB = pr.RB, k = pr.k, K = pr.K, Kp = pr.P * 32;
-  const Problem::Bounds bd = pr.amx;
+  const Problem::Bounds bd = pr.bf16;
   std::vector<uint16_t> zp(RB * Dp);
   std::vector<float> s(RB * Kp), sq(RB), nrm(RB), hv(k), tv(k);
   std::vector<int32_t> ti(k);
-  TileConfig cfg{};
-  cfg.palette = 1;
-  for (int t = 0; t < 8; ++t) {
-    cfg.rows[t] = 16;
-    cfg.colsb[t] = 64;
+  if constexpr (Amx) {
+    TileConfig cfg{};
+    cfg.palette = 1;
+    for (int t = 0; t < 8; ++t) {
+      cfg.rows[t] = 16;
+      cfg.colsb[t] = 64;
+    }
+    _tile_loadconfig(&cfg);
   }
-  _tile_loadconfig(&cfg);
   const T* cb = static_cast<const T*>(pr.codebook);
   const __m512i iota = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
   bool bad = false;
@@ -521,31 +559,35 @@ template <typename T> VQ_AMX_TARGET bool amx_blocks(const Problem& pr, int64_t b
       bad = true;  // the caller raises; nothing of this block is used
       continue;
     }
-    // 32 rows x 32 codes per step: four accumulator tiles (0-3), two row tiles (4, 5) and
-    // two code tiles (6, 7), all 16 x 64 bytes.
     for (int64_t g = 0; g < padded; g += 32) {
       const uint16_t* a = zp.data() + g * Dp;
       for (int64_t p = 0; p < pr.P; ++p) {
         const uint16_t* b = pr.packed_bf16 + p * Dp * 32;
-        _tile_zero(0);
-        _tile_zero(1);
-        _tile_zero(2);
-        _tile_zero(3);
-        for (int64_t d = 0; d < Dp; d += 32) {
-          _tile_loadd(4, a + d, Dp * 2);
-          _tile_loadd(5, a + 16 * Dp + d, Dp * 2);
-          _tile_loadd(6, b + d * 16, 64);
-          _tile_loadd(7, b + Dp * 16 + d * 16, 64);
-          _tile_dpbf16ps(0, 4, 6);
-          _tile_dpbf16ps(1, 4, 7);
-          _tile_dpbf16ps(2, 5, 6);
-          _tile_dpbf16ps(3, 5, 7);
-        }
         float* c = s.data() + g * Kp + p * 32;
-        _tile_stored(0, c, Kp * 4);
-        _tile_stored(1, c + 16, Kp * 4);
-        _tile_stored(2, c + 16 * Kp, Kp * 4);
-        _tile_stored(3, c + 16 * Kp + 16, Kp * 4);
+        if constexpr (Amx) {
+          // 32 rows x 32 codes per step: four accumulator tiles (0-3), two row tiles (4, 5)
+          // and two code tiles (6, 7), all 16 x 64 bytes.
+          _tile_zero(0);
+          _tile_zero(1);
+          _tile_zero(2);
+          _tile_zero(3);
+          for (int64_t d = 0; d < Dp; d += 32) {
+            _tile_loadd(4, a + d, Dp * 2);
+            _tile_loadd(5, a + 16 * Dp + d, Dp * 2);
+            _tile_loadd(6, b + d * 16, 64);
+            _tile_loadd(7, b + Dp * 16 + d * 16, 64);
+            _tile_dpbf16ps(0, 4, 6);
+            _tile_dpbf16ps(1, 4, 7);
+            _tile_dpbf16ps(2, 5, 6);
+            _tile_dpbf16ps(3, 5, 7);
+          }
+          _tile_stored(0, c, Kp * 4);
+          _tile_stored(1, c + 16, Kp * 4);
+          _tile_stored(2, c + 16 * Kp, Kp * 4);
+          _tile_stored(3, c + 16 * Kp + 16, Kp * 4);
+        } else {
+          dpbf16_panel(a, b, Dp, c, Kp);
+        }
       }
     }
 
@@ -612,15 +654,15 @@ template <typename T> VQ_AMX_TARGET bool amx_blocks(const Problem& pr, int64_t b
       std::copy_n(tv.data(), k, pr.out_dist + (row0 + r) * k);
     }
   }
-  _tile_release();
+  if constexpr (Amx) _tile_release();
   return bad;
 }
 
-VQ_AMX_TARGET bool blocks_amx(const Problem& pr, int64_t b0, int64_t b1) {
+template <bool Amx> VQ_AMX_TARGET bool blocks_bf16(const Problem& pr, int64_t b0, int64_t b1) {
   switch (pr.st) {
-    case at::kFloat: return amx_blocks<float>(pr, b0, b1);
-    case at::kHalf: return amx_blocks<c10::Half>(pr, b0, b1);
-    default: return amx_blocks<c10::BFloat16>(pr, b0, b1);
+    case at::kFloat: return bf16_blocks<float, Amx>(pr, b0, b1);
+    case at::kHalf: return bf16_blocks<c10::Half, Amx>(pr, b0, b1);
+    default: return bf16_blocks<c10::BFloat16, Amx>(pr, b0, b1);
   }
 }
 
@@ -642,7 +684,10 @@ std::vector<Variant> supported_variants() {
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
       __builtin_cpu_supports("avx512bw")) {
 #ifdef VQ_HAVE_AMX
-    if (amx_usable()) v.push_back({"amx", blocks_amx, 32, 32});
+    if (__builtin_cpu_supports("avx512bf16")) {
+      if (amx_usable()) v.push_back({"amx", blocks_bf16<true>, 32, 32});
+      v.push_back({"avx512bf16", blocks_bf16<false>, 32, 32});
+    }
 #endif
     v.push_back({"avx512", blocks_avx512, 8, 32});
   }
@@ -652,12 +697,17 @@ std::vector<Variant> supported_variants() {
   return v;
 }
 
-// "auto": the first variant, except that AMX is passed over for k = 1 and D <= 32, where
-// the per-code interval work outweighs the short products (measured 0.4-0.75x AVX-512;
-// for k > 1 AMX still wins there, its epilogue being cheaper than the float32 top-k's).
+bool bounded_bf16(const char* name) { return std::string(name) == "amx" || std::string(name) == "avx512bf16"; }
+
+// "auto": the first variant, except that the bfloat16 ones are passed over for k = 1 and
+// D <= 32, where the per-code interval work outweighs the short products (measured: AMX
+// 0.4-0.75x AVX-512; AVX512-BF16 on Zen 4 0.64x at D = 16, 1.0x at D = 32; for k > 1 both
+// still win there, their epilogue being cheaper than the float32 top-k's).
 Variant pick_variant(const std::string& isa, int64_t D, int64_t k) {
   const auto vs = supported_variants();
-  if (isa == "auto") return std::string(vs.front().name) == "amx" && D <= 32 && k == 1 ? vs[1] : vs.front();
+  if (isa == "auto")
+    for (const auto& v : vs)
+      if (!(D <= 32 && k == 1 && bounded_bf16(v.name))) return v;
   std::string names;
   for (const auto& v : vs) {
     if (isa == v.name) return v;
@@ -685,8 +735,8 @@ void centre_from_stats(const std::vector<double>& sum, const std::vector<double>
 }
 
 // Centres and packs the codebook: packed (P, D, NR) panels and cnorm (P * NR,). With
-// tiles (the AMX variant, NR = 32), also each panel as two bfloat16 B tiles of 16 codes,
-// (Dp / 2, 16, 2) each (pairs of consecutive d per code, AMX's layout, zero past D), and
+// tiles (the bfloat16 variants, NR = 32), also each panel as two bfloat16 B tiles of 16 codes,
+// (Dp / 2, 16, 2) each (pairs of consecutive d per code, the layout of AMX and vdpbf16ps, zero past D), and
 // cabs, each code's computed norm. Returns whether any code value fails pr.bound
 // (nothing is packed then).
 template <typename T>
@@ -804,26 +854,26 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_cpu(const at::Tensor& z_in, cons
   pr.NR = var.NR;
   pr.P = (K + var.NR - 1) / var.NR;
   pr.RB = var.MR * std::clamp<int64_t>(kRowBlockFloats / (D * var.MR), 1, 16);
-  const bool amx = std::string(var.name) == "amx";
+  const bool bf16 = bounded_bf16(var.name);
 #ifdef VQ_HAVE_AMX
-  if (amx) {
+  if (bf16) {
     pr.Dp = (D + 31) / 32 * 32;
     // A block's bfloat16 rows and its float32 products (rows x Kp) stay near 256 KiB (L2).
     const int64_t row_bytes = pr.Dp * 2 + pr.P * pr.NR * 4;
     pr.RB = 32 * std::clamp<int64_t>((int64_t{256} << 10) / (32 * row_bytes), 1, 4);
-    pr.amx = amx_bounds(D, pr.Dp);
+    pr.bf16 = bf16_bounds(D, pr.Dp);
   }
 #endif
 
   const auto f32 = z.options().dtype(at::kFloat);
   at::Tensor mu = at::empty({D}, f32), packed = at::empty({pr.P, D, var.NR}, f32), cnorm = at::empty({pr.P * var.NR}, f32);
-  at::Tensor tiles = at::empty({amx ? pr.P * pr.Dp * pr.NR : 0}, z.options().dtype(at::kShort));
-  at::Tensor cabs = at::empty({amx ? pr.P * pr.NR : 0}, f32);
+  at::Tensor tiles = at::empty({bf16 ? pr.P * pr.Dp * pr.NR : 0}, z.options().dtype(at::kShort));
+  at::Tensor cabs = at::empty({bf16 ? pr.P * pr.NR : 0}, f32);
   pr.out_idx = idx.data_ptr<int64_t>();
   pr.out_dist = dist.data_ptr<float>();
   float *m = mu.data_ptr<float>(), *pk = packed.data_ptr<float>(), *cn = cnorm.data_ptr<float>();
-  uint16_t* tl = amx ? reinterpret_cast<uint16_t*>(tiles.data_ptr<int16_t>()) : nullptr;
-  float* ca = amx ? cabs.data_ptr<float>() : nullptr;
+  uint16_t* tl = bf16 ? reinterpret_cast<uint16_t*>(tiles.data_ptr<int16_t>()) : nullptr;
+  float* ca = bf16 ? cabs.data_ptr<float>() : nullptr;
   const bool bad_codes = pr.st == at::kFloat  ? pack_codebook_t<float>(pr, m, pk, cn, tl, ca)
                          : pr.st == at::kHalf ? pack_codebook_t<c10::Half>(pr, m, pk, cn, tl, ca)
                                               : pack_codebook_t<c10::BFloat16>(pr, m, pk, cn, tl, ca);
