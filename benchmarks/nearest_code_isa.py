@@ -1,5 +1,5 @@
-"""nearest_code's CPU kernel per instruction-set variant (AMX-BF16, AVX-512, AVX2,
-generic), forced through ``vqfast._C.nearest_code_cpu(..., isa=...)``, by default at the
+"""nearest_code's CPU kernel per instruction-set variant (AMX-BF16, AVX512-BF16,
+AVX-512, AVX2, generic: those this CPU has), forced through ``vqfast._C.nearest_code_cpu(..., isa=...)``, by default at the
 issue's target shape N=65536, D=64, K=1024, k = 1 and 4. Prints one Markdown table per
 shape (RESULTS.md's).
 
