@@ -68,6 +68,28 @@ def test_context_nll_of_unusual_equals_the_loop_in_any_order(gen):
     assert torch.equal(fast[~unusual], torch.zeros_like(fast[~unusual])) and bool((fast[unusual] > 0).all())
 
 
+@pytest.mark.parametrize("n_layer", [1, 3])
+@pytest.mark.parametrize("share", [0.0, 0.2, 1.0])
+def test_logits_at_some_positions_equal_the_full_forward_rows(gen, n_layer, share):
+    """prior.logits(at=...) runs the last layer's queries, feed-forward and head at those
+    rows only: the same values (float64) as the full forward's rows, in at.nonzero() order;
+    a grid with no such row and padding to the largest grid's count change nothing."""
+    torch.manual_seed(3)
+    cfg = MaskedPriorConfig(num_codes=16, height=5, width=7, n_layer=n_layer, n_embd=32, n_head=4)
+    prior = MaskedTokenPrior(cfg).double().eval()
+    tokens = torch.randint(0, 16, (4, 5, 7), generator=gen)
+    hidden = torch.rand(4, 5, 7, generator=gen) < 0.3
+    at = torch.rand(4, 5, 7, generator=gen) < share if 0 < share < 1 else torch.full((4, 5, 7), bool(share))
+    if 0 < share < 1:
+        at[1] = False
+        at[2] = True  # one grid all rows, one none
+    rows = prior.logits(tokens, hidden, at=at)
+    assert rows.shape == (int(at.sum()), 16)
+    torch.testing.assert_close(rows, prior.logits(tokens, hidden)[at.flatten(1)], rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="at must be"):
+        prior.logits(tokens, hidden, at=at[:, :4])
+
+
 def test_unusual_tokens_do_not_pollute_each_other(gen):
     """Eq. 20's point: an unusual token's NLL is given the normal tokens only, so
     changing the other unusual tokens leaves it unchanged; changing a normal one does not."""

@@ -8,7 +8,8 @@ every later one. Eq. 20 instead scores with only the normal tokens as context:
   per-token NLL with each token's neighbourhood visible (``prior.nll``; default), or by a
   given raster prior's NLL (``marker``: GPT-2, Performer or PixelSNAIL, with its own
   threshold);
-- pass 2, one forward with u hidden: NLL2_i = -log p(s_i | u-bar) at every token of u.
+- pass 2, one forward with u hidden: NLL2_i = -log p(s_i | u-bar) at every token of u
+  (the last layer's queries, feed-forward and head run at u's rows only: prior.logits(at=u)).
 Image score: eq. 9's sum of xi(NLL2_i) over u (eq. 10: NLL2_i counts where it exceeds
 lambda_S = ``threshold``); anomaly map: those values bilinearly resized to the image.
 
@@ -98,8 +99,10 @@ class MaskedContextScorer(_TokenScorer):
         with self._prior_autocast(tokens.device):
             if not self.fast:
                 return ref.context_nll_of_unusual(self.prior, tokens, unusual)
-            nll = self.prior.context_nll(tokens, unusual).float()
-        return torch.where(unusual, nll, torch.zeros_like(nll))
+            logits = self.prior.logits(tokens, unusual, at=unusual).float()
+        nll = torch.zeros(tokens.shape, dtype=logits.dtype, device=tokens.device)
+        nll[unusual] = F.cross_entropy(logits, tokens[unusual], reduction="none")
+        return nll
 
     @torch.no_grad()
     def score(self, images: torch.Tensor) -> ScoreBatch:
@@ -176,16 +179,18 @@ class MaskedRestorationScorer(_RestorationScorer):
         for t in range(self.passes):
             if not bool(hidden.any()):
                 break
-            if t == 0:
-                logits = self.prior.logits(grid[::copies].view(-1, h, w), hidden[::copies].view(-1, h, w))
-                row = torch.arange(m, device=grids.device) // copies  # grid m's row of logits
-            else:
-                logits = self.prior.logits(grid.view(m, h, w), hidden.view(m, h, w))
-                row = torch.arange(m, device=grids.device)
+            # logits only at the hidden tokens (prior.logits(at=...)): at[index[g', p]] is the
+            # row of grid g' and position p
+            first = t == 0
+            inputs, masks = (grid[::copies], hidden[::copies]) if first else (grid, hidden)
+            index = torch.full(masks.shape, -1, dtype=torch.int64, device=grids.device)
+            index[masks] = torch.arange(int(masks.sum()), device=grids.device)
+            logits = self.prior.logits(inputs.view(-1, h, w), masks.view(-1, h, w), at=masks.view(-1, h, w))
+            row = torch.arange(m, device=grids.device) // (copies if first else 1)  # grid m's row of index
             # draws only at the hidden tokens (each a pure function of its logits and counter);
             # float32 at least, as the other scorers decide (bfloat16 logits under prior_precision)
             g, p = hidden.nonzero(as_tuple=True)
-            at = logits[row[g], p]
+            at = logits[index[row[g], p]]
             at = at if at.dtype == torch.float64 else at.float()
             drawn, _ = restore_step(at, grid[g, p], float("-inf"), seeds[g], t * t_len + p, self.temperature)
             prob = torch.softmax(at.double(), -1).gather(-1, drawn[:, None])[:, 0]
