@@ -340,12 +340,13 @@ def test_bfloat16_variant_at_the_value_bound(gen, k, isa):
 
 
 @pytest.mark.skipif(not {"amx", "avx512bf16"} & set(CPU_ISAS), reason="this CPU has no bfloat16 variant")
-def test_auto_uses_bfloat16_past_32_dimensions_or_for_top_k(gen):
+def test_auto_uses_bfloat16_past_a_few_dimensions_or_for_top_k(gen):
     """"auto" is the first bfloat16 variant (AMX, else AVX512-BF16; bit-identical results
-    to naming it) for D > 32 or k > 1, AVX-512 for k = 1 with D <= 32, and
-    nearest_code_cpu_isa says so."""
+    to naming it) for k > 1, and for k = 1 past D = 32 (AMX) or D = 16 (AVX512-BF16);
+    AVX-512 below; nearest_code_cpu_isa says so."""
     bf16 = "amx" if "amx" in CPU_ISAS else "avx512bf16"
-    for d, k, isa in ((33, 1, bf16), (32, 1, "avx512"), (32, 2, bf16), (3, 1, "avx512")):
+    small = 32 if bf16 == "amx" else 16
+    for d, k, isa in ((small + 1, 1, bf16), (small, 1, "avx512"), (small, 2, bf16), (3, 1, "avx512"), (3, 4, bf16)):
         z, cb = torch.randn(200, d, generator=gen), torch.randn(50, d, generator=gen)
         got, want = _ext._C.nearest_code_cpu(z, cb, k, "auto"), _ext._C.nearest_code_cpu(z, cb, k, isa)
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])

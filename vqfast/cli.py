@@ -18,7 +18,7 @@ def _info(_args) -> int:
     print(f"C++ extension: {'yes' if _ext.HAS_EXT else 'no: ' + _ext.EXT_ERROR}")
     if _ext.HAS_EXT:
         print(f"  CPU kernel variants here: {', '.join(_ext._C.cpu_isas())}; threads: {torch.get_num_threads()}")
-        picks = {(d, k): _ext._C.nearest_code_cpu_isa(d, k) for d in (32, 64) for k in (1, 4)}
+        picks = {(d, k): _ext._C.nearest_code_cpu_isa(d, k) for d in (16, 32, 64) for k in (1, 4)}
         print("  nearest_code runs: " + ", ".join(f"{isa} for D={d} k={k}" for (d, k), isa in picks.items()))
     print(f"CUDA kernels: {'yes' if _ext.HAS_CUDA_EXT else 'no: ' + _ext.CUDA_EXT_ERROR}")
     print(f"CUDA device: {torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'}")

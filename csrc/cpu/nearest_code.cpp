@@ -90,8 +90,9 @@ struct Problem {
   float* out_dist;      // (N, k)
   // The bfloat16 variants only (see bf16_blocks): codes as bfloat16 tiles, their norms, the bounds.
   const uint16_t* packed_bf16;  // (P, 2, Dp / 2, 16, 2): each 32-code panel as two B tiles
-  const float* cabs;            // (P * NR,) ||c - mu|| as computed, 0 on padding
-  int64_t Dp;                   // D rounded up to 32, one tile's depth
+  const float* cerr1;           // (P * NR,) each code's interval half-width is nx * cerr1 + cerr0,
+  const float* cerr0;           // nx = the row's computed norm (Bounds, folded per code; +inf on padding)
+  int64_t Dp;                   // D rounded up to 32 (a tile's depth) for AMX, to 2 (a pair) for vdpbf16ps
   struct Bounds {
     float A, B, Ct, Dt;  // |approx - exact| <= A |x||c| + B ||c||^2 + Ct (|x| + |c|) + Dt
     float rfac;          // ||x||^2 <= rfac * (computed ||x||^2)
@@ -109,6 +110,12 @@ float value_bound(int64_t D) {
   float f = static_cast<float>(b);
   if (static_cast<double>(f) > b) f = std::nextafter(f, 0.f);
   return f;
+}
+
+// x rounded up to a float (bounds may only grow).
+float round_up(double x) {
+  const float f = static_cast<float>(x);
+  return static_cast<double>(f) < x ? std::nextafter(f, kInf) : f;
 }
 
 // L values of p as floats (half / bfloat16 widened one by one; the compiler vectorises it).
@@ -389,11 +396,13 @@ Problem::Bounds bf16_bounds(int64_t D, int64_t Dp) {
   const double B = ((gamma(n + 1) + 3 * v) * 1.01 + 2.01 * v) * safety;
   const double Ct = 5 * std::sqrt(n) * tau * (1 + rho) * safety, Dt = 8 * n * tau * safety;
   const double g = gamma(static_cast<double>(D) + 4);
-  const auto up = [](double x) {
-    float f = static_cast<float>(x);
-    return static_cast<double>(f) < x ? std::nextafter(f, kInf) : f;
-  };
-  return {up(A), up(B), up(Ct), up(Dt), up(fold * (1 + 2 * v)), up(2 * g / (1 - g) * (1 + 8 * v)), up(2 * v)};
+  return {round_up(A),
+          round_up(B),
+          round_up(Ct),
+          round_up(Dt),
+          round_up(fold * (1 + 2 * v)),
+          round_up(2 * g / (1 - g) * (1 + 8 * v)),
+          round_up(2 * v)};
 }
 
 // Whether this CPU has AMX-BF16 and Linux grants this process the tile state (a process
@@ -531,14 +540,55 @@ VQ_AMX_TARGET VQ_INLINE void dpbf16_panel(const uint16_t* a, const uint16_t* b, 
   }
 }
 
+// dpbf16_panel's products, then each one's interval while it is in a register: the lower
+// end lo = approx - e is stored in c in place of the product, the upper end folded into
+// the rows' lane minima (hmin, 32 rows x 16 lanes; a NaN end leaves them as they were).
+// cn, e1, e0: the panel's 32 codes' ||c||^2 and half-width terms; nrm: the 32 rows' norms.
+VQ_AMX_TARGET VQ_INLINE void dpbf16_intervals(const uint16_t* a, const uint16_t* b, int64_t Dp, float* c, int64_t ldc,
+                                              const float* cn, const float* e1, const float* e0, const float* nrm,
+                                              float* hmin) {
+  const __m512 two = _mm512_set1_ps(2.f);
+  const __m512 cnv[2] = {_mm512_loadu_ps(cn), _mm512_loadu_ps(cn + 16)};
+  const __m512 e1v[2] = {_mm512_loadu_ps(e1), _mm512_loadu_ps(e1 + 16)};
+  const __m512 e0v[2] = {_mm512_loadu_ps(e0), _mm512_loadu_ps(e0 + 16)};
+  for (int r0 = 0; r0 < 32; r0 += 8) {
+    __m512 acc[8][2];
+    for (int r = 0; r < 8; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+    for (int64_t j = 0; j < Dp / 2; ++j) {
+      const __m512bh b0 = (__m512bh)_mm512_loadu_si512(b + j * 32);
+      const __m512bh b1 = (__m512bh)_mm512_loadu_si512(b + Dp * 16 + j * 32);
+      for (int r = 0; r < 8; ++r) {
+        uint32_t pair;
+        __builtin_memcpy(&pair, a + (r0 + r) * Dp + 2 * j, sizeof(pair));
+        const __m512bh x = (__m512bh)_mm512_set1_epi32(static_cast<int>(pair));
+        acc[r][0] = _mm512_dpbf16_ps(acc[r][0], x, b0);
+        acc[r][1] = _mm512_dpbf16_ps(acc[r][1], x, b1);
+      }
+    }
+    for (int r = 0; r < 8; ++r) {
+      const __m512 nx = _mm512_set1_ps(nrm[r0 + r]);
+      __m512 h = _mm512_loadu_ps(hmin + (r0 + r) * 16);
+      for (int v = 0; v < 2; ++v) {
+        const __m512 approx = _mm512_fnmadd_ps(two, acc[r][v], cnv[v]);
+        const __m512 e = _mm512_fmadd_ps(nx, e1v[v], e0v[v]);
+        _mm512_storeu_ps(c + (r0 + r) * ldc + 16 * v, _mm512_sub_ps(approx, e));
+        h = _mm512_min_ps(_mm512_add_ps(approx, e), h);
+      }
+      _mm512_storeu_ps(hmin + (r0 + r) * 16, h);
+    }
+  }
+}
+
 // Row blocks [blk0, blk1): per block, bfloat16 products into s (rows x Kp float32), on
 // AMX tiles or with vdpbf16ps, then per row the intervals, the threshold and the exact
 // recompute of the candidates.
 template <typename T, bool Amx> VQ_AMX_TARGET bool bf16_blocks(const Problem& pr, int64_t blk0, int64_t blk1) {
   const int64_t D = pr.D, Dp = pr.Dp, RB = pr.RB, k = pr.k, K = pr.K, Kp = pr.P * 32;
   const Problem::Bounds bd = pr.bf16;
+  // vdpbf16ps leaves the products in registers: for k <= 16 the intervals are taken there
+  const bool fused = !Amx && k <= 16;
   std::vector<uint16_t> zp(RB * Dp);
-  std::vector<float> s(RB * Kp), sq(RB), nrm(RB), hv(k), tv(k);
+  std::vector<float> s(RB * Kp), sq(RB), nrm(RB), hv(k), tv(k), hm(fused ? RB * 16 : 0);
   std::vector<int32_t> ti(k);
   if constexpr (Amx) {
     TileConfig cfg{};
@@ -559,6 +609,7 @@ template <typename T, bool Amx> VQ_AMX_TARGET bool bf16_blocks(const Problem& pr
       bad = true;  // the caller raises; nothing of this block is used
       continue;
     }
+    std::fill(hm.begin(), hm.end(), kInf);
     for (int64_t g = 0; g < padded; g += 32) {
       const uint16_t* a = zp.data() + g * Dp;
       for (int64_t p = 0; p < pr.P; ++p) {
@@ -585,6 +636,9 @@ template <typename T, bool Amx> VQ_AMX_TARGET bool bf16_blocks(const Problem& pr
           _tile_stored(1, c + 16, Kp * 4);
           _tile_stored(2, c + 16 * Kp, Kp * 4);
           _tile_stored(3, c + 16 * Kp + 16, Kp * 4);
+        } else if (fused) {
+          dpbf16_intervals(a, b, Dp, c, Kp, pr.cnorm + p * 32, pr.cerr1 + p * 32, pr.cerr0 + p * 32, nrm.data() + g,
+                           hm.data() + g * 16);
         } else {
           dpbf16_panel(a, b, Dp, c, Kp);
         }
@@ -594,20 +648,16 @@ template <typename T, bool Amx> VQ_AMX_TARGET bool bf16_blocks(const Problem& pr
     for (int64_t r = 0; r < rows; ++r) {
       float* sr = s.data() + r * Kp;
       const __m512 nx = _mm512_set1_ps(nrm[r]), two = _mm512_set1_ps(2.f);
-      const __m512 A = _mm512_set1_ps(bd.A), B = _mm512_set1_ps(bd.B), Ct = _mm512_set1_ps(bd.Ct),
-                   Dt = _mm512_set1_ps(bd.Dt);
       // Pass 1: intervals [lo, hi] (lo kept in place of the products) and an upper bound on
       // the k-th smallest hi. Any k codes' largest hi bounds it; for k <= 16 the lanes'
       // minima (each over its own codes) give k such codes at no extra cost, and a looser
-      // bound only admits more candidates to the exact recompute.
-      __m512 hmin = _mm512_set1_ps(kInf);
+      // bound only admits more candidates to the exact recompute. The vdpbf16ps variant
+      // did this for k <= 16 while the products were in registers (dpbf16_intervals).
+      __m512 hmin = fused ? _mm512_loadu_ps(hm.data() + r * 16) : _mm512_set1_ps(kInf);
       if (k > 16) std::fill(hv.begin(), hv.end(), kInf);
-      for (int64_t j = 0; j < Kp; j += 16) {
-        const __m512 cn = _mm512_loadu_ps(pr.cnorm + j), nc = _mm512_loadu_ps(pr.cabs + j);
-        const __m512 approx = _mm512_fnmadd_ps(two, _mm512_loadu_ps(sr + j), cn);
-        __m512 e = _mm512_fmadd_ps(_mm512_mul_ps(nx, nc), A, Dt);
-        e = _mm512_fmadd_ps(cn, B, e);
-        e = _mm512_fmadd_ps(_mm512_add_ps(nx, nc), Ct, e);
+      for (int64_t j = 0; j < (fused ? 0 : Kp); j += 16) {
+        const __m512 approx = _mm512_fnmadd_ps(two, _mm512_loadu_ps(sr + j), _mm512_loadu_ps(pr.cnorm + j));
+        const __m512 e = _mm512_fmadd_ps(nx, _mm512_loadu_ps(pr.cerr1 + j), _mm512_loadu_ps(pr.cerr0 + j));
         const __m512 hi = _mm512_add_ps(approx, e);
         _mm512_storeu_ps(sr + j, _mm512_sub_ps(approx, e));
         if (k <= 16) {
@@ -699,15 +749,22 @@ std::vector<Variant> supported_variants() {
 
 bool bounded_bf16(const char* name) { return std::string(name) == "amx" || std::string(name) == "avx512bf16"; }
 
-// "auto": the first variant, except that the bfloat16 ones are passed over for k = 1 and
-// D <= 32, where the per-code interval work outweighs the short products (measured: AMX
-// 0.4-0.75x AVX-512; AVX512-BF16 on Zen 4 0.64x at D = 16, 1.0x at D = 32; for k > 1 both
-// still win there, their epilogue being cheaper than the float32 top-k's).
+// "auto": the first variant, except that for k = 1 a bfloat16 one is passed over where the
+// per-code interval work outweighs the short products: AMX for D <= 32 (measured 0.4-0.75x
+// AVX-512), AVX512-BF16 for D <= 16 (Zen 4: 0.66x at D = 3 and 8, 0.9-1.1x at D = 16,
+// 0.9-1.2x at D = 24, 1.0-1.3x at D = 32). For k > 1 both win everywhere measured, their
+// epilogue being cheaper than the float32 top-k's.
+bool passed_over(const Variant& v, int64_t D, int64_t k) {
+  if (k > 1) return false;
+  const std::string name = v.name;
+  return (name == "amx" && D <= 32) || (name == "avx512bf16" && D <= 16);
+}
+
 Variant pick_variant(const std::string& isa, int64_t D, int64_t k) {
   const auto vs = supported_variants();
   if (isa == "auto")
     for (const auto& v : vs)
-      if (!(D <= 32 && k == 1 && bounded_bf16(v.name))) return v;
+      if (!passed_over(v, D, k)) return v;
   std::string names;
   for (const auto& v : vs) {
     if (isa == v.name) return v;
@@ -737,10 +794,10 @@ void centre_from_stats(const std::vector<double>& sum, const std::vector<double>
 // Centres and packs the codebook: packed (P, D, NR) panels and cnorm (P * NR,). With
 // tiles (the bfloat16 variants, NR = 32), also each panel as two bfloat16 B tiles of 16 codes,
 // (Dp / 2, 16, 2) each (pairs of consecutive d per code, the layout of AMX and vdpbf16ps, zero past D), and
-// cabs, each code's computed norm. Returns whether any code value fails pr.bound
+// cerr1 / cerr0, each code's interval half-width terms (Problem). Returns whether any code value fails pr.bound
 // (nothing is packed then).
 template <typename T>
-bool pack_codebook_t(const Problem& pr, float* mu, float* packed, float* cnorm, uint16_t* tiles, float* cabs) {
+bool pack_codebook_t(const Problem& pr, float* mu, float* packed, float* cnorm, uint16_t* tiles, float* cerr) {
   using VF = Vec<8>::f;
   const T* cb = static_cast<const T*>(pr.codebook);
   const int64_t K = pr.K, D = pr.D, NR = pr.NR, Dp = pr.Dp;
@@ -793,7 +850,15 @@ bool pack_codebook_t(const Problem& pr, float* mu, float* packed, float* cnorm, 
           for (int64_t j = 0; j < 16; ++j)
             tile[((d / 2) * 16 + j) * 2 + d % 2] = d < D ? to_bf16(rows[(h * 16 + j) * D + d]) : uint16_t{0};
       }
-      for (int64_t j = 0; j < NR; ++j) cabs[p * NR + j] = p * NR + j < K ? std::sqrt(cnorm[p * NR + j]) : 0.f;
+      // A |x||c| + B ||c||^2 + Ct (|x| + |c|) + Dt = |x| cerr1 + cerr0, folded in double and
+      // rounded up; the one float32 fma left per product is within the bounds' safety factor.
+      const Problem::Bounds& bd = pr.bf16;
+      for (int64_t j = 0; j < NR; ++j) {
+        const int64_t c = p * NR + j;
+        const double nc = c < K ? std::sqrt(cnorm[c]) : 0.f;  // the float32 norm the bound is proved for
+        cerr[c] = round_up(bd.A * nc + bd.Ct);
+        cerr[pr.P * NR + c] = c < K ? round_up(bd.B * cnorm[c] + bd.Ct * nc + bd.Dt) : kInf;
+      }
     }
   });
   return false;
@@ -857,7 +922,7 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_cpu(const at::Tensor& z_in, cons
   const bool bf16 = bounded_bf16(var.name);
 #ifdef VQ_HAVE_AMX
   if (bf16) {
-    pr.Dp = (D + 31) / 32 * 32;
+    pr.Dp = std::string(var.name) == "amx" ? (D + 31) / 32 * 32 : (D + 1) / 2 * 2;
     // A block's bfloat16 rows and its float32 products (rows x Kp) stay near 256 KiB (L2).
     const int64_t row_bytes = pr.Dp * 2 + pr.P * pr.NR * 4;
     pr.RB = 32 * std::clamp<int64_t>((int64_t{256} << 10) / (32 * row_bytes), 1, 4);
@@ -868,15 +933,15 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_cpu(const at::Tensor& z_in, cons
   const auto f32 = z.options().dtype(at::kFloat);
   at::Tensor mu = at::empty({D}, f32), packed = at::empty({pr.P, D, var.NR}, f32), cnorm = at::empty({pr.P * var.NR}, f32);
   at::Tensor tiles = at::empty({bf16 ? pr.P * pr.Dp * pr.NR : 0}, z.options().dtype(at::kShort));
-  at::Tensor cabs = at::empty({bf16 ? pr.P * pr.NR : 0}, f32);
+  at::Tensor cerr = at::empty({bf16 ? 2 * pr.P * pr.NR : 0}, f32);
   pr.out_idx = idx.data_ptr<int64_t>();
   pr.out_dist = dist.data_ptr<float>();
   float *m = mu.data_ptr<float>(), *pk = packed.data_ptr<float>(), *cn = cnorm.data_ptr<float>();
   uint16_t* tl = bf16 ? reinterpret_cast<uint16_t*>(tiles.data_ptr<int16_t>()) : nullptr;
-  float* ca = bf16 ? cabs.data_ptr<float>() : nullptr;
-  const bool bad_codes = pr.st == at::kFloat  ? pack_codebook_t<float>(pr, m, pk, cn, tl, ca)
-                         : pr.st == at::kHalf ? pack_codebook_t<c10::Half>(pr, m, pk, cn, tl, ca)
-                                              : pack_codebook_t<c10::BFloat16>(pr, m, pk, cn, tl, ca);
+  float* ce = bf16 ? cerr.data_ptr<float>() : nullptr;
+  const bool bad_codes = pr.st == at::kFloat  ? pack_codebook_t<float>(pr, m, pk, cn, tl, ce)
+                         : pr.st == at::kHalf ? pack_codebook_t<c10::Half>(pr, m, pk, cn, tl, ce)
+                                              : pack_codebook_t<c10::BFloat16>(pr, m, pk, cn, tl, ce);
   if (bad_codes) {  // z is named first when both are bad, as the Python checks order them
     raise_if_bad(z, "z");
     raise_if_bad(cb, "codebook");
@@ -886,7 +951,8 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_cpu(const at::Tensor& z_in, cons
   pr.packed = packed.data_ptr<float>();
   pr.cnorm = cnorm.data_ptr<float>();
   pr.packed_bf16 = tl;
-  pr.cabs = ca;
+  pr.cerr1 = ce;
+  pr.cerr0 = bf16 ? ce + pr.P * pr.NR : nullptr;
 
   const int64_t blocks = (N + pr.RB - 1) / pr.RB;
   std::atomic<bool> bad_z{false};

@@ -59,7 +59,7 @@ def nearest_code(z: torch.Tensor, codebook: torch.Tensor, k: int = 1, backend: s
     running winners. They rank by the expanded form around the codebook mean, then
     recompute the k winners' distances exactly; codes whose distances differ by
     less than float32 rounding may therefore rank differently from the reference.
-    On CPUs with AMX-BF16 or AVX512-BF16 (D > 32 or k > 1) the products run in
+    On CPUs with AMX-BF16 (k > 1 or D > 32) or AVX512-BF16 (k > 1 or D > 16) the products run in
     bfloat16 and only bound each code's distance; every code the bound cannot rule out
     is recomputed directly, and the winners are the k smallest of those recomputed
     float32 distances.
