@@ -791,8 +791,8 @@ void centre_from_stats(const std::vector<double>& sum, const std::vector<double>
   }
 }
 
-// Centres and packs the codebook: packed (P, D, NR) panels and cnorm (P * NR,). With
-// tiles (the bfloat16 variants, NR = 32), also each panel as two bfloat16 B tiles of 16 codes,
+// Centres and packs the codebook: cnorm (P * NR,) and, for the float32 variants, packed
+// (P, D, NR) panels; with tiles (the bfloat16 variants, NR = 32) instead each panel as two bfloat16 B tiles of 16 codes,
 // (Dp / 2, 16, 2) each (pairs of consecutive d per code, the layout of AMX and vdpbf16ps, zero past D), and
 // cerr1 / cerr0, each code's interval half-width terms (Problem). Returns whether any code value fails pr.bound
 // (nothing is packed then).
@@ -841,9 +841,11 @@ bool pack_codebook_t(const Problem& pr, float* mu, float* packed, float* cnorm, 
         }
         cnorm[c] = norm;
       }
-      for (int64_t d = 0; d < D; ++d)
-        for (int64_t j = 0; j < NR; ++j) packed[(p * D + d) * NR + j] = rows[j * D + d];
-      if (tiles == nullptr) continue;
+      if (tiles == nullptr) {  // the float32 panels; the bfloat16 variants read only the tiles
+        for (int64_t d = 0; d < D; ++d)
+          for (int64_t j = 0; j < NR; ++j) packed[(p * D + d) * NR + j] = rows[j * D + d];
+        continue;
+      }
       for (int64_t h = 0; h < 2; ++h) {
         uint16_t* tile = tiles + (p * 2 + h) * Dp * 16;
         for (int64_t d = 0; d < Dp; ++d)
@@ -931,7 +933,7 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_cpu(const at::Tensor& z_in, cons
 #endif
 
   const auto f32 = z.options().dtype(at::kFloat);
-  at::Tensor mu = at::empty({D}, f32), packed = at::empty({pr.P, D, var.NR}, f32), cnorm = at::empty({pr.P * var.NR}, f32);
+  at::Tensor mu = at::empty({D}, f32), packed = at::empty({bf16 ? 0 : pr.P * D * var.NR}, f32), cnorm = at::empty({pr.P * var.NR}, f32);
   at::Tensor tiles = at::empty({bf16 ? pr.P * pr.Dp * pr.NR : 0}, z.options().dtype(at::kShort));
   at::Tensor cerr = at::empty({bf16 ? 2 * pr.P * pr.NR : 0}, f32);
   pr.out_idx = idx.data_ptr<int64_t>();
