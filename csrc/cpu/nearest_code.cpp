@@ -437,8 +437,6 @@ template <typename T>
 VQ_AMX_TARGET bool pack_rows_bf16(const Problem& pr, int64_t row0, int64_t rows, uint16_t* dst, float* sq, float* nrm) {
   using VF = Vec<16>::f;
   using VI = Vec<16>::i;
-  typedef uint32_t VU __attribute__((vector_size(64)));
-  typedef uint16_t VH __attribute__((vector_size(32)));
   const T* z = static_cast<const T*>(pr.z);
   const int64_t D = pr.D, Dp = pr.Dp, padded = (rows + 31) / 32 * 32;
   const AboveBound<16> above(pr.bound);
@@ -459,8 +457,11 @@ VQ_AMX_TARGET bool pack_rows_bf16(const Problem& pr, int64_t row0, int64_t rows,
       bad |= above(x);
       const VF c = x - vload<VF>(pr.mu + d);
       acc += c * c;
-      const VU bits = vload<VU>(&c);
-      vstore(out + d, __builtin_convertvector((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16, VH));
+      // vcvtneps2bf16: to nearest even, subnormals flushed (the bound's tau covers both)
+      __m512 cv;
+      __builtin_memcpy(&cv, &c, sizeof(cv));
+      const __m256bh h = _mm512_cvtneps_pbh(cv);
+      __builtin_memcpy(out + d, &h, sizeof(h));
     }
     float s = 0.f;
     for (int l = 0; l < 16; ++l) s += acc[l];
