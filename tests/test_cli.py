@@ -85,7 +85,8 @@ def test_info(capsys):
 
     if _ext.HAS_EXT:
         assert "restore_step: native kernels cpu" in out and "omp: native kernels cpu" in out
-        assert f"nearest_code runs: {_ext._C.nearest_code_cpu_isa(32, 1)} for D=32 k=1," in out
+        assert f"nearest_code runs: {_ext._C.nearest_code_cpu_isa(16, 1)} for D=16 k=1," in out
+        assert f" {_ext._C.nearest_code_cpu_isa(32, 1)} for D=32 k=1," in out
 
 
 def _readme_commands():
