@@ -516,24 +516,28 @@ VQ_INLINE void smallest_insert(float* tv, int64_t k, float d) {
   tv[pos] = d;
 }
 
-// 32 rows (a, row-major (32, Dp) bfloat16) times one 32-code panel (b, two B tiles) into
-// c (32 x 32 float32, row stride ldc) with vdpbf16ps: 8 rows x 32 codes per register tile,
-// each row's pair of values broadcast against 16 codes' pairs.
+// Rows r0..r0+7 of a (row-major (., Dp) bfloat16) times one 32-code panel (b, two B tiles)
+// into acc with vdpbf16ps: each row's pair of values broadcast against 16 codes' pairs.
+VQ_AMX_TARGET VQ_INLINE void dpbf16_tile(const uint16_t* a, const uint16_t* b, int64_t Dp, int r0, __m512 (&acc)[8][2]) {
+  for (int r = 0; r < 8; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+  for (int64_t j = 0; j < Dp / 2; ++j) {
+    const __m512bh b0 = (__m512bh)_mm512_loadu_si512(b + j * 32);
+    const __m512bh b1 = (__m512bh)_mm512_loadu_si512(b + Dp * 16 + j * 32);
+    for (int r = 0; r < 8; ++r) {
+      uint32_t pair;
+      __builtin_memcpy(&pair, a + (r0 + r) * Dp + 2 * j, sizeof(pair));
+      const __m512bh x = (__m512bh)_mm512_set1_epi32(static_cast<int>(pair));
+      acc[r][0] = _mm512_dpbf16_ps(acc[r][0], x, b0);
+      acc[r][1] = _mm512_dpbf16_ps(acc[r][1], x, b1);
+    }
+  }
+}
+
+// 32 rows times one 32-code panel into c (32 x 32 float32, row stride ldc).
 VQ_AMX_TARGET VQ_INLINE void dpbf16_panel(const uint16_t* a, const uint16_t* b, int64_t Dp, float* c, int64_t ldc) {
   for (int r0 = 0; r0 < 32; r0 += 8) {
     __m512 acc[8][2];
-    for (int r = 0; r < 8; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
-    for (int64_t j = 0; j < Dp / 2; ++j) {
-      const __m512bh b0 = (__m512bh)_mm512_loadu_si512(b + j * 32);
-      const __m512bh b1 = (__m512bh)_mm512_loadu_si512(b + Dp * 16 + j * 32);
-      for (int r = 0; r < 8; ++r) {
-        uint32_t pair;
-        __builtin_memcpy(&pair, a + (r0 + r) * Dp + 2 * j, sizeof(pair));
-        const __m512bh x = (__m512bh)_mm512_set1_epi32(static_cast<int>(pair));
-        acc[r][0] = _mm512_dpbf16_ps(acc[r][0], x, b0);
-        acc[r][1] = _mm512_dpbf16_ps(acc[r][1], x, b1);
-      }
-    }
+    dpbf16_tile(a, b, Dp, r0, acc);
     for (int r = 0; r < 8; ++r) {
       _mm512_storeu_ps(c + (r0 + r) * ldc, acc[r][0]);
       _mm512_storeu_ps(c + (r0 + r) * ldc + 16, acc[r][1]);
@@ -554,18 +558,7 @@ VQ_AMX_TARGET VQ_INLINE void dpbf16_intervals(const uint16_t* a, const uint16_t*
   const __m512 e0v[2] = {_mm512_loadu_ps(e0), _mm512_loadu_ps(e0 + 16)};
   for (int r0 = 0; r0 < 32; r0 += 8) {
     __m512 acc[8][2];
-    for (int r = 0; r < 8; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
-    for (int64_t j = 0; j < Dp / 2; ++j) {
-      const __m512bh b0 = (__m512bh)_mm512_loadu_si512(b + j * 32);
-      const __m512bh b1 = (__m512bh)_mm512_loadu_si512(b + Dp * 16 + j * 32);
-      for (int r = 0; r < 8; ++r) {
-        uint32_t pair;
-        __builtin_memcpy(&pair, a + (r0 + r) * Dp + 2 * j, sizeof(pair));
-        const __m512bh x = (__m512bh)_mm512_set1_epi32(static_cast<int>(pair));
-        acc[r][0] = _mm512_dpbf16_ps(acc[r][0], x, b0);
-        acc[r][1] = _mm512_dpbf16_ps(acc[r][1], x, b1);
-      }
-    }
+    dpbf16_tile(a, b, Dp, r0, acc);
     for (int r = 0; r < 8; ++r) {
       const __m512 nx = _mm512_set1_ps(nrm[r0 + r]);
       __m512 h = _mm512_loadu_ps(hmin + (r0 + r) * 16);
