@@ -251,3 +251,31 @@ def test_bfloat16_decoding_is_close_and_leaves_the_tokens(which, gen):
         model.decode_grids(grids, "float16")
     with pytest.raises(ValueError, match="decode precision"):
         model.reconstruct(x, "half")
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_cpu_encode_and_decode_run_channels_last_with_the_same_values(which, gen):
+    """On the CPU the encoder and decoder get channels-last (NHWC) inputs, which oneDNN runs
+    faster (benchmarks/channels_last.py); the values and the tokens are those of the
+    channels-first call, to float32 rounding, and gradients reach x the same way."""
+    model = _vq_models()[which]
+    f = model.downsample_factor
+    layouts = []
+    hooks = [m.register_forward_pre_hook(
+        lambda mod, args: layouts.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+        for m in (model.encoder, model.decoder)]
+    x = torch.rand(3, 3, 4 * f, 4 * f, generator=gen, requires_grad=True)
+    z = model.encode(x)
+    zq = model.vq(z).quantized
+    y = model.decode(zq)
+    assert layouts == [True, True]
+    for h in hooks:
+        h.remove()
+    z_ref = model.encoder(x.contiguous())
+    torch.testing.assert_close(z, z_ref, rtol=1e-5, atol=1e-5)
+    assert torch.equal(model.vq(z).indices, model.vq(z_ref).indices)
+    torch.testing.assert_close(y, model.decoder(zq.contiguous()), rtol=1e-5, atol=1e-5)
+    (g,) = torch.autograd.grad(y.square().sum(), x)
+    (g_ref,) = torch.autograd.grad(model.decoder(model.vq(z_ref).quantized).square().sum(), x)
+    # The backward sums in another order per layout: bound the error by the gradient's scale.
+    assert float((g - g_ref).abs().amax()) < 1e-4 * float(g_ref.abs().amax())

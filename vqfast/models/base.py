@@ -27,6 +27,18 @@ def autocast_precision(device: torch.device, precision: str, name: str = "decode
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
+def cpu_channels_last(t: torch.Tensor) -> torch.Tensor:
+    """t (B, C, H, W) in channels-last (NHWC) memory on the CPU, as it is elsewhere. The
+    shape and values are unchanged. oneDNN's CPU convolutions run faster on NHWC: measured
+    on 2 cores of an AMD EPYC (benchmarks/channels_last.py, 16 images of 128 x 128), the
+    default VQ-VAE's encoder 1.33x, its decoder 1.30x, a training step 1.21x, the default
+    VQ-GAN's training step 1.29x (1.05-1.24x at 8 images). Outputs differ from NCHW's by
+    float32 rounding only. On GPUs it is not measured yet, so they keep the caller's layout."""
+    if t.device.type == "cpu" and t.dim() == 4:
+        return t.contiguous(memory_format=torch.channels_last)
+    return t
+
+
 class VQAutoencoderOutput(NamedTuple):
     reconstruction: torch.Tensor  # (B, C, H, W)
     vq: VQOutput
@@ -47,7 +59,7 @@ class VQAutoencoder(nn.Module):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, code_dim, H/f, W/f) continuous encoder output."""
         self._check(x)
-        return self.encoder(x)
+        return self.encoder(cpu_channels_last(x))
 
     @torch.no_grad()
     def encode_indices(self, x: torch.Tensor) -> torch.Tensor:
@@ -55,7 +67,9 @@ class VQAutoencoder(nn.Module):
         return self.vq(self.encode(x)).indices
 
     def decode(self, z_q: torch.Tensor) -> torch.Tensor:
-        return self.decoder(z_q)
+        """(B, code_dim, h, w) quantised codes -> (B, C, H, W) image (channels-last memory
+        on the CPU, see cpu_channels_last)."""
+        return self.decoder(cpu_channels_last(z_q))
 
     def decode_indices(self, indices: torch.Tensor, precision: str = "float32") -> torch.Tensor:
         """(B, h, w) int64 token grid -> (B, C, H, W) image; precision as in decode_grids."""
