@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from vqfast.models import VQVAE, VectorQuantizer, VQVAEConfig, spectral_loss
 
@@ -207,7 +208,7 @@ def test_decode_grids_decodes_each_distinct_grid_once(which, gen):
     sizes, handle = _decoded_batches(model)
     torch.testing.assert_close(model.decode_grids(grids, distinct=False), expected, rtol=1e-5, atol=1e-5)
     handle.remove()
-    assert sizes == [7]
+    assert sizes == [4, 3]  # cpu_conv's chunks of 4
 
 
 def test_decode_grids_does_not_merge_rows_in_training_mode(gen):
@@ -256,7 +257,7 @@ def test_bfloat16_decoding_is_close_and_leaves_the_tokens(which, gen):
 @pytest.mark.parametrize("which", [0, 1])
 def test_cpu_encode_and_decode_run_channels_last_with_the_same_values(which, gen):
     """On the CPU the encoder and decoder get channels-last (NHWC) inputs, which oneDNN runs
-    faster (benchmarks/channels_last.py); the values and the tokens are those of the
+    faster (benchmarks/cpu_convolutions.py); the values and the tokens are those of the
     channels-first call, to float32 rounding, and gradients reach x the same way."""
     model = _vq_models()[which]
     f = model.downsample_factor
@@ -279,3 +280,37 @@ def test_cpu_encode_and_decode_run_channels_last_with_the_same_values(which, gen
     (g_ref,) = torch.autograd.grad(model.decoder(model.vq(z_ref).quantized).square().sum(), x)
     # The backward sums in another order per layout: bound the error by the gradient's scale.
     assert float((g - g_ref).abs().amax()) < 1e-4 * float(g_ref.abs().amax())
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_cpu_inference_runs_in_chunks_with_the_same_values(which, gen):
+    """Without autograd and in eval mode, the CPU encoder and decoder see at most
+    CPU_CHUNK images per call (faster: benchmarks/cpu_convolutions.py), in order, with the
+    values of one call; with autograd or in training mode (dropout, batch statistics) the
+    batch goes in whole."""
+    from vqfast.models.base import CPU_CHUNK
+
+    model = _vq_models()[which]
+    k, f = model.vq.codebook.shape[0], model.downsample_factor
+    n = 2 * CPU_CHUNK + 1
+    x = torch.rand(n, 3, 4 * f, 4 * f, generator=gen)
+    grids = torch.randint(0, k, (n, 4, 4), generator=gen)
+    sizes, handle = _decoded_batches(model)
+    enc_sizes = []
+    enc_handle = model.encoder.register_forward_pre_hook(lambda mod, args: enc_sizes.append(args[0].shape[0]))
+    with torch.no_grad():
+        z = model.encode(x)
+        z_whole = model.encoder(x)
+        out = model.decode_grids(grids, distinct=False)
+        whole = model.decoder(F.embedding(grids, model.vq.codes()).permute(0, 3, 1, 2))
+    assert enc_sizes == [CPU_CHUNK, CPU_CHUNK, 1, n] and sizes == [CPU_CHUNK, CPU_CHUNK, 1, n]
+    torch.testing.assert_close(z, z_whole, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out, whole, rtol=1e-5, atol=1e-5)
+    enc_sizes.clear()
+    model.encode(x)
+    model.train()
+    with torch.no_grad():
+        model.encode(x)
+    assert enc_sizes == [n, n]
+    handle.remove()
+    enc_handle.remove()
