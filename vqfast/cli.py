@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from vqfast import _ext
+from vqfast.allocator import allocator_status, tune_cpu_allocator
 
 
 def _info(_args) -> int:
@@ -26,6 +27,7 @@ def _info(_args) -> int:
     for op in ("nearest_code", "omp", "restore_step", "decode_attention"):
         kernels = [b for b in ("cpu", "cuda") if _ext.has_op(op, b)]
         print(f"  {op}: native kernels {', '.join(kernels) or 'none'}; Triton and reference always")
+    print(f"CPU memory allocator: {allocator_status()}")
     return 0
 
 
@@ -315,6 +317,7 @@ def _add_report(sub) -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    tune_cpu_allocator()  # this process runs vqfast's jobs: see vqfast.allocator
     parser = argparse.ArgumentParser(prog="vqfast", description=__doc__)
     parser.add_argument("--version", action="version", version=f"vqfast {__import__('vqfast').__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
