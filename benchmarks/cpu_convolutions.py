@@ -14,6 +14,9 @@ For each model, in one run:
 - layout: the encoder and decoder modules called on channels-first (NCHW) and on
   channels-last (NHWC) inputs (inference, no grad), and a whole training step
   (``training_loss`` forward and backward) with encode/decode's conversion off and on.
+- the feature scorers' backbone (wide_resnet50_2, layers 1-3, random weights) on 8 images of
+  256 x 256, fresh process: one channels-first call on the whole batch (the path before
+  channels-last and chunks) against ``Backbone.forward``.
 The VQ-GAN runs without LPIPS and the discriminator (random weights here, and the GAN
 starts late in training anyway), as in ``vqfast bench``. The outputs' largest difference
 and whether the tokens agree are printed with the times; ratios last (> 1: channels-last,
@@ -78,6 +81,29 @@ def chunk_timings(i, args):
     return table + "\n" + "\n".join(faults) + "\n", ratios
 
 
+def backbone_timings(args):
+    """(table, ratio line) of the backbone's old and new CPU paths; run in a fresh process."""
+    from vqfast.models import Backbone
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bb = Backbone("wide_resnet50_2", layers=(1, 2, 3))
+    x = torch.rand(8, 3, 256, 256)
+    old = lambda: bb._features((x - bb.mean) / bb.std, (1, 2, 3))  # noqa: E731
+    new, ref = bb(x), old()
+    gap = max(float((new[i] - ref[i]).abs().amax() / ref[i].abs().amax()) for i in (1, 2, 3))
+    timings, faults = [], []
+    for name, fn in (("one call, NCHW", old), ("Backbone.forward (NHWC, chunks of 4)", lambda: bb(x))):
+        before = minor_faults()
+        timings.append(time_callable(fn, name=name, warmup=1, repeats=args.repeats))
+        faults.append(f"{name}: {(minor_faults() - before) // (timings[-1].repeats + 1)} minor faults per call")
+    table = format_table(timings, title="wide_resnet50_2 layers 1-3, 8 images of 256 x 256, CPU, fresh process")
+    ratio = timings[0].median_s / timings[1].median_s
+    return (table + "\n" + "\n".join(faults) + f"\nlargest difference / largest feature: {gap:.1e}\n",
+            [f"wide_resnet50_2 backbone, one NCHW call / Backbone.forward: {ratio:.2f}x "
+             f"({1e3 * timings[0].median_s:.0f} -> {1e3 * timings[1].median_s:.0f} ms)"])
+
+
 def layout_timings(i, args):
     title, make = model(i)
     m = make()
@@ -129,6 +155,10 @@ def main(argv=None):
         print(table)
         ratios += lines
         ratios += layout_timings(i, args)
+    with spawn.Pool(1) as pool:
+        table, lines = pool.apply(backbone_timings, (args,))
+    print(table)
+    ratios += lines
     print("Ratios (> 1: channels-last, or the chunks, faster)")
     print("\n".join(ratios))
 

@@ -106,3 +106,26 @@ def test_frozen_grey_input_and_normalisation(gen):
     torch.testing.assert_close(model(x)[2], raw((x - model.mean) / model.std)[2])
     with pytest.raises(ValueError, match=r"x must be \(B, 1 or 3, H, W\)"):
         model(torch.rand(2, 2, 8, 8))
+
+
+@pytest.mark.parametrize("name", ["resnet18", "wide_resnet50_2"])
+def test_cpu_features_in_chunks_equal_one_call(name, gen):
+    """On the CPU the network runs channels-last, CPU_CHUNK images per call (faster:
+    benchmarks/cpu_convolutions.py); the features equal one channels-first call on the
+    whole batch to float32 rounding, in order, returned in the default memory format."""
+    from vqfast.models.base import CPU_CHUNK
+
+    model = _random(name, layers=(1, 2, 3))
+    n = 2 * CPU_CHUNK + 1
+    x = torch.rand(n, 3, 64, 64, generator=gen)
+    seen = []
+    hook = model.conv1.register_forward_pre_hook(
+        lambda mod, args: seen.append((args[0].shape[0], args[0].is_contiguous(memory_format=torch.channels_last))))
+    feats = model(x)
+    hook.remove()
+    assert seen == [(CPU_CHUNK, True), (CPU_CHUNK, True), (1, True)]
+    whole = model._features((x - model.mean) / model.std, (1, 2, 3))
+    for i in (1, 2, 3):
+        assert feats[i].is_contiguous() and feats[i].shape == whole[i].shape
+        scale = float(whole[i].abs().amax())
+        assert float((feats[i] - whole[i]).abs().amax()) <= 1e-5 * scale, i

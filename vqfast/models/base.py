@@ -40,9 +40,10 @@ def cpu_conv(module: nn.Module, t: torch.Tensor, chunk: int = CPU_CHUNK) -> torc
     the OS every call (100,000-400,000 page faults for 40 decodes), while a chunk's are
     reused. Measured on 2 cores of an AMD EPYC (benchmarks/cpu_convolutions.py, 128 x 128
     images): NHWC made the default VQ-VAE's encoder 1.13x, its decoder 1.18x and its
-    training step 1.08-1.21x faster; chunks of 4 made 40 decodes 1.15x (float32) and 1.32x
-    (bfloat16) and encoding 16 images 1.42x faster than one call (the default VQ-GAN:
-    1.05x, 1.07x, 1.38x). GPUs: not measured, so the caller's layout and batch stay."""
+    training step 1.07-1.21x faster; chunks of 4 made 40 decodes 1.15x (float32) and
+    1.29-1.32x (bfloat16) and encoding 16 images 1.30-1.42x faster than one call (the
+    default VQ-GAN: 0.97-1.05x, 1.04-1.07x, 1.34-1.38x). GPUs: not measured, so the
+    caller's layout and batch stay."""
     if t.device.type != "cpu" or t.dim() != 4:
         return module(t)
     t = t.contiguous(memory_format=torch.channels_last)
