@@ -19,9 +19,9 @@ resident memory; ratios last (left alone / tuned, > 1: tuning faster).
 import argparse
 import multiprocessing
 import resource
-import statistics
-import time
 import warnings
+
+from vqfast.profiling import minor_page_faults, time_callable
 
 WORKLOADS = ("vqvae_step", "vqgan_step", "gpt2_step", "pixel", "light", "regenerative", "masked")
 
@@ -95,15 +95,11 @@ def run(name, tuned, repeats):
 
     took = vqfast.tune_cpu_allocator() if tuned else False
     title, fn = build(name)
-    fn()
-    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) // repeats
-    return title, statistics.median(times), faults, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, took
+    fn()  # the warm-up, outside the page-fault count
+    before = minor_page_faults()
+    timing = time_callable(fn, warmup=0, repeats=repeats)
+    faults = (minor_page_faults() - before) // repeats
+    return title, timing.median_s, faults, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, took
 
 
 def main(argv=None):

@@ -25,7 +25,6 @@ or the chunks, faster).
 
 import argparse
 import multiprocessing
-import resource
 import warnings
 from unittest import mock
 
@@ -33,7 +32,7 @@ import torch
 
 from vqfast.models import VQGAN, VQVAE, VQGANConfig, VQVAEConfig
 from vqfast.models import base
-from vqfast.profiling import format_table, time_callable
+from vqfast.profiling import format_table, minor_page_faults, time_callable
 
 CHUNKS = (1, 2, 4, 8, None)  # images per call; None: all in one call
 
@@ -51,8 +50,12 @@ def nhwc(t):
     return t.contiguous(memory_format=torch.channels_last)
 
 
-def minor_faults():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+def timed(fn, name, repeats):
+    """time_callable(fn) after one warm-up call, and a line with its minor page faults per
+    call (the warm-up's included)."""
+    before = minor_page_faults()
+    timing = time_callable(fn, name=name, warmup=1, repeats=repeats)
+    return timing, f"{name}: {(minor_page_faults() - before) // (timing.repeats + 1)} minor faults per call"
 
 
 def chunk_timings(i, args):
@@ -71,9 +74,9 @@ def chunk_timings(i, args):
             for chunk in CHUNKS:
                 name = f"{case}, chunk {chunk or 'all'}"
                 with mock.patch.object(base.cpu_conv, "__defaults__", (chunk or 10**9,)):
-                    before = minor_faults()
-                    timings.append(time_callable(fn, name=name, warmup=1, repeats=args.repeats))
-                    faults.append(f"{name}: {(minor_faults() - before) // (timings[-1].repeats + 1)} minor faults per call")
+                    timing, line = timed(fn, name, args.repeats)
+                timings.append(timing)
+                faults.append(line)
                 by[chunk] = timings[-1].median_s
             ratios.append(f"{title} {case}, one call / chunks of " + ", ".join(
                 f"{c}: {by[None] / by[c]:.2f}x" for c in CHUNKS if c) + f" (one call {1e3 * by[None]:.0f} ms)")
@@ -94,9 +97,9 @@ def backbone_timings(args):
     gap = max(float((new[i] - ref[i]).abs().amax() / ref[i].abs().amax()) for i in (1, 2, 3))
     timings, faults = [], []
     for name, fn in (("one call, NCHW", old), ("Backbone.forward (NHWC, chunks of 4)", lambda: bb(x))):
-        before = minor_faults()
-        timings.append(time_callable(fn, name=name, warmup=1, repeats=args.repeats))
-        faults.append(f"{name}: {(minor_faults() - before) // (timings[-1].repeats + 1)} minor faults per call")
+        timing, line = timed(fn, name, args.repeats)
+        timings.append(timing)
+        faults.append(line)
     table = format_table(timings, title="wide_resnet50_2 layers 1-3, 8 images of 256 x 256, CPU, fresh process")
     ratio = timings[0].median_s / timings[1].median_s
     return (table + "\n" + "\n".join(faults) + f"\nlargest difference / largest feature: {gap:.1e}\n",
