@@ -454,3 +454,88 @@ def test_hypothesis_random_problems(pair, problem):
         return
     idx, dist = nearest_code(z, cb, k, backend=backend)
     assert_matches_reference(z, cb, k, idx, dist)
+
+
+# --- The Triton tensor-core kernel: bounds, then the exact float32 recompute ---------
+
+triton_only = [pytest.mark.triton]
+
+
+def _recomputed_topk(z, cb, k):
+    """The contract, computed the plain way: every float32 sum((z - c)^2) (the same
+    expression the kernel's recompute evaluates), then the k smallest, ties to the lower
+    index."""
+    dist = (z.float().unsqueeze(1) - cb.float().unsqueeze(0)).square().sum(-1)
+    d, i = torch.sort(dist, dim=1, stable=True)
+    return i[:, :k], d[:, :k]
+
+
+def _near_ties(gen, n, d, num_codes, dtype):
+    """Rows planted where TF32 or float32 expanded forms cannot decide: on duplicated
+    codes, halfway between two codes, and in a two-cluster codebook whose clusters the
+    centring cannot separate (see _two_clusters); the rest random."""
+    z, cb = _two_clusters(gen, n, d, num_codes)
+    cb[num_codes // 2:num_codes // 2 + 8] = cb[:8]  # duplicates: exact ties
+    z[:8] = cb[:8]
+    z[8:16] = (cb[8:16] + cb[16:24]) / 2  # equidistant in exact arithmetic
+    z[16:n // 2] = torch.randn(n // 2 - 16, d, generator=gen)
+    cb[num_codes - 40:] = torch.randn(40, d, generator=gen)
+    return z.to(dtype), cb.to(dtype)
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k", [1, 2, 5, 64])
+@pytest.mark.parametrize("n,d,num_codes", [(300, 33, 257), (97, 256, 130)])
+def test_triton_answer_is_the_exact_recomputes_topk(gen, dtype, k, n, d, num_codes):
+    """The products only bound the distances: the answer must be exactly the k smallest
+    recomputed float32 distances, near-ties and duplicated codes included."""
+    require_backend("nearest_code", "cpu", "triton")
+    z, cb = _near_ties(gen, n, d, num_codes, dtype)
+    idx, dist = nearest_code(z, cb, k, backend="triton")
+    ref_idx, ref_dist = _recomputed_topk(z, cb, k)
+    assert torch.equal(idx, ref_idx)
+    assert torch.equal(dist, ref_dist)
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_triton_kernel_resolves_most_rows_and_sends_near_ties_to_the_recompute(gen, dtype):
+    """Both paths run: random rows are decided by the kept codes alone, the planted
+    near-ties go to the full recompute, and the kept codes of a resolved row hold its
+    true nearest code."""
+    require_backend("nearest_code", "cpu", "triton")
+    from vqfast.kernels.nearest_code_triton import kept_codes
+
+    z, cb = _near_ties(gen, 400, 64, 300, dtype)
+    kept, resolved = kept_codes(z, cb, 1)
+    assert not resolved[:16].any()  # duplicated codes and exact midpoints
+    assert resolved[16:200].float().mean() > 0.9  # random rows
+    ref_idx, _ = _recomputed_topk(z, cb, 1)
+    assert (kept[resolved] == ref_idx[resolved]).any(1).all()
+
+
+@pytest.mark.triton
+def test_triton_k_up_to_64_and_k_equals_K(gen):
+    require_backend("nearest_code", "cpu", "triton")
+    for k, num_codes in ((64, 64), (64, 100), (63, 65), (3, 3)):
+        z = torch.randn(70, 17, generator=gen)
+        cb = torch.randn(num_codes, 17, generator=gen)
+        idx, dist = nearest_code(z, cb, k, backend="triton")
+        ref_idx, ref_dist = _recomputed_topk(z, cb, k)
+        assert torch.equal(idx, ref_idx) and torch.equal(dist, ref_dist), (k, num_codes)
+
+
+@pytest.mark.triton
+def test_triton_values_at_the_overflow_bound_stay_exact(gen):
+    """Bounds that overflow float32 make their codes candidates, never drop them."""
+    require_backend("nearest_code", "cpu", "triton")
+    d = 32
+    bound = (torch.finfo(torch.float32).max / (4 * d)) ** 0.5 * 0.999
+    cb = torch.full((50, d), -bound)
+    cb[7] = bound
+    cb[20:30] = bound * torch.rand(10, d, generator=gen)
+    z = torch.cat([torch.full((5, d), bound), bound * torch.rand(20, d, generator=gen)])
+    idx, dist = nearest_code(z, cb, 2, backend="triton")
+    ref_idx, ref_dist = _recomputed_topk(z, cb, 2)
+    assert torch.equal(idx, ref_idx) and torch.equal(dist, ref_dist)

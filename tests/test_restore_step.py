@@ -46,6 +46,20 @@ def test_equals_reference(backend, gen, m, v, dtype, threshold):
         _assert_differ_only_at_cdf_boundaries(logits, seeds, position, temperature, tok.cpu(), ref_tok, keep)
 
 
+@pytest.mark.parametrize("position", [0, 1, 2, 16, 2**31 - 1])
+@pytest.mark.parametrize("m", [1, 5])
+def test_edge_positions(backend, gen, position, m):
+    """The positions a pass starts with and the last one the op accepts: Triton turns an
+    int argument equal to 1 into a constexpr (position 1 did not compile for a GPU), and
+    M = 1 is one such argument too. float64, so the tokens must be exactly the reference's."""
+    device, name = backend
+    logits, current, seeds = _case(gen, m, 37, torch.float64)
+    ref_tok, ref_nll = reference.restore_step(logits, current, -1.0, seeds, position, 1.0)
+    tok, nll = restore_step(logits.to(device), current.to(device), -1.0, seeds.to(device), position, 1.0, backend=name)
+    assert torch.equal(tok.cpu(), ref_tok)
+    torch.testing.assert_close(nll.cpu(), ref_nll, rtol=1e-12, atol=1e-12)
+
+
 def _assert_differ_only_at_cdf_boundaries(logits, seeds, position, temperature, tok, ref_tok, keep):
     """float32 prefix sums in another order may move a sample across a CDF boundary, and
     nowhere else: where two samples differ, the uniform must lie within float32 rounding of

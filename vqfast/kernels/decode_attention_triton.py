@@ -5,6 +5,8 @@ import torch
 import triton
 import triton.language as tl
 
+from vqfast.kernels import interpreting
+
 
 @triton.jit
 def _decode_attention_kernel(q_ptr, k_ptr, v_ptr, out_ptr, H, D, s0, s1, length, scale,
@@ -43,7 +45,7 @@ def decode_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
     q = q.contiguous()
     m, h, d = q.shape
     out = torch.empty_like(q)
-    block_t = 64 if q.is_cuda else 1024  # the interpreter pays per tile
+    block_t = 1024 if interpreting() else 64  # the interpreter pays per tile
     _decode_attention_kernel[(m * h,)](q, k_cache, v_cache, out, h, d, k_cache.stride(0), k_cache.stride(1), length,
                                        float(scale), BLOCK_T=block_t, BLOCK_D=triton.next_power_of_2(d),
                                        F64=q.dtype == torch.float64)

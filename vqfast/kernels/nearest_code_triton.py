@@ -1,34 +1,60 @@
-"""Triton nearest-codebook search: one program per row tile, codebook streamed in tiles.
+"""Triton nearest-codebook search on tensor cores, answered exactly.
 
-Each (row, code) pair is ranked by a single int64 key: the order-preserving bits of
-the float32 expanded distance in the high word and the code index in the low word.
-Comparing keys is then comparing (distance, index) lexicographically, so ties go
-to the lower index, and top-k needs no separate index bookkeeping.
+One program per BLOCK_M rows streams the codebook in BLOCK_N-code tiles through
+``tl.dot``: float32 inputs, centred on mu (as the CPU and CUDA kernels do), multiply as
+TF32; bfloat16 and float16 inputs multiply natively, uncentred (their products are exact
+in float32). The products only *bound* each ranking value r = ||c||^2 - 2 x.c
+(x = z - mu, c = code - mu; the distance is ||x||^2 + r): the epilogue turns each into
+the lower end ``lo`` of a proved interval [lo, lo + 2e] and keeps, per row, the KC
+smallest lower ends (KC = the power of two at or above k + 3) in registers. The host then
+
+1. bounds the k-th smallest distance by T, the k-th smallest upper end among the kept codes;
+2. calls the row *resolved* when every code it did not keep has ``lo`` above
+   T plus the recompute's rounding (the largest kept ``lo`` is above it, since the kept
+   ones are the smallest), recomputes the kept codes' distances exactly as
+   sum((z - c)^2) in float32 and returns their k smallest, ties to the lower index;
+3. recomputes every other row against the whole codebook, exactly, in bounded chunks.
+
+So the answer is the k smallest recomputed float32 distances over all codes, never the
+products' rounded ranking (the contract of the CPU kernel's bfloat16 variants), with
+O(N KC) extra memory. Near-ties and duplicated codes only send rows to step 3.
+
+The error model (``_bound_terms``) assumes TF32 conversion by truncation (2^-10, the
+worse of truncation and rounding), tensor-core float32 accumulation with a unit roundoff
+of 2^-21 (four times float32's: truncating adds and block alignment, as measured for
+NVIDIA tensor cores by Fasi et al. 2021), subnormals flushed, and a 1.01 safety factor
+for second-order terms. A wrong model can only cost speed where it is loose; where it
+were too tight the answer could differ from the exact one, which the GPU check's
+correctness pass compares against a float64 reference on every run.
 """
+
+import math
 
 import torch
 import triton
 import triton.language as tl
 
-from vqfast.ops._dispatch import triton_interpret
-from vqfast.reference.nearest_code import order_by_distance
-
-_SENTINEL = 0x7FFFFFFF_FFFFFFFF  # above every real key (real high words are <= +inf's bits)
+from vqfast.kernels import interpreting
 
 
 @triton.jit
 def _nearest_code_kernel(
-    z_ptr,  # (N, D) any float dtype, row stride stride_z
-    cb_ptr,  # (K, D) float32, centred on mu, contiguous
-    mu_ptr,  # (D,) float32
-    cn_ptr,  # (K,) float32, ||codebook - mu||^2
-    keys_ptr,  # (N, KP) int64 out: slots [0, TOPK) hold the row's TOPK smallest keys, unsorted
+    z_ptr,  # (N, D) float32 / float16 / bfloat16, row stride stride_z, unit column stride
+    cb_ptr,  # (K, D) contiguous: float32 centred codes (CENTRED) or the raw half codes
+    mu_ptr,  # (D,) float32 centre (read only when CENTRED)
+    cn_ptr,  # (K,) float32 ||c||^2
+    xn_ptr,  # (N,) float32 ||x||, rounded up
+    e1_ptr,  # (K,) float32: the half-width of (row, code) is xn * e1 + e0
+    e0_ptr,  # (K,) float32
+    lo_ptr,  # (N, KC) float32 out: the row's KC smallest lower ends, unsorted (+inf: unused)
+    ix_ptr,  # (N, KC) int32 out: their codes (-1: unused)
     N,
     K,
     D,
     stride_z,
-    KP: tl.constexpr,  # next power of two >= k
-    TOPK: tl.constexpr,
+    KC: tl.constexpr,
+    CENTRED: tl.constexpr,
+    UPCAST: tl.constexpr,  # half inputs multiplied as float32 (interpreter only)
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -39,11 +65,11 @@ def _nearest_code_kernel(
     rows64 = rows.to(tl.int64)
     cols = tl.arange(0, BLOCK_N)
     dims = tl.arange(0, BLOCK_D)
-    slot = tl.arange(0, KP)
-    # Distinct sentinels, so "replace the current maximum" touches exactly one slot.
-    best = tl.full((BLOCK_M, KP), _SENTINEL, tl.int64) - slot[None, :].to(tl.int64)
-    if TOPK < KP:  # unused slots must never be replaced: park them below every key
-        best = tl.where(slot[None, :] >= TOPK, -_SENTINEL + slot[None, :].to(tl.int64), best)
+    slot = tl.arange(0, KC)
+    xn = tl.load(xn_ptr + rows, mask=row_ok, other=0.0)
+    best = tl.full((BLOCK_M, KC), float("inf"), tl.float32)
+    best_ix = tl.full((BLOCK_M, KC), -1, tl.int32)
+    worst = tl.max(best, axis=1)  # the largest kept lower end: what a new code must beat
 
     for n0 in range(0, K, BLOCK_N):
         codes = n0 + cols
@@ -52,37 +78,66 @@ def _nearest_code_kernel(
         for d0 in range(0, D, BLOCK_D):
             d = d0 + dims
             d_ok = d < D
-            mu = tl.load(mu_ptr + d, mask=d_ok, other=0.0)
-            zt = tl.load(z_ptr + rows64[:, None] * stride_z + d[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-            zt = zt.to(tl.float32) - mu[None, :]  # masked dims: 0 - 0
-            ct = tl.load(cb_ptr + codes.to(tl.int64)[:, None] * D + d[None, :], mask=code_ok[:, None] & d_ok[None, :], other=0.0)
-            # IEEE float32: TF32 would reorder near neighbours against the reference.
-            acc += tl.dot(zt, tl.trans(ct), input_precision="ieee")
+            zt = tl.load(z_ptr + rows64[:, None] * stride_z + d[None, :], mask=row_ok[:, None] & d_ok[None, :],
+                         other=0.0)
+            ct = tl.load(cb_ptr + codes.to(tl.int64)[:, None] * D + d[None, :], mask=code_ok[:, None] & d_ok[None, :],
+                         other=0.0)
+            if CENTRED:
+                mu = tl.load(mu_ptr + d, mask=d_ok, other=0.0)
+                zt = zt.to(tl.float32) - mu[None, :]  # masked dims: 0 - 0
+                acc = tl.dot(zt, tl.trans(ct), acc, input_precision="tf32")
+            elif UPCAST:  # the interpreter's bfloat16 dot is wrong (Triton 3.6); the products are exact either way
+                acc = tl.dot(zt.to(tl.float32), tl.trans(ct.to(tl.float32)), acc, input_precision="ieee")
+            else:
+                acc = tl.dot(zt, tl.trans(ct), acc)  # exact half products, float32 sums
         cn = tl.load(cn_ptr + codes, mask=code_ok, other=0.0)
-        dist = cn[None, :] - 2.0 * acc + 0.0  # + 0.0 turns -0.0 into +0.0 before bit ordering
-        bits = dist.to(tl.int32, bitcast=True)
-        bits = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
-        key = (bits.to(tl.int64) << 32) | codes[None, :].to(tl.int64)
-        key = tl.where(code_ok[None, :], key, _SENTINEL)
-        if TOPK == 1:
-            best = tl.minimum(best, tl.min(key, axis=1)[:, None])
-        else:
-            for _ in tl.static_range(TOPK):
-                m = tl.min(key, axis=1)
-                worst = tl.max(best, axis=1)
-                take = (best == worst[:, None]) & (m < worst)[:, None]
-                best = tl.where(take, m[:, None], best)
-                key = tl.where(key == m[:, None], _SENTINEL, key)
+        e1 = tl.load(e1_ptr + codes, mask=code_ok, other=0.0)
+        e0 = tl.load(e0_ptr + codes, mask=code_ok, other=0.0)
+        lo = (cn[None, :] - 2.0 * acc) - (xn[:, None] * e1[None, :] + e0[None, :])
+        lo = tl.where(lo == lo, lo, float("-inf"))  # an overflowed bound keeps its code in play
+        lo = tl.where(code_ok[None, :], lo, float("inf"))
+        live = lo < worst[:, None]
+        # Insert this tile's winners one at a time, smallest first; most tiles need none
+        # or one pass, so the loop runs while any row of the block still has a winner.
+        n_live = tl.max(tl.max(live.to(tl.int32), axis=1), axis=0)
+        while n_live > 0:
+            m, j = tl.min(tl.where(live, lo, float("inf")), axis=1, return_indices=True,
+                          return_indices_tie_break_left=True)
+            take = m < worst  # strict: an equal lower end from a lower code stays
+            _, w = tl.max(best, axis=1, return_indices=True, return_indices_tie_break_left=True)
+            put = (slot[None, :] == w[:, None]) & take[:, None]
+            best = tl.where(put, m[:, None], best)
+            best_ix = tl.where(put, (n0 + j)[:, None], best_ix)
+            worst = tl.max(best, axis=1)
+            live = live & (cols[None, :] != j[:, None]) & (lo < worst[:, None])
+            n_live = tl.max(tl.max(live.to(tl.int32), axis=1), axis=0)
 
-    out = keys_ptr + rows64[:, None] * KP + slot[None, :]
-    tl.store(out, best, mask=row_ok[:, None])
+    out = rows64[:, None] * KC + slot[None, :]
+    tl.store(lo_ptr + out, best, mask=row_ok[:, None])
+    tl.store(ix_ptr + out, best_ix, mask=row_ok[:, None])
 
 
-def _blocks(device: torch.device):
-    # The interpreter pays per program and per op, not per element: big tiles.
-    if device.type == "cpu" and triton_interpret():
-        return 256, 256, 64
-    return 64, 64, 32
+_U = 2.0**-24  # float32's unit roundoff
+
+
+def _gamma(m: float, u: float) -> float:
+    return m * u / (1.0 - m * u)
+
+
+def _bound_terms(d_padded: int, centred: bool):
+    """(A, B, C, E): a ranking value's half-width is A |x||c| + B ||c||^2 + C (|x| + |c|) + E.
+
+    |x||c| terms: the inputs' roundings (centring in float32, then TF32 conversion) and
+    the products' float32 accumulation; ||c||^2: its own rounding and those of
+    cn - 2 acc and of the lower end; C and E: subnormals flushed (tau = 2^-126)."""
+    n, tau = float(d_padded), 2.0**-126
+    eps = (2.0**-10 + _U + 2.0**-10 * _U) if centred else 0.0
+    acc = _gamma(n, 2.0**-21) * (1 + eps) ** 2
+    a = (2 * (2 * eps + eps * eps + acc) + 4.2 * _U) * 1.01
+    b = (3.01 * _U + 2.1 * _U) * 1.01
+    c = 2.1 * (1 + eps) * tau * math.sqrt(n) if centred else 0.0
+    e = 8 * n * tau
+    return a, b, c, e
 
 
 def _centre(codebook: torch.Tensor) -> torch.Tensor:
@@ -95,23 +150,108 @@ def _centre(codebook: torch.Tensor) -> torch.Tensor:
     return torch.where(spread > 0, torch.round(mean / q) * q, mean).float()
 
 
-def nearest_code_triton(z: torch.Tensor, codebook: torch.Tensor, k: int):
-    """z: (N, D), codebook: (K, D) float on one device -> (indices (N, k) int64, distances (N, k) float32)."""
+def _blocks(kc: int):
+    if interpreting():  # the interpreter pays per program and per op, not per element
+        return 256, 256, 64
+    # Registers: BLOCK_M x KC kept (value, index) pairs beside the BLOCK_M x BLOCK_N tile.
+    return (128 if kc <= 4 else 64 if kc <= 16 else 16), 128, 32
+
+
+def _sqdist(z: torch.Tensor, codebook: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """(R, D), (K, D), (R, C) int64 codes -> (R, C) float32 sum((z - c)^2), in row chunks
+    of at most 2^24 gathered values (the (R, C, D) gather never exists whole)."""
+    out = torch.empty(idx.shape, dtype=torch.float32, device=z.device)
+    step = max(1, (1 << 24) // max(1, idx.shape[1] * z.shape[1]))
+    for r0 in range(0, z.shape[0], step):
+        zr = z[r0:r0 + step].float().unsqueeze(1)
+        out[r0:r0 + step] = (zr - codebook[idx[r0:r0 + step]].float()).square().sum(-1)
+    return out
+
+
+def _smallest(dist: torch.Tensor, idx: torch.Tensor, k: int):
+    """The k smallest (dist, idx) pairs of each row, ascending, ties to the lower index.
+    Padding (idx < 0) must carry dist = +inf."""
+    idx, order = idx.sort(dim=1)  # padding first, then codes ascending
+    dist = dist.gather(1, order)
+    dist, order = dist.sort(dim=1, stable=True)
+    return idx.gather(1, order)[:, :k].contiguous(), dist[:, :k].contiguous()
+
+
+def _exact_rows(z: torch.Tensor, codebook: torch.Tensor, k: int):
+    """Rows of z against every code, exactly: (R, k) int64, (R, k) float32. Chunked so
+    that neither the (R, K) distances nor the (R, K, D) differences exist whole."""
+    num_codes = codebook.shape[0]
+    idx_out = torch.empty((z.shape[0], k), dtype=torch.int64, device=z.device)
+    dist_out = torch.empty((z.shape[0], k), dtype=torch.float32, device=z.device)
+    code_step = max(1, min(num_codes, (1 << 22) // z.shape[1]))
+    row_step = max(1, (1 << 24) // (code_step * z.shape[1]))
+    for r0 in range(0, z.shape[0], row_step):
+        zr = z[r0:r0 + row_step].float().unsqueeze(1)
+        best_i = torch.empty((zr.shape[0], 0), dtype=torch.int64, device=z.device)
+        best_d = torch.empty((zr.shape[0], 0), dtype=torch.float32, device=z.device)
+        for c0 in range(0, num_codes, code_step):
+            part = (zr - codebook[c0:c0 + code_step].float()).square().sum(-1)
+            ids = torch.arange(c0, c0 + part.shape[1], device=z.device).expand_as(part)
+            best_i, best_d = _smallest(torch.cat([best_d, part], 1), torch.cat([best_i, ids], 1), k)
+        idx_out[r0:r0 + row_step], dist_out[r0:r0 + row_step] = best_i, best_d
+    return idx_out, dist_out
+
+
+def kept_codes(z: torch.Tensor, codebook: torch.Tensor, k: int):
+    """The kernel's pass and the bound's verdict. z: (N, D) with unit column stride,
+    codebook: (K, D), one float dtype -> kept codes (N, KC) int64 (-1: unused slot) and
+    resolved (N,) bool: whether the kept codes provably hold the row's k nearest."""
     n, d = z.shape
+    num_codes = codebook.shape[0]
+    centred = z.dtype == torch.float32
+    if centred:
+        mu = _centre(codebook)
+        cb = (codebook.float() - mu).contiguous()
+        xn = (z.float() - mu).double().square().sum(1).sqrt()
+    else:
+        mu = torch.zeros(d, dtype=torch.float32, device=z.device)
+        cb = codebook.contiguous()
+        xn = z.double().square().sum(1).sqrt()
+    cn64 = cb.double().square().sum(1)
+    cnorm = cn64.sqrt() * (1 + 2.0**-20)
+    kc = triton.next_power_of_2(k + 3)  # room for a few near-ties before a row needs the full recompute
+    block_m, block_n, block_d = _blocks(kc)
+    a, b, c, e = _bound_terms(triton.cdiv(d, block_d) * block_d, centred)
+    e1 = (a * cnorm + c).float() * (1 + 2.0**-20)
+    e0 = (b * cn64 * (1 + 4 * _U) + c * cnorm + e).float() * (1 + 2.0**-20)
+    xn = (xn * (1 + 2.0**-20)).float()
+    lo = torch.empty((n, kc), dtype=torch.float32, device=z.device)
+    ix = torch.empty((n, kc), dtype=torch.int32, device=z.device)
+    _nearest_code_kernel[(triton.cdiv(n, block_m),)](
+        z, cb, mu, cn64.float(), xn, e1, e0, lo, ix, n, num_codes, d, z.stride(0),
+        KC=kc, CENTRED=centred, UPCAST=interpreting(), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
+        num_warps=8,
+    )
+    idx = ix.long()
+    kept = idx >= 0
+    safe = idx.clamp(min=0)
+    # Upper ends, in float64 with room for the kernel's float32 evaluation of e and lo.
+    half = xn.double()[:, None] * e1.double()[safe] + e0.double()[safe]
+    lo64 = lo.double()
+    hi = torch.where(kept, lo64 + 2.001 * half + 4 * _U * lo64.abs(), math.inf)
+    top = hi.sort(dim=1).values[:, k - 1]  # >= the k-th smallest ranking value
+    g = _gamma(d + 4, _U)
+    limit = top + 2 * g / (1 - g) * (xn.double().square() + top).clamp(min=0) * 1.01
+    largest_kept = torch.where(kept, lo64, math.inf).max(dim=1).values
+    finite = torch.where(kept, hi.isfinite(), True).all(1) & limit.isfinite()  # else a bound overflowed
+    return idx, finite & (largest_kept > limit)
+
+
+def nearest_code_triton(z: torch.Tensor, codebook: torch.Tensor, k: int):
+    """z: (N, D), codebook: (K, D), one float dtype on one device -> (indices (N, k)
+    int64, distances (N, k) float32): the k smallest float32 sum((z - c)^2) over all
+    codes, ascending, ties to the lower index."""
     if z.stride(1) != 1:
         z = z.contiguous()
-    mu = _centre(codebook)
-    cb = (codebook.float() - mu).contiguous()
-    cn = cb.square().sum(1)
-    kp = triton.next_power_of_2(k)
-    keys = torch.empty((n, kp), dtype=torch.int64, device=z.device)
-    block_m, block_n, block_d = _blocks(z.device)
-    grid = (triton.cdiv(n, block_m),)
-    _nearest_code_kernel[grid](
-        z, cb, mu, cn, keys, n, cb.shape[0], d, z.stride(0),
-        KP=kp, TOPK=k, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
-    )
-    keys = torch.sort(keys[:, :k], dim=1).values if k > 1 else keys[:, :1]
-    idx = keys & 0xFFFFFFFF
-    dist = (z.float().unsqueeze(1) - codebook.float()[idx]).square().sum(-1)
-    return order_by_distance(idx, dist)
+    idx, resolved = kept_codes(z, codebook, k)
+    dist = torch.where(idx >= 0, _sqdist(z, codebook, idx.clamp(min=0)), math.inf)
+    out_idx, out_dist = _smallest(dist, idx, k)
+    rest = (~resolved).nonzero()[:, 0]
+    if rest.numel():
+        out_idx[rest], out_dist[rest] = _exact_rows(z[rest], codebook, k)
+    return out_idx, out_dist

@@ -11,6 +11,8 @@ import torch
 import triton
 import triton.language as tl
 
+from vqfast.kernels import interpreting
+
 
 @triton.jit
 def _omp_kernel(
@@ -53,7 +55,7 @@ def _omp_kernel(
             col_ok = cols < N
             m2 = active[:, None] & col_ok[None, :]
             a = tl.load(xty_ptr + rows[:, None] * N + cols[None, :], mask=m2, other=0.0)
-            chosen = cols[None, :] < 0
+            chosen = m2 & False  # full (BLOCK_B, BLOCK_N): a loop-carried value keeps its shape
             for r in range(0, it):
                 sr = tl.load(sup_ptr + srow + r, mask=active, other=0)
                 gr = tl.load(gam_ptr + srow + r, mask=active, other=0.0)
@@ -129,9 +131,9 @@ def omp_triton(gram: torch.Tensor, xty: torch.Tensor, n_nonzero: int, tol: float
     scratch_w = xty.new_empty((b, s))
     scratch_rhs = xty.new_empty((b, s))
     info = torch.finfo(xty.dtype)
-    on_gpu = xty.is_cuda
-    block_b = 16 if on_gpu else 128  # the interpreter pays per program: few, wide ones
-    block_n = 128 if on_gpu else 1024
+    interp = interpreting()
+    block_b = 128 if interp else 16  # the interpreter pays per program: few, wide ones
+    block_n = 1024 if interp else 128
     grid = (triton.cdiv(b, block_b),)
     _omp_kernel[grid](gram, xty, y_norm_sq, support, gamma, residual, scratch_l, scratch_w, scratch_rhs, b, n, s,
                       float(tol), info.tiny, info.eps, USE_TOL=tol >= 0, BLOCK_B=block_b, BLOCK_N=block_n)

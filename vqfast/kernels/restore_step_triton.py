@@ -10,6 +10,8 @@ import torch
 import triton
 import triton.language as tl
 
+from vqfast.kernels import interpreting
+
 
 @triton.jit
 def _lowbias32(x):
@@ -21,7 +23,9 @@ def _lowbias32(x):
     return x
 
 
-@triton.jit
+# position is never specialised: Triton turns an int argument equal to 1 into a
+# constexpr, which has no .to(), so the second step of every pass would not compile.
+@triton.jit(do_not_specialize=["position"])
 def _restore_step_kernel(logits_ptr, cur_ptr, seed_ptr, tok_ptr, nll_ptr, M, V, threshold, position, temperature,
                          BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr, F64: tl.constexpr):
     pid = tl.program_id(0)
@@ -82,9 +86,9 @@ def restore_step_triton(logits: torch.Tensor, current: torch.Tensor, threshold: 
     f64 = logits.dtype == torch.float64
     tokens = torch.empty_like(current)
     nll = torch.empty(m, dtype=torch.float64 if f64 else torch.float32, device=logits.device)
-    on_gpu = logits.is_cuda
-    block_m = 4 if on_gpu else 64  # the interpreter pays per program: few, wide ones
-    block_v = min(triton.next_power_of_2(v), 1024 if on_gpu else 4096)
+    interp = interpreting()
+    block_m = 64 if interp else 4  # the interpreter pays per program: few, wide ones
+    block_v = min(triton.next_power_of_2(v), 4096 if interp else 1024)
     _restore_step_kernel[(triton.cdiv(m, block_m),)](logits, current, seeds, tokens, nll, m, v, float(threshold),
                                                      position, float(temperature), BLOCK_M=block_m, BLOCK_V=block_v,
                                                      F64=f64)

@@ -7,24 +7,15 @@ backend explicitly never falls back: an unavailable one raises RuntimeError.
 """
 
 import importlib.util
-import os
 import warnings
 
 import torch
 
 from vqfast import _ext
+from vqfast.kernels import interpreting as triton_interpret
 
 BACKENDS = ("auto", "cuda", "triton", "cpu", "reference")
 _warned = set()
-
-
-def triton_interpret() -> bool:
-    """True when Triton kernels run in its interpreter (on CPU tensors).
-
-    Triton reads TRITON_INTERPRET when a kernel is defined, so it must be set before
-    the first use of a Triton backend in the process.
-    """
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def triton_unavailable_reason(device: torch.device):

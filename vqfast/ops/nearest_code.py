@@ -46,8 +46,9 @@ def nearest_code(z: torch.Tensor, codebook: torch.Tensor, k: int = 1, backend: s
         z: (N, D) float32 / float16 / bfloat16; any strides.
         codebook: (K, D), same device; a different float dtype is promoted
             (``torch.promote_types``) together with ``z``.
-        k: 1 <= k <= K. ``k=1`` is the VQ lookup. The CUDA kernel keeps up to 64
-            winners per row; "auto" sends larger k on CUDA tensors to Triton.
+        k: 1 <= k <= K. ``k=1`` is the VQ lookup. The scalar CUDA kernel
+            (``backend="cuda"``) keeps up to 64 winners per row; "auto" sends CUDA
+            tensors to the Triton tensor-core kernel whenever Triton is installed.
         backend: "auto" | "cuda" | "triton" | "cpu" | "reference" (see README).
 
     Returns:
@@ -59,10 +60,11 @@ def nearest_code(z: torch.Tensor, codebook: torch.Tensor, k: int = 1, backend: s
     running winners. They rank by the expanded form around the codebook mean, then
     recompute the k winners' distances exactly; codes whose distances differ by
     less than float32 rounding may therefore rank differently from the reference.
-    On CPUs with AMX-BF16 (k > 1 or D > 32) or AVX512-BF16 (k > 1 or D > 16) the products run in
-    bfloat16 and only bound each code's distance; every code the bound cannot rule out
-    is recomputed directly, and the winners are the k smallest of those recomputed
-    float32 distances.
+    On CPUs with AMX-BF16 (k > 1 or D > 32) or AVX512-BF16 (k > 1 or D > 16), and in
+    the Triton kernel (TF32 products for float32, native ones for bfloat16/float16), the
+    products only bound each code's distance; every code the bound cannot rule out is
+    recomputed directly, and the winners are the k smallest of those recomputed float32
+    distances (vqfast/kernels/nearest_code_triton.py gives the error model).
 
     Raises:
         TypeError: a non-tensor, or a dtype other than float32/float16/bfloat16.
@@ -84,10 +86,15 @@ def nearest_code(z: torch.Tensor, codebook: torch.Tensor, k: int = 1, backend: s
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= num_codes:
         raise ValueError(f"k must be an int in [1, K={num_codes}], got {k!r}")
     resolved = resolve_backend("nearest_code", backend, z.device)
-    if resolved == "cuda" and k > _ext._C.nearest_code_cuda_max_k:
-        if backend == "cuda":
-            raise ValueError(f"backend='cuda' supports k <= {_ext._C.nearest_code_cuda_max_k}, got k={k}; use 'auto' or 'triton'")
-        resolved = "triton" if triton_unavailable_reason(z.device) is None else "reference"
+    if backend == "cuda" and k > _ext._C.nearest_code_cuda_max_k:
+        raise ValueError(f"backend='cuda' supports k <= {_ext._C.nearest_code_cuda_max_k}, got k={k}; use 'auto' or 'triton'")
+    if backend == "auto" and resolved == "cuda" and triton_unavailable_reason(z.device) is None:
+        # The tensor-core kernel: the scalar CUDA kernel's FP32-FMA floor alone is ~1.7x
+        # the TF32 GEMM's time at N=262144 D=256 K=16384 (analysis; benchmarks/gpu_check.sh
+        # times both). The scalar kernel stays on backend="cuda".
+        resolved = "triton"
+    elif resolved == "cuda" and k > _ext._C.nearest_code_cuda_max_k:
+        resolved = "reference"
     if z.dtype != codebook.dtype:
         common = torch.promote_types(z.dtype, codebook.dtype)
         z, codebook = z.to(common), codebook.to(common)
