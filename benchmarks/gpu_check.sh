@@ -1,81 +1,110 @@
 #!/usr/bin/env bash
-# The GPU check in one command: build the CUDA extension for the GPU present, run the
-# CUDA/Triton tests, then the GPU benchmarks at the README's GPU shapes, writing one
-# Markdown report and the raw logs into REPORT_DIR. Every step is time-boxed; a failed
-# step is recorded and the next one still runs. Exit status: the number of failed steps.
+# The GPU check in one command, at most 9 minutes (the step limits below add up to 535 s),
+# so that a 15-minute lease has room to rerun it:
 #
-#   bash benchmarks/gpu_check.sh [REPORT_DIR]                 # on a machine with a GPU
-#   bash benchmarks/gpu_check.sh --cpu-dry-run [REPORT_DIR]   # same steps, CPU, tiny shapes (CI)
+#   bash benchmarks/gpu_check.sh OUT                 # on the GPU machine (python3 = its CUDA torch)
+#   bash benchmarks/gpu_check.sh --cpu-dry-run OUT   # the same steps on the CPU, tiny shapes (CI)
 #
-# Uses the python on PATH (its torch: CUDA for the real run). Total budget ~8 minutes.
+# Steps: the build for the present arch only (--no-build-isolation --no-deps --no-index;
+# a failed build stops here with one clear line), the ahead-of-time compile of every
+# Triton kernel variant, the correctness pass (benchmarks/gpu_check.py correctness),
+# `pytest -m cuda` on the kernel tests, compute-sanitizer memcheck and racecheck on tiny
+# shapes, then the timings (benchmarks/gpu_check.py timings). Every line is printed as
+# it comes (PYTHONUNBUFFERED) and kept in one log per step; the logs go into
+# OUT/gpu_check_logs.tar.gz and the summary table into OUT/SUMMARY.md, printed last.
+# Exit status: the number of failed steps.
 set -uo pipefail
+export PYTHONUNBUFFERED=1
 cd "$(dirname "$0")/.."
 dry=0
 if [ "${1:-}" = "--cpu-dry-run" ]; then dry=1; shift; fi
-report_dir=${1:-gpu-check-report}
-mkdir -p "$report_dir"
-report="$report_dir/REPORT.md"
-py=${PYTHON:-python}
+out=${1:?usage: bash benchmarks/gpu_check.sh [--cpu-dry-run] OUT}
+mkdir -p "$out" || exit 2
+out=$(cd "$out" && pwd)
+logs=$(mktemp -d)/gpu_check_logs
+mkdir -p "$logs"
+py=${PYTHON:-python3}
 failed=0
+rows=()
 
-{
-  echo "# vqfast GPU check"
-  echo
-  echo "- date: $(date -u +%FT%TZ); commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
-  echo "- mode: $([ $dry = 1 ] && echo 'CPU dry run (tiny shapes)' || echo 'GPU')"
-  $py - <<'PY' 2>&1 | sed 's/^/- /'
-import torch
-print(f"torch {torch.__version__}, CUDA {torch.version.cuda}")
-print("device: " + (torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (CPU)"))
-PY
-  echo
-  echo "| step | status | seconds | log |"
-  echo "| --- | --- | --- | --- |"
-} >"$report"
-
-step() {  # step NAME TIMEOUT_S COMMAND...
-  local name=$1 limit=$2
+step() {  # step NAME LIMIT_S COMMAND...: output to the terminal and to NAME.log
+  local name=$1 limit=$2 t0=$SECONDS rc status
   shift 2
-  local log="$report_dir/$name.log" t0=$SECONDS rc
   echo "== $name (limit ${limit}s)"
-  timeout --kill-after=10 "$limit" "$@" >"$log" 2>&1
-  rc=$?
-  local status="ok"
-  if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then status="TIMED OUT"; elif [ $rc -ne 0 ]; then status="FAILED (rc $rc)"; fi
+  timeout --kill-after=5 "$limit" "$@" 2>&1 | tee "$logs/$name.log"
+  rc=${PIPESTATUS[0]}
+  status=ok
+  if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then status="TIMED OUT"; elif [ "$rc" -ne 0 ]; then status="FAILED (rc $rc)"; fi
   [ "$status" = ok ] || failed=$((failed + 1))
-  echo "| $name | $status | $((SECONDS - t0)) | $name.log |" >>"$report"
-  echo "   $status in $((SECONDS - t0)) s; tail of $log:"
-  tail -n 5 "$log" | sed 's/^/   | /'
+  rows+=("| $name | $status | $((SECONDS - t0)) |")
+  echo "== $name: $status in $((SECONDS - t0)) s"
+  [ "$status" = ok ]
 }
 
-if [ $dry = 1 ]; then
-  step build 600 $py -m pip install -q --no-build-isolation --no-deps -e .
-  step tests 900 $py -m pytest -q -x -m "cuda or triton" tests/test_omp.py tests/test_restore_step.py
-  bench=(--device cpu --quick --repeats 2 --max-time 1)
-else
-  arch=$($py -c "import torch; c = torch.cuda.get_device_capability(); print(f'{c[0]}.{c[1]}')")
-  step build 150 env FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="$arch" MAX_JOBS="$(nproc)" \
-    $py -m pip install -q --no-build-isolation --no-deps -e .
-  step extension 20 $py -c "import vqfast, vqfast._C as C; assert C.with_cuda, 'built without CUDA'; print('CUDA extension loaded')"
-  step tests 120 $py -m pytest -q -m "cuda or triton" -p no:cacheprovider
-  bench=(--device cuda --repeats 5 --max-time 3)
-fi
-step bench_nearest_code 50 $py -m vqfast.cli bench "${bench[@]}" --only nearest_code
-step bench_omp 50 $py -m vqfast.cli bench "${bench[@]}" --only omp
-step bench_restoration 80 $py -m vqfast.cli bench "${bench[@]}" --only restoration
-step bench_scorers 80 $py -m vqfast.cli bench "${bench[@]}" --only scorers
-
-{
+finish() {
+  {
+    echo "# vqfast GPU check"
+    echo
+    echo "- $(date -u +%FT%TZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' + uncommitted changes')"
+    echo "- mode: $([ $dry = 1 ] && echo 'CPU dry run (tiny shapes)' || echo GPU)"
+    sed 's/^/- /' "$logs/env.log" 2>/dev/null
+    echo
+    echo "| step | status | seconds |"
+    echo "| --- | --- | --- |"
+    printf '%s\n' "${rows[@]}"
+    echo
+    echo "Failed steps: $failed. Logs: gpu_check_logs.tar.gz (one per step)."
+    for part in correctness timings; do
+      [ -f "$logs/$part.log" ] || continue
+      echo
+      echo "## $part"
+      echo
+      grep -E '^\||failed' "$logs/$part.log"
+    done
+  } >"$out/SUMMARY.md"
+  tar -czf "$out/gpu_check_logs.tar.gz" -C "$(dirname "$logs")" gpu_check_logs
   echo
-  echo "Failed steps: $failed"
-  for f in "$report_dir"/bench_*.log; do
-    echo
-    echo "## $(basename "$f" .log)"
-    echo
-    echo '```'
-    cat "$f"
-    echo '```'
-  done
-} >>"$report"
-echo "== report: $report ($failed failed steps)"
-exit "$failed"
+  cat "$out/SUMMARY.md"
+  exit "$failed"
+}
+
+step env 15 "$py" -c "
+import platform, torch
+print(f'python {platform.python_version()}, torch {torch.__version__}, CUDA {torch.version.cuda}')
+try:
+    import triton; print(f'triton {triton.__version__}')
+except ImportError: print('triton: not installed')
+print('device: ' + (f'{torch.cuda.get_device_name(0)}, capability {torch.cuda.get_device_capability(0)}, '
+                    f'{torch.cuda.get_device_properties(0).multi_processor_count} SMs' if torch.cuda.is_available() else 'none (CPU)'))
+"
+
+if [ $dry = 1 ]; then
+  # CI has just built the extension; the dry run checks it loads rather than building twice.
+  step build 60 "$py" -c "import vqfast; assert vqfast.HAS_EXT, 'the C++ extension did not load'; print('extension loaded')" || finish
+  step aot 120 env -u TRITON_INTERPRET "$py" -m vqfast.kernels.aot --arch 90 --only "M=1 "
+  step correctness 300 "$py" benchmarks/gpu_check.py correctness --dry-run
+  step pytest 300 env TRITON_INTERPRET=1 "$py" -m pytest -q -x -p no:cacheprovider -m "cuda or triton" \
+    tests/test_restore_step.py tests/test_decode_attention.py
+  rows+=("| sanitizer | skipped (no GPU) | 0 |")
+  step timings 300 "$py" benchmarks/gpu_check.py timings --dry-run
+else
+  arch=$("$py" -c "import torch; c = torch.cuda.get_device_capability(); print(f'{c[0]}.{c[1]}')") || exit 2
+  if ! step build 150 env FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="$arch" MAX_JOBS="$(nproc)" \
+      "$py" -m pip install -q --no-build-isolation --no-deps --no-index -e .; then
+    echo "BUILD FAILED: nothing else runs; the compiler's output is in build.log (in the archive) and above"
+    finish
+  fi
+  step extension 15 "$py" -c "import vqfast, vqfast._C as C; assert C.with_cuda, 'built without CUDA'; print('CUDA extension loaded')" || finish
+  step aot 40 env -u TRITON_INTERPRET "$py" -m vqfast.kernels.aot --arch "${arch/./}"
+  step correctness 80 "$py" benchmarks/gpu_check.py correctness
+  step pytest 55 "$py" -m pytest -q -p no:cacheprovider -m cuda tests/test_cuda_edges.py tests/test_nearest_code.py \
+    tests/test_omp.py tests/test_restore_step.py tests/test_decode_attention.py
+  if command -v compute-sanitizer >/dev/null 2>&1; then
+    step memcheck 30 compute-sanitizer --tool memcheck --error-exitcode 9 "$py" benchmarks/gpu_sanitize.py --triton
+    step racecheck 20 compute-sanitizer --tool racecheck --error-exitcode 9 "$py" benchmarks/gpu_sanitize.py
+  else
+    rows+=("| sanitizer | skipped (no compute-sanitizer on PATH) | 0 |")
+  fi
+  step timings 130 "$py" benchmarks/gpu_check.py timings
+fi
+finish

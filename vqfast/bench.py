@@ -353,10 +353,11 @@ def restoration_providers(case: RestorationCase, prior, threshold: float) -> Dic
                                          for j in range(case.restorations)]) for n in range(tokens.shape[0])])
 
     def fast(backend):
+        f = prior.fast()  # one runner per provider: its first call captures the CUDA graph, later ones replay it
+        f.backend = backend
+
         def run(tokens, image_seeds):
             seeds = stream_seeds(image_seeds, case.restorations).flatten()
-            f = prior.fast()
-            f.backend = backend
             out, _ = f.restore(tokens.repeat_interleave(case.restorations, 0), threshold, seeds, op_backend=backend)
             return out.view(tokens.shape[0], case.restorations, *tokens.shape[1:])
         return run

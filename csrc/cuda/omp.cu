@@ -153,12 +153,11 @@ __global__ void __launch_bounds__(kThreads) omp_kernel(const T* __restrict__ G, 
 template <typename T>
 cudaError_t launch(const void* gram, const void* xty, const void* ynorm, int64_t B, int64_t N, int64_t s, double tol,
                    void* ws, void* coef, int64_t* support, void* residual, cudaStream_t stream) {
+  // Within the 48 KiB every block may use without opting in, for every s the op takes.
+  static_assert(kOmpMaxNonzero * (3 * sizeof(double) + sizeof(int32_t)) <= 48 * 1024,
+                "kOmpMaxNonzero's shared memory needs cudaFuncSetAttribute");
   const size_t smem = size_t(s) * (3 * sizeof(T) + sizeof(int32_t));
   auto kernel = omp_kernel<T>;
-  if (smem > 48 * 1024) {
-    const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
-    if (err != cudaSuccess) return err;
-  }
   // The Cholesky scratch holds one launch's targets: later chunks reuse it.
   const int64_t chunk = omp_batch_per_launch(B, s, sizeof(T));
   for (int64_t b0 = 0; b0 < B; b0 += chunk) {

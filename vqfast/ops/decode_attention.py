@@ -1,5 +1,6 @@
 """Single-query attention against a KV cache: one incremental decoding step."""
 
+import functools
 import math
 from typing import Optional
 
@@ -32,6 +33,14 @@ def _(q, k_cache, v_cache, length, scale, backend):
     return torch.empty_like(q)
 
 
+@functools.lru_cache(maxsize=None)
+def _cuda_max_length(device_index: int, head_dim: int, dtype: torch.dtype) -> int:
+    """The CUDA kernel's longest cache on one device: a constant, asked once (the
+    extension reads it from the device's attributes)."""
+    probe = torch.empty(1, 1, head_dim, dtype=dtype, device=torch.device("cuda", device_index))
+    return _ext._C.decode_attention_cuda_max_length(probe)
+
+
 def resolve(backend: str, device: torch.device, head_dim: int, length: int = 1,
             dtype: torch.dtype = torch.float32) -> str:
     """The concrete backend for ``head_dim``-wide heads and caches of up to ``length``
@@ -46,7 +55,8 @@ def resolve(backend: str, device: torch.device, head_dim: int, length: int = 1,
             raise ValueError(f"backend='cuda' supports head size d <= {_ext._C.decode_attention_cuda_max_d}, "
                              f"got {head_dim}")
         return "reference"
-    max_length = _ext._C.decode_attention_cuda_max_length(torch.empty(1, 1, head_dim, dtype=dtype, device=device))
+    max_length = _cuda_max_length(device.index if device.index is not None else torch.cuda.current_device(),
+                                  head_dim, dtype)
     if length > max_length:
         if backend == "cuda":
             raise ValueError(f"backend='cuda' takes length <= {max_length} for {dtype} heads of {head_dim} here, "
