@@ -5,6 +5,7 @@ says what this installation can run. Every command takes --help."""
 
 import argparse
 import importlib.util
+import math
 import sys
 from pathlib import Path
 
@@ -122,9 +123,32 @@ def _report(args) -> int:
 
 def _number(flag: str, text: str) -> float:
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise UsageError(f"{flag} takes 'auto' or a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise UsageError(f"{flag} takes 'auto' or a number, got {text!r}, which is not finite")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
+def _percentile(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value < 100:
+        raise argparse.ArgumentTypeError(f"must be a percentile in (0, 100), got {text!r}")
+    return value
 
 
 class UsageError(ValueError):
@@ -191,12 +215,35 @@ def _apply_config(args, sub: argparse.ArgumentParser, argv) -> argparse.Namespac
     rest = {k: v for k, v in config.items() if k not in known}
     if rest and "settings" not in flags:
         raise UsageError(f"{args.config}: unknown keys {', '.join(sorted(rest))} for vqfast {args.command}")
-    sub.set_defaults(**known)
+    sub.set_defaults(**{k: _config_value(sub, args.config, k, v) for k, v in known.items()})
     new = sub.parse_args(argv[1:])
     new.command, new.func = args.command, args.func
     if "settings" in flags:
         new.settings = {**rest, **(new.settings or {})}
     return new
+
+
+def _config_value(sub: argparse.ArgumentParser, path, key: str, value):
+    """A config file's value for a flag, through the flag's own type and choices (defaults
+    set from a file skip argparse's checks): a switch takes only true or false."""
+    action = next(a for a in sub._actions if a.dest == key)
+    where = f"{path}: {key}"
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        if isinstance(value, bool):
+            return value
+        raise UsageError(f"{where} takes true or false (unquoted), got {value!r}")
+    if isinstance(value, (dict, list)) or isinstance(value, bool) and action.type is not None:
+        raise UsageError(f"{where} takes a single value, got {value!r}")
+    if action.type is not None:
+        try:
+            value = action.type(str(value))
+        except (argparse.ArgumentTypeError, ValueError) as exc:
+            raise UsageError(f"{where}: {exc}") from None
+    elif value is not None:
+        value = str(value)
+    if action.choices is not None and value not in action.choices:
+        raise UsageError(f"{where} takes one of {', '.join(map(str, action.choices))}, got {value!r}")
+    return value
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -243,9 +290,9 @@ def _add_train(sub) -> argparse.ArgumentParser:
     p.add_argument("--size", type=_positive_int, help="image side in pixels (default: the method's)")
     p.add_argument("--channels", type=_positive_int, help="1 for grey, 3 for colour (default: the method's)")
     p.add_argument("--epochs", type=_positive_int, help="most epochs to train")
-    p.add_argument("--minutes", type=float, help="training time budget in minutes")
+    p.add_argument("--minutes", type=_positive_float, help="training time budget in minutes")
     p.add_argument("--batch-size", type=_positive_int)
-    p.add_argument("--lr", type=float, help="learning rate")
+    p.add_argument("--lr", type=_positive_float, help="learning rate")
     p.add_argument("--seed", type=int)
     p.add_argument("--vq", metavar="RUN", help="priors: the vqvae or vqgan run whose token grids they model")
     p.add_argument("--set", dest="settings", metavar="KEY=VALUE", type=_key_value, action=_Settings,
@@ -273,7 +320,7 @@ def _add_score(sub) -> argparse.ArgumentParser:
                    help="the score at or above which an image is flagged: a number, or auto (best F1 on "
                         "labelled validation images; else the 99th percentile of the run's held-out "
                         "defect-free images' scores)")
-    p.add_argument("--percentile", type=float,
+    p.add_argument("--percentile", type=_percentile,
                    help="prior scorers: the percentile of the validation NLLs that sets the token threshold "
                         "(default: the paper's for this VQ model and prior)")
     p.add_argument("--restorations", type=_positive_int, default=5, help="restoration scorers: samples per image")
@@ -346,6 +393,7 @@ def main(argv=None) -> int:
     info.set_defaults(func=_info)
     args = parser.parse_args(argv)
     from vqfast.app.methods import RunError
+    from vqfast.app.ownership import OutputError
     from vqfast.checkpoint import CheckpointError
     from vqfast.data import DatasetError
     from vqfast.training import RunExistsError
@@ -354,11 +402,17 @@ def main(argv=None) -> int:
         if getattr(args, "config", None):
             args = _apply_config(args, subs[args.command], argv)
         return args.func(args)
-    except (CheckpointError, DatasetError, RunExistsError, RunError, UsageError) as exc:
+    except (CheckpointError, DatasetError, OutputError, RunExistsError, RunError, UsageError) as exc:
         # the user's files and flags: one line saying what is wrong, not a traceback
         if getattr(args, "debug", False):
             raise
         print(f"vqfast {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # read-only or full disks, a folder where a file goes: named with the path
+        if getattr(args, "debug", False):
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"vqfast {args.command}: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
 
 

@@ -10,6 +10,8 @@ checkpoint.safetensors, model.safetensors and metrics.jsonl) for trained models;
 """
 
 import json
+import math
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -21,6 +23,7 @@ import torch
 from vqfast import __version__, checkpoint
 from vqfast.app import distributed
 from vqfast.app.data import data_identity, held_out, open_data
+from vqfast.app.ownership import owned, remove_own
 from vqfast.data import DSRAnomalies, ImageTransform, TokenGrids, encode_dataset
 from vqfast.models.masked_prior import MaskedGrids
 from vqfast.training import RunExistsError, TrainConfig, Trainer
@@ -105,9 +108,24 @@ def settings_for(method: str, given: Dict[str, object]) -> Dict[str, object]:
     if not 0 <= fraction < 1 or fraction == 0 and METHODS[method].family not in ("sgfr", "feature-ae"):
         raise RunError(f"val_fraction takes a fraction in [0, 1) (0, every image trained on and no --threshold "
                        f"auto, only for sgfr and feature-ae), got {settings['val_fraction']} for {method}")
+    _check_memory(settings)
     if int(settings["channels"]) not in (1, 3):
         raise RunError(f"--channels takes 1 (grey) or 3 (colour), got {settings['channels']}")
     return settings
+
+
+def _check_memory(settings) -> None:
+    """Refuses an image size whose training batch cannot fit this machine's memory
+    (about 256 float32 activations per input pixel and channel across the networks)."""
+    need = int(settings["batch_size"]) * int(settings["size"]) ** 2 * 3 * 4 * 256
+    try:
+        pages, page = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # no sysconf: no bound
+        return
+    if need > pages * page:
+        raise RunError(f"--size {settings['size']} with batch_size {settings['batch_size']} needs about "
+                       f"{need / 2**30:.0f} GiB for one training batch; this machine has {pages * page / 2**30:.0f} GiB: "
+                       "choose a smaller --size or --batch-size")
 
 
 # (multiple, least) of the image side: the VQ models' 8x down-sampling, the backbones'
@@ -115,20 +133,55 @@ def settings_for(method: str, given: Dict[str, object]) -> Dict[str, object]:
 SIZE_RULES = {"vqvae": (8, 8), "vqgan": (8, 8), "sgfr": (32, 32), "feature-ae": (16, 32), "dsr": (32, 64)}
 
 
+# Whole-number settings that may be 0; every other one counts something and is >= 1.
+_ZERO_OK = {"seed", "disc_start", "iltm_rounds", "res_blocks"}
+# Float settings and the open/closed interval each takes (all must be finite).
+_FLOAT_RANGES = {"lr": (0, None), "lr_general": (0, None), "minutes": (0, None), "lr_gamma": (0, 1),
+                 "iltm_percentile": (0, 100)}
+
+
 def _coerce(key: str, value, default):
-    if value is None or default is None or isinstance(value, type(default)) and not isinstance(value, str):
+    """``value`` (a --set string, or a config file's TOML/YAML value) as the type of the
+    setting's default, checked: booleans are true or false, whole numbers whole and in
+    range, floats finite and in range. A bad value is a RunError naming the key."""
+    if value is None or default is None:
         return value
     try:
         if isinstance(default, bool):
-            return str(value).lower() in ("1", "true", "yes")
-        if isinstance(default, (int, float)):
-            return type(default)(float(value)) if isinstance(default, int) else float(value)
+            if isinstance(value, bool):
+                return value
+            if str(value).strip().lower() in ("true", "false"):
+                return str(value).strip().lower() == "true"
+            raise ValueError
         if isinstance(default, list):
             parts = value if isinstance(value, list) else str(value).split(",")
-            return [type(default[0])(float(p)) if isinstance(default[0], int) else float(p) for p in parts]
-    except (TypeError, ValueError):
-        raise RunError(f"setting {key}: expected a value like {default!r}, got {value!r}") from None
+            return [_coerce(key, p, default[0]) for p in parts]
+        if isinstance(default, int):
+            number = _number(value)
+            least = 0 if key in _ZERO_OK else 1
+            if not number.is_integer() or number < least:
+                raise RunError(f"setting {key}: takes a whole number >= {least}, got {value!r}")
+            return int(number)
+        if isinstance(default, float):
+            number = _number(value)
+            lo, hi = _FLOAT_RANGES.get(key, (None, None))
+            if (lo is not None and number <= lo) or (hi is not None and number > hi):
+                raise RunError(f"setting {key}: takes a number in ({lo}, {'inf' if hi is None else hi}], got {value!r}")
+            return number
+    except (TypeError, ValueError, OverflowError) as exc:
+        if isinstance(exc, RunError):
+            raise
+        raise RunError(f"setting {key}: expected a finite value like {default!r}, got {value!r}") from None
     return value
+
+
+def _number(value) -> float:
+    if isinstance(value, bool):
+        raise ValueError("a boolean is not a number")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError("not finite")
+    return number
 
 
 def _differences(old: Dict, new: Dict, prefix: str = "") -> list:
@@ -173,8 +226,7 @@ def _begin(out: Path, record: Dict, resume: bool, overwrite: bool) -> None:
             raise RunExistsError(f"{out} already holds a {old.get('method')} run: pass --resume to continue it, "
                                  "--overwrite to replace it, or another --out")
         else:
-            for child in out.iterdir():
-                shutil.rmtree(child) if child.is_dir() else child.unlink()
+            remove_own(out, "run")  # only what vqfast train wrote: the folder may hold other files
     out.mkdir(parents=True, exist_ok=True)
     _write_json(out / "run.json", record)
 
@@ -193,6 +245,7 @@ def _vq_run(settings) -> Tuple[Path, Dict]:
     return vq_dir, vq
 
 
+@owned("run")
 def train(method: str, data, fmt: str, out, settings: Dict[str, object], *, category: Optional[str] = None,
           resume: bool = False, overwrite: bool = False, skip_bad: bool = False, device=None,
           progress: bool = True, echo: Callable = print) -> Dict:
@@ -220,7 +273,9 @@ def train(method: str, data, fmt: str, out, settings: Dict[str, object], *, cate
               "transform": {"size": settings["size"], "channels": settings["channels"]},
               "data": {"path": str(Path(data).resolve()), "format": fmt, "category": category,
                        **data_identity(base)},
-              "val_images": [str(base.records[positions[i]].image) for i in val_pos], "status": "training"}
+              # absolute: a run is scored from any working directory
+              "val_images": [str(Path(base.records[positions[i]].image).resolve()) for i in val_pos],
+              "status": "training"}
     rank = distributed.rank_world()[0]
     if rank == 0:
         _begin(out, record, resume, overwrite)

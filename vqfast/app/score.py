@@ -36,6 +36,7 @@ from vqfast import checkpoint, metrics
 from vqfast.app import distributed
 from vqfast.app.data import data_identity, open_data
 from vqfast.app.methods import METHODS, RunError, build_prior, build_sgfr, read_run
+from vqfast.app.ownership import owned, remove_own
 from vqfast.data import ImageTransform
 from vqfast.data.datasets import AnomalyDataset, Record
 from vqfast.scorers import scorer_fingerprint
@@ -318,13 +319,16 @@ def auto_threshold(records: List[Dict]) -> Dict:
             "rule": f"99th percentile of {len(records)} defect-free validation images' scores"}
 
 
-def _validation_images(run: Dict, transform: ImageTransform) -> AnomalyDataset:
-    records = [Record(Path(p), None, 0, "good") for p in run["val_images"]]
+def _validation_images(run: Dict, run_dir: Path, transform: ImageTransform) -> AnomalyDataset:
+    """The run's held-out images; a relative path (runs before absolute ones were stored,
+    export_run's callers) resolves against the run folder, never the working directory."""
+    records = [Record(run_dir / p, None, 0, "good") for p in run["val_images"]]
     if not records:
         raise RunError("the run holds no validation images for --threshold auto: pass --threshold VALUE")
     return AnomalyDataset(records, transform, name="the run's validation images")
 
 
+@owned("scores")
 def score(scorer_name: str, run_dir, data, fmt: str, out, *, category: Optional[str] = None, split: str = "test",
           threshold="auto", percentile: Optional[float] = None, restorations: int = 5,
           decode_precision: str = "float32", prior_precision: str = "float32", marker=None,
@@ -358,7 +362,7 @@ def score(scorer_name: str, run_dir, data, fmt: str, out, *, category: Optional[
     if marker is not None:
         summary["marker"] = str(marker)
     if threshold == "auto":
-        val = _validation_images(run, transform)
+        val = _validation_images(run, run_dir.resolve(), transform)
         val_records = _gather(score_images(scorer, val, out, "val_scores.jsonl", maps=False, batch_size=batch_size,
                                            device=device, progress=progress and rank == 0, shard=shard),
                               out, "val_scores.jsonl", world)
@@ -408,9 +412,8 @@ def _begin_scores(out: Path, identity: Dict, resume: bool, rank: int) -> None:
             raise RunError(f"{out}: cannot resume, the scoring changed: {'; '.join(changed)} "
                            "(score into another --out, or drop --resume to score again)")
         return
-    if not resume:  # a fresh run replaces what an earlier one left
-        for old in [*out.glob("*scores.jsonl*"), out / "scores.csv", out / "summary.json", *out.glob("maps/*.npy")]:
-            old.unlink(missing_ok=True)
+    if not resume:  # a fresh run replaces what an earlier one left, and only that
+        remove_own(out, "scores")
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / "score.json.tmp"
     tmp.write_text(json.dumps(identity, indent=2))

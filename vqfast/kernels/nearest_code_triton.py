@@ -43,7 +43,7 @@ def _nearest_code_kernel(
     cb_ptr,  # (K, D) contiguous: float32 centred codes (CENTRED) or the raw half codes
     mu_ptr,  # (D,) float32 centre (read only when CENTRED)
     cn_ptr,  # (K,) float32 ||c||^2
-    xn_ptr,  # (N,) float32 ||x||, rounded up
+    xn_ptr,  # (N,) float32 out: ||x||, rounded up
     e1_ptr,  # (K,) float32: the half-width of (row, code) is xn * e1 + e0
     e0_ptr,  # (K,) float32
     lo_ptr,  # (N, KC) float32 out: the row's KC smallest lower ends, unsorted (+inf: unused)
@@ -52,6 +52,7 @@ def _nearest_code_kernel(
     K,
     D,
     stride_z,
+    xn_scale,  # 1 + 2^-23 (D + 4): rounds a float32 sum of D squares up past its error
     KC: tl.constexpr,
     CENTRED: tl.constexpr,
     UPCAST: tl.constexpr,  # half inputs multiplied as float32 (interpreter only)
@@ -66,7 +67,18 @@ def _nearest_code_kernel(
     cols = tl.arange(0, BLOCK_N)
     dims = tl.arange(0, BLOCK_D)
     slot = tl.arange(0, KC)
-    xn = tl.load(xn_ptr + rows, mask=row_ok, other=0.0)
+    # ||x|| per row, for the half-widths: one pass over the rows before the codebook's.
+    xsq = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        d = d0 + dims
+        d_ok = d < D
+        zt = tl.load(z_ptr + rows64[:, None] * stride_z + d[None, :], mask=row_ok[:, None] & d_ok[None, :],
+                     other=0.0).to(tl.float32)
+        if CENTRED:
+            zt = zt - tl.load(mu_ptr + d, mask=d_ok, other=0.0)[None, :]
+        xsq += tl.sum(zt * zt, axis=1)
+    xn = tl.sqrt(xsq * xn_scale) * 1.000001  # and past the square root's and the centring's roundings
+    tl.store(xn_ptr + rows, xn, mask=row_ok)
     best = tl.full((BLOCK_M, KC), float("inf"), tl.float32)
     best_ix = tl.full((BLOCK_M, KC), -1, tl.int32)
     worst = tl.max(best, axis=1)  # the largest kept lower end: what a new code must beat
@@ -207,11 +219,9 @@ def kept_codes(z: torch.Tensor, codebook: torch.Tensor, k: int):
     if centred:
         mu = _centre(codebook)
         cb = (codebook.float() - mu).contiguous()
-        xn = (z.float() - mu).double().square().sum(1).sqrt()
     else:
         mu = torch.zeros(d, dtype=torch.float32, device=z.device)
         cb = codebook.contiguous()
-        xn = z.double().square().sum(1).sqrt()
     cn64 = cb.double().square().sum(1)
     cnorm = cn64.sqrt() * (1 + 2.0**-20)
     kc = triton.next_power_of_2(k + 3)  # room for a few near-ties before a row needs the full recompute
@@ -219,11 +229,11 @@ def kept_codes(z: torch.Tensor, codebook: torch.Tensor, k: int):
     a, b, c, e = _bound_terms(triton.cdiv(d, block_d) * block_d, centred)
     e1 = (a * cnorm + c).float() * (1 + 2.0**-20)
     e0 = (b * cn64 * (1 + 4 * _U) + c * cnorm + e).float() * (1 + 2.0**-20)
-    xn = (xn * (1 + 2.0**-20)).float()
+    xn = torch.empty(n, dtype=torch.float32, device=z.device)
     lo = torch.empty((n, kc), dtype=torch.float32, device=z.device)
     ix = torch.empty((n, kc), dtype=torch.int32, device=z.device)
     _nearest_code_kernel[(triton.cdiv(n, block_m),)](
-        z, cb, mu, cn64.float(), xn, e1, e0, lo, ix, n, num_codes, d, z.stride(0),
+        z, cb, mu, cn64.float(), xn, e1, e0, lo, ix, n, num_codes, d, z.stride(0), 1 + 2.0**-23 * (d + 4),
         KC=kc, CENTRED=centred, UPCAST=interpreting(), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
         num_warps=8,
     )

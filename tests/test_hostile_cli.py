@@ -1,0 +1,173 @@
+"""The command line under hostile input: it writes and deletes only what it owns, one
+process per output folder, typed values everywhere, and every refusal is one line with
+exit code 2 that leaves every file outside --out as it was."""
+
+import hashlib
+import json
+import os
+
+import pytest
+
+from vqfast.app.ownership import LOCK, MANIFEST, locked
+from vqfast.cli import main
+from vqfast.data import procedural_splits, write_image_folder
+
+TINY = ["--size", "32", "--epochs", "1", "--set", "hidden=16", "--set", "codes=16", "--set", "code_dim=8",
+        "--set", "res_blocks=1", "--set", "downsamples=2"]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hostile")
+    train, test = procedural_splits(size=32, seed=3, n_train=20, n_test_normal=4, n_test_anomalous=4)
+    write_image_folder(train, root / "train")
+    write_image_folder(test, root / "test")
+    assert main(["train", "vqvae", "--data", str(root / "train"), "--out", str(root / "vq"), *TINY]) == 0
+    return root
+
+
+def _snapshot(root, skip=()):
+    """Every file under root (but those under ``skip``) with a hash of its bytes."""
+    out = {}
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            if not any(path.startswith(str(s)) for s in skip):
+                out[path] = hashlib.sha256(open(path, "rb").read()).hexdigest()
+    return out
+
+
+def _refused(capsys, argv, fragment):
+    capsys.readouterr()  # what earlier calls printed
+    code = main([str(a) for a in argv])
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert fragment in err and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def _score(world, out, *extra):
+    return ["score", "regenerative", "--run", world / "vq", "--data", world / "test", "--out", out, *extra]
+
+
+def test_score_refuses_a_folder_it_did_not_write_and_deletes_nothing(world, tmp_path, capsys):
+    out = tmp_path / "mine"
+    (out / "maps").mkdir(parents=True)
+    for name in ("maps/a.npy", "old_scores.jsonl", "scores.csv", "summary.json", "notes.txt"):
+        (out / name).write_text("the user's")
+    before = _snapshot(tmp_path)
+    _refused(capsys, _score(world, out), "not written by vqfast score")
+    assert _snapshot(tmp_path) == before
+
+
+def test_a_fresh_score_replaces_only_its_own_files(world, tmp_path, capsys):
+    out = tmp_path / "s"
+    assert main([str(a) for a in _score(world, out, "--maps", "png")]) == 0
+    assert (out / MANIFEST).is_file() and list((out / "maps").glob("*.png"))
+    (out / "notes.txt").write_text("kept")
+    assert main([str(a) for a in _score(world, out, "--no-maps")]) == 0
+    assert (out / "notes.txt").read_text() == "kept"
+    assert not list((out / "maps").glob("*.png"))  # the earlier run's maps are vqfast's: gone
+
+
+def test_train_overwrite_removes_only_what_train_wrote(world, tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "vqvae", "--data", str(world / "train"), "--out", str(out), *TINY]
+    assert main(args) == 0
+    (out / "notes.txt").write_text("kept")
+    (out / "extra").mkdir()
+    (out / "extra" / "x.bin").write_bytes(b"kept")
+    assert main(args + ["--overwrite"]) == 0
+    assert (out / "notes.txt").read_text() == "kept" and (out / "extra" / "x.bin").read_bytes() == b"kept"
+    assert json.loads((out / "run.json").read_text())["status"] == "trained"
+
+
+def test_data_inside_out_is_refused(world, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "vqvae", "--data", str(world / "train"), "--out", str(out), *TINY]) == 0
+    data = out / "images"
+    data.mkdir()
+    for p in sorted((world / "train").glob("*.png"))[:10]:
+        (data / p.name).write_bytes(p.read_bytes())
+    before = _snapshot(tmp_path)
+    _refused(capsys, ["train", "vqvae", "--data", data, "--out", out, "--overwrite", *TINY], "lies inside --out")
+    assert _snapshot(tmp_path) == before
+
+
+def test_out_naming_a_file_or_another_kind_of_folder(world, tmp_path, capsys):
+    (tmp_path / "f").write_text("a file")
+    _refused(capsys, _score(world, tmp_path / "f"), "is a file, not a folder")
+    _refused(capsys, _score(world, world / "vq"), "is a vqfast run folder, not a scores folder")
+    _refused(capsys, ["train", "vqvae", "--data", world / "train", "--out", world / "test", *TINY],
+             "not written by vqfast train")
+
+
+def test_a_second_process_on_the_same_out_is_refused(world, tmp_path, capsys):
+    out = tmp_path / "busy"
+    with locked(out):  # as another vqfast process holds it (flock: per open file)
+        _refused(capsys, _score(world, out), "in use by another vqfast process")
+    assert main([str(a) for a in _score(world, out)]) == 0  # free again
+    assert (out / LOCK).is_file()
+
+
+def test_config_switches_take_only_true_or_false(world, tmp_path, capsys):
+    before = _snapshot(world)
+    for text in ('overwrite = "no"', 'overwrite = "false"', "overwrite = 0"):
+        (tmp_path / "c.toml").write_text(text + "\n")
+        _refused(capsys, ["train", "vqvae", "--data", world / "train", "--out", world / "vq",
+                          "--config", tmp_path / "c.toml", *TINY], "overwrite takes true or false")
+    (tmp_path / "c.toml").write_text('lr = "fast"\n')
+    _refused(capsys, ["train", "vqvae", "--data", world / "train", "--out", tmp_path / "x",
+                      "--config", tmp_path / "c.toml"], "lr")
+    assert _snapshot(world) == before
+
+
+@pytest.mark.parametrize("extra,fragment", [
+    (["--set", "lr=inf"], "setting lr"),
+    (["--set", "lr=nan"], "setting lr"),
+    (["--set", "batch_size=0"], "setting batch_size: takes a whole number >= 1"),
+    (["--set", "epochs=2.5"], "setting epochs"),
+    (["--set", "codes=true"], "setting codes"),
+    (["--size", "100000"], "GiB for one training batch"),
+])
+def test_bad_settings_are_refused_before_anything_is_written(world, tmp_path, capsys, extra, fragment):
+    out = tmp_path / "never"
+    _refused(capsys, ["train", "vqvae", "--data", world / "train", "--out", out, *extra], fragment)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("extra,fragment", [
+    (["--threshold", "nan"], "not finite"),
+    (["--threshold", "inf"], "not finite"),
+])
+def test_non_finite_thresholds_are_refused(world, tmp_path, capsys, extra, fragment):
+    _refused(capsys, _score(world, tmp_path / "s", *extra), fragment)
+
+
+@pytest.mark.parametrize("flag,value", [("--percentile", "200"), ("--percentile", "nan"), ("--lr", "inf"),
+                                        ("--minutes", "-1")])
+def test_out_of_range_flags_exit_2(world, tmp_path, flag, value):
+    command = "score" if flag == "--percentile" else "train"
+    argv = (["score", "pixel", "--run", str(world / "vq"), "--data", str(world / "test"), "--out", str(tmp_path / "s")]
+            if command == "score" else ["train", "vqvae", "--data", str(world / "train"), "--out", str(tmp_path / "r")])
+    with pytest.raises(SystemExit) as exc:
+        main(argv + [flag, value])
+    assert exc.value.code == 2
+
+
+def test_a_run_scores_the_same_from_any_working_directory(world, tmp_path, monkeypatch):
+    """The run stores its validation images as absolute paths: scoring from another
+    directory that holds other files of the same relative names reads the run's own."""
+    monkeypatch.chdir(world)
+    assert main(["train", "vqvae", "--data", "train", "--out", str(tmp_path / "run"), *TINY]) == 0
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert all(os.path.isabs(p) for p in run["val_images"])
+    score = ["score", "regenerative", "--run", str(tmp_path / "run"), "--data", str(world / "test")]
+    assert main(score + ["--out", str(tmp_path / "here")]) == 0
+    elsewhere = tmp_path / "elsewhere"
+    write_image_folder(procedural_splits(size=32, seed=99, n_train=20, n_test_normal=1, n_test_anomalous=1)[0],
+                       elsewhere / "train")  # same relative names, other images
+    monkeypatch.chdir(elsewhere)
+    assert main(score + ["--out", str(tmp_path / "there")]) == 0
+    here, there = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("here", "there"))
+    assert here["threshold"] == there["threshold"]
