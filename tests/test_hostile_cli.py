@@ -171,3 +171,45 @@ def test_a_run_scores_the_same_from_any_working_directory(world, tmp_path, monke
     assert main(score + ["--out", str(tmp_path / "there")]) == 0
     here, there = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("here", "there"))
     assert here["threshold"] == there["threshold"]
+
+
+def test_sixteen_bit_and_palette_images_at_their_true_scale(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from vqfast.data.transforms import open_image
+
+    grey = np.full((8, 8), round(0.51 * 65535), dtype=np.uint16)
+    Image.fromarray(grey).save(tmp_path / "g16.png")  # PIL writes mode I;16 as a 16-bit PNG
+    assert abs(np.asarray(open_image(tmp_path / "g16.png", "L")).mean() / 255 - 0.51) < 0.01
+    palette = Image.fromarray(np.full((8, 8), 100, dtype=np.uint8)).convert("P")
+    palette.save(tmp_path / "p.png")
+    assert np.asarray(open_image(tmp_path / "p.png", "L")).mean() == 100
+
+
+def test_a_decompression_bomb_is_refused_by_name(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from vqfast.data import DatasetError
+    from vqfast.data.transforms import open_image
+
+    Image.new("L", (64, 64)).save(tmp_path / "bomb.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 4096 pixels is then past twice the limit
+    with pytest.raises(DatasetError, match="bomb.png: refused, too many pixels"):
+        open_image(tmp_path / "bomb.png", "L")
+
+
+def test_checkpoints_are_readable_like_any_file_written_here(world):
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in (world / "vq").rglob("*.safetensors"):
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path
+
+
+def test_json_files_never_hold_nan(tmp_path):
+    from vqfast.app.files import write_json
+
+    write_json(tmp_path / "a.json", {"x": float("nan"), "y": [float("inf"), 1.5]})
+    assert json.loads((tmp_path / "a.json").read_text(), parse_constant=lambda c: pytest.fail(c)) == {
+        "x": None, "y": [None, 1.5]}
+    assert not list(tmp_path.glob("*.tmp"))

@@ -49,6 +49,9 @@ def write_atomic(path: PathLike, tensors: Dict[str, torch.Tensor], metadata: Dic
     os.close(fd)
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata={"format": FORMAT, **metadata})
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would keep the checkpoint from its readers
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

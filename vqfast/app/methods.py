@@ -23,6 +23,7 @@ import torch
 from vqfast import __version__, checkpoint
 from vqfast.app import distributed
 from vqfast.app.data import data_identity, held_out, open_data
+from vqfast.app.files import write_json
 from vqfast.app.ownership import owned, remove_own
 from vqfast.data import DSRAnomalies, ImageTransform, TokenGrids, encode_dataset
 from vqfast.models.masked_prior import MaskedGrids
@@ -206,9 +207,7 @@ def read_run(run_dir) -> Dict:
 
 
 def _write_json(path: Path, value) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(value, indent=2))
-    tmp.replace(path)
+    write_json(path, value)
 
 
 def _begin(out: Path, record: Dict, resume: bool, overwrite: bool) -> None:

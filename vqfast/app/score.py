@@ -36,6 +36,7 @@ from vqfast import checkpoint, metrics
 from vqfast.app import distributed
 from vqfast.app.data import data_identity, open_data
 from vqfast.app.methods import METHODS, RunError, build_prior, build_sgfr, read_run
+from vqfast.app.files import write_json
 from vqfast.app.ownership import owned, remove_own
 from vqfast.data import ImageTransform
 from vqfast.data.datasets import AnomalyDataset, Record
@@ -385,7 +386,7 @@ def score(scorer_name: str, run_dir, data, fmt: str, out, *, category: Optional[
         summary["metrics"] = {"image_auroc": metrics.auroc(y, scores), "image_ap": metrics.average_precision(y, scores),
                               "image_best_f1": metrics.best_f1(y, scores)[0],
                               "f1_at_threshold": metrics.f1_at_threshold(y, scores, value)}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json(out / "summary.json", summary)
     echo(f"{len(records)} images scored into {out / 'scores.csv'}; threshold {value:.4g} "
          f"({summary['threshold']['rule']}); {summary['flagged']} flagged"
          + (f"; image AUROC {summary['metrics']['image_auroc']:.3f}" if "metrics" in summary else ""))
@@ -415,6 +416,4 @@ def _begin_scores(out: Path, identity: Dict, resume: bool, rank: int) -> None:
     if not resume:  # a fresh run replaces what an earlier one left, and only that
         remove_own(out, "scores")
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "score.json.tmp"
-    tmp.write_text(json.dumps(identity, indent=2))
-    tmp.replace(path)
+    write_json(path, identity)

@@ -34,9 +34,15 @@ def open_image(path: Union[str, Path], mode: str) -> Image.Image:
     try:
         with Image.open(path) as im:
             im.load()
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                # 16-bit grey: PIL's convert would clip every value above 255 to white
+                im = Image.fromarray((np.asarray(im, dtype=np.float64) * (255 / 65535)).round().clip(0, 255)
+                                     .astype(np.uint8))
             return im.convert(mode)
     except FileNotFoundError as exc:
         raise DatasetError(f"{path}: file not found") from exc
+    except Image.DecompressionBombError as exc:
+        raise DatasetError(f"{path}: refused, too many pixels for an image ({exc})") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DatasetError(f"{path}: unreadable or truncated image ({exc})") from exc
 
