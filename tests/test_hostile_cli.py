@@ -213,3 +213,70 @@ def test_json_files_never_hold_nan(tmp_path):
     assert json.loads((tmp_path / "a.json").read_text(), parse_constant=lambda c: pytest.fail(c)) == {
         "x": None, "y": [None, 1.5]}
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_every_file_under_data_is_scored_or_named(world, tmp_path, capsys):
+    """A folder with class sub-folders and loose images is refused by name; files that
+    are not images, and folders below the layout, are named in a warning; .webp is read."""
+    from PIL import Image
+
+    data = tmp_path / "data"
+    good, bad = sorted((world / "test").glob("*/*.png"))[:3], sorted((world / "test").glob("*/*.png"))[-2:]
+    (data / "good" / "deeper").mkdir(parents=True)
+    (data / "crack").mkdir()
+    for p in good:
+        (data / "good" / p.name).write_bytes(p.read_bytes())
+    for p in bad:
+        (data / "crack" / p.name).write_bytes(p.read_bytes())
+    Image.open(good[0]).save(data / "good" / "extra.webp")
+    (data / "good" / "deeper" / "x.png").write_bytes(good[0].read_bytes())
+    (data / "crack" / "notes.txt").write_text("not an image")
+    with pytest.warns(RuntimeWarning, match=r"2 entries are not read.*crack/notes.txt, good/deeper/"):
+        assert main(["score", "regenerative", "--run", str(world / "vq"), "--data", str(data), "--out",
+                     str(tmp_path / "s"), "--threshold", "1"]) == 0
+    records = [json.loads(line) for line in (tmp_path / "s" / "scores.jsonl").read_text().splitlines()]
+    assert len(records) == 6 and any(r["path"].endswith("extra.webp") for r in records)
+    (data / "loose.png").write_bytes(good[0].read_bytes())
+    _refused(capsys, ["score", "regenerative", "--run", world / "vq", "--data", data, "--out", tmp_path / "s2"],
+             "holds 1 images at its top level")
+
+
+NAMES = [b"a b.png", b"q'\"uote.png", b"$x$_^{2}.png", b"<b>&amp.png", b"\xff\xfe bad.png"]
+
+
+def test_any_file_name_round_trips_through_csv_json_html_and_plots(world, tmp_path, capsys):
+    """Spaces, quotes, $ (matplotlib's mathtext), markup and bytes that are not UTF-8."""
+    data = tmp_path / "data"
+    os.makedirs(os.fsencode(data / "good"))
+    os.makedirs(os.fsencode(data / "bad"))
+    sources = sorted((world / "test").glob("*/*.png"))
+    for i, name in enumerate(NAMES):
+        folder = b"good" if i < 3 else b"bad"
+        with open(os.path.join(os.fsencode(data), folder, name), "wb") as f:
+            f.write(sources[i].read_bytes())
+    out = tmp_path / "s"
+    assert main(["score", "regenerative", "--run", str(world / "vq"), "--data", str(data), "--out", str(out),
+                 "--threshold", "1"]) == 0
+    assert main(["report", "--scores", str(out)]) == 0
+    names = {os.path.basename(os.fsencode(json.loads(line)["path"]))
+             for line in (out / "scores.jsonl").read_text().splitlines()}
+    assert names == set(NAMES)
+    import csv
+    import io
+
+    rows = csv.DictReader(io.StringIO((out / "scores.csv").read_bytes().decode("utf-8", "surrogateescape")))
+    assert {os.path.basename(os.fsencode(r["path"])) for r in rows} == set(NAMES)
+    page = (out / "index.html").read_text()
+    assert "&lt;b&gt;&amp;amp.png" in page and "$x$_^{2}.png" in page and "\ufffd\ufffd bad.png" in page
+    assert len(list((out / "overlays").glob("*.png"))) == len(NAMES)
+
+
+def test_a_report_after_a_scored_image_was_deleted_is_one_line(world, tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    for p in sorted((world / "test").glob("*/*.png"))[:4]:
+        (data / p.name).write_bytes(p.read_bytes())
+    assert main(["score", "regenerative", "--run", str(world / "vq"), "--data", str(data), "--out",
+                 str(tmp_path / "s"), "--threshold", "1"]) == 0
+    next(data.iterdir()).unlink()
+    _refused(capsys, ["report", "--scores", tmp_path / "s"], "no longer readable")

@@ -11,6 +11,7 @@
 
 import hashlib
 import json
+import warnings
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -24,10 +25,41 @@ FORMATS = ("mvtec", "mtd", "folder", "frames")
 NORMAL_FOLDERS = ("good", "normal", "ok")
 
 
+def _not_read(folder: Path, nested: bool) -> List[str]:
+    """What the folder layout leaves unread in ``folder``: files that are not images vqfast
+    reads, and (``nested``) folders below the layout's depth."""
+    left = []
+    for p in sorted(folder.iterdir()):
+        if p.is_dir():
+            if nested:
+                left.append(p.name + "/")
+        elif p.suffix.lower() not in IMAGE_EXTENSIONS and not p.name.startswith("."):
+            left.append(p.name)
+    return left
+
+
+def _warn_not_read(root: Path, left: List[str]) -> None:
+    if left:
+        warnings.warn(f"{root}: {len(left)} entries are not read (not images in {', '.join(IMAGE_EXTENSIONS)}, or "
+                      f"folders below the layout): {', '.join(left[:5])}{' ...' if len(left) > 5 else ''}",
+                      RuntimeWarning, stacklevel=3)
+
+
 def _folder_records(root: Path) -> (List[Record], bool):
     subs = sorted(d for d in root.iterdir() if d.is_dir() and d.name != "ground_truth") if root.is_dir() else []
     if not subs:
+        _warn_not_read(root, _not_read(root, nested=False))
         return folder_records(root), False
+    loose = [p.name for p in sorted(root.iterdir()) if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+    if loose:
+        raise DatasetError(f"{root}: holds {len(loose)} images at its top level (e.g. {loose[0]}) beside the "
+                           f"sub-folders {', '.join(d.name for d in subs[:4])}: with sub-folders every image must be in "
+                           "one (good/ for defect-free, a defect class otherwise); move them, or point --data at one "
+                           "layout")
+    left = [p.name for p in sorted(root.iterdir()) if p.is_file() and not p.name.startswith(".")]
+    for sub in subs:
+        left += [f"{sub.name}/{name}" for name in _not_read(sub, nested=True)]
+    _warn_not_read(root, left)
     records = []
     for sub in subs:
         normal = sub.name.lower() in NORMAL_FOLDERS

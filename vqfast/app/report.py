@@ -21,6 +21,7 @@ import torch
 
 from vqfast import metrics
 from vqfast.app.data import open_data
+from vqfast.app.files import write_json
 from vqfast.app.methods import RunError, read_run
 from vqfast.app.score import load_map
 from vqfast.data import ImageTransform
@@ -86,7 +87,7 @@ def _overlay(image: np.ndarray, amap: np.ndarray, mask, pixel_threshold: float, 
                      color="white", fontsize=8, bbox={"facecolor": "black", "alpha": 0.5})
     if (amap > pixel_threshold).any():
         axes[3].contour((amap > pixel_threshold).astype(float), levels=[0.5], colors="red", linewidths=1.2)
-    fig.suptitle(title, fontsize=8)
+    fig.suptitle(title, fontsize=8, parse_math=False)  # a $ in a file name is text, not mathtext
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -101,6 +102,10 @@ def _scored(folder: Path, identity: Dict, records):
     dataset = open_data(data["path"], data["format"], data["split"], transform, category=data["category"],
                         skip_bad=True)
     by_path = {str(r.image.resolve()): i for i, r in enumerate(dataset.records)}
+    gone = [r["path"] for r in records if r["path"] not in by_path]
+    if gone:
+        raise RunError(f"{folder}: {len(gone)} scored images are no longer readable in {data['path']} "
+                       f"(e.g. {shown_name(gone[0])}): restore them, or score the folder again")
     maps = np.stack([load_map(folder, r) for r in records]) if records and records[0]["map"] else None
     masks = None
     if maps is not None and dataset.has_masks:
@@ -154,7 +159,7 @@ def report(folder, *, max_overlays: int = 48, progress: bool = True, echo: Calla
         result.update(metrics.evaluate(y, scores, masks if masks is not None and masks.any() else None,
                                        maps if masks is not None and masks.any() else None))
         _curves(y, scores, folder)
-    (folder / "metrics.json").write_text(json.dumps(result, indent=2))
+    write_json(folder / "metrics.json", result)
     shown = []
     if maps is not None:
         (folder / "overlays").mkdir(exist_ok=True)
@@ -167,13 +172,19 @@ def report(folder, *, max_overlays: int = 48, progress: bool = True, echo: Calla
             name = f"overlays/{r['index']:06d}.png"
             label = {None: "label unknown", 0: "normal", 1: f"defective ({r['defect']})"}[r["label"]]
             _overlay(item["image"].numpy(), maps[k], masks[k] if masks is not None else None, pixel_threshold,
-                     f"{Path(r['path']).name}: score {r['score']:.4g}, {label}, "
+                     f"{shown_name(Path(r['path']).name)}: score {r['score']:.4g}, {label}, "
                      f"{'flagged' if r['decision'] else 'passed'}", folder / name)
             shown.append((name, r))
-    (folder / "metrics.json").write_text(json.dumps(result, indent=2))
+    write_json(folder / "metrics.json", result)
     _html(folder, result, shown, labelled, len(records))
     echo(f"report: {folder / 'index.html'}" + (f" (image AUROC {result['image_auroc']:.3f})" if labelled else ""))
     return result
+
+
+def shown_name(name: str) -> str:
+    """A path as text for people: bytes that are not UTF-8 (kept by Python as surrogates,
+    and written back as themselves in scores.csv) become U+FFFD."""
+    return str(name).encode("utf-8", errors="surrogateescape").decode("utf-8", errors="replace")
 
 
 def _html(folder: Path, result: Dict, shown, labelled: bool, n: int) -> None:
@@ -181,13 +192,13 @@ def _html(folder: Path, result: Dict, shown, labelled: bool, n: int) -> None:
                    if isinstance(v, float))
     curves = '<p><img src="roc.png"> <img src="pr.png"></p>' if labelled else "<p>No labels: no curves.</p>"
     cards = "".join(
-        f'<figure><img src="{name}" width="760"><figcaption>{html.escape(Path(r["path"]).name)} '
+        f'<figure><img src="{name}" width="760"><figcaption>{html.escape(shown_name(Path(r["path"]).name))} '
         f'score {r["score"]:.4g}</figcaption></figure>' for name, r in shown)
     (folder / "index.html").write_text(f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>vqfast report: {html.escape(result['scorer'])}</title>
 <style>body{{font-family:sans-serif;margin:2em}} td{{padding:2px 12px}} figure{{margin:1em 0}}</style></head>
 <body><h1>vqfast report: {html.escape(result['scorer'])}</h1>
-<p>Run {html.escape(result['run'])}; {n} images; threshold {result['threshold']['value']:.4g}
+<p>Run {html.escape(shown_name(result['run']))}; {n} images; threshold {result['threshold']['value']:.4g}
 ({html.escape(result['threshold']['rule'])}).</p>
 <table>{rows}</table>{curves}
 <h2>The {len(shown)} highest-scored images</h2>

@@ -305,7 +305,8 @@ def write_csv(path: Path, records: List[Dict]) -> None:
     for r in records:
         writer.writerow({k: "" if r.get(k) is None else r[k] for k in CSV_FIELDS})
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(buf.getvalue())
+    # surrogateescape: a file name that is not UTF-8 goes back out as its own bytes
+    tmp.write_bytes(buf.getvalue().encode("utf-8", errors="surrogateescape"))
     tmp.replace(path)
 
 

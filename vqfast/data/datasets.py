@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from vqfast.data.transforms import DatasetError, ImageTransform
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
 @dataclass(frozen=True)
