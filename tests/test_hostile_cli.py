@@ -280,3 +280,29 @@ def test_a_report_after_a_scored_image_was_deleted_is_one_line(world, tmp_path, 
                  str(tmp_path / "s"), "--threshold", "1"]) == 0
     next(data.iterdir()).unlink()
     _refused(capsys, ["report", "--scores", tmp_path / "s"], "no longer readable")
+
+
+def test_a_missing_weights_file_is_refused_before_the_run_starts(world, tmp_path, capsys):
+    out = tmp_path / "r"
+    _refused(capsys, ["train", "feature-ae", "--data", world / "train", "--out", out, "--set",
+                      f"weights={tmp_path / 'missing.pth'}"], "setting weights")
+    assert not out.exists()
+
+
+def test_a_score_resume_with_another_batch_size_is_refused(world, tmp_path, capsys):
+    out = tmp_path / "s"
+    assert main([str(a) for a in _score(world, out, "--threshold", "1", "--batch-size", "3")]) == 0
+    _refused(capsys, _score(world, out, "--threshold", "1", "--batch-size", "2", "--resume"), "batch_size was 3")
+
+
+def test_a_failed_training_says_so_in_run_json(world, tmp_path, monkeypatch):
+    from vqfast.app import methods
+
+    def boom(*args, **kwargs):
+        raise FloatingPointError("non-finite loss nan at epoch 1, step 0")
+
+    monkeypatch.setitem(methods._TRAINERS, "vq", boom)
+    with pytest.raises(FloatingPointError):
+        methods.train("vqvae", world / "train", "folder", tmp_path / "r", {"size": 32}, progress=False)
+    run = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert run["status"] == "failed" and "non-finite loss" in run["error"]

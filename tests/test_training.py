@@ -105,6 +105,7 @@ def test_trainer_stops_on_the_rule(tmp_path):
 def test_time_budget_and_non_finite_loss(tmp_path):
     history = _trainer(tmp_path / "t", 50, max_minutes=0.0).fit()
     assert len(history) == 1 and "time budget" in history[-1]["stopped"]
+    assert history[-1]["step"] == 1  # within one step of the budget, not at the epoch's end (3 steps)
     bad = _trainer(None, 2)
     bad.loss_fn = lambda m, x: {"loss": m.training_loss(x)["loss"] * float("nan")}
     with pytest.raises(FloatingPointError, match="non-finite loss nan at epoch 1, step 0"):

@@ -402,7 +402,7 @@ def main(argv=None) -> int:
         if getattr(args, "config", None):
             args = _apply_config(args, subs[args.command], argv)
         return args.func(args)
-    except (CheckpointError, DatasetError, OutputError, RunExistsError, RunError, UsageError) as exc:
+    except (CheckpointError, DatasetError, FloatingPointError, OutputError, RunExistsError, RunError, UsageError) as exc:
         # the user's files and flags: one line saying what is wrong, not a traceback
         if getattr(args, "debug", False):
             raise

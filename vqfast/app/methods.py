@@ -110,6 +110,9 @@ def settings_for(method: str, given: Dict[str, object]) -> Dict[str, object]:
         raise RunError(f"val_fraction takes a fraction in [0, 1) (0, every image trained on and no --threshold "
                        f"auto, only for sgfr and feature-ae), got {settings['val_fraction']} for {method}")
     _check_memory(settings)
+    for key in ("weights", "general"):  # weight files: checked now, not after run.json says "training"
+        if settings.get(key) is not None and not Path(str(settings[key])).is_file():
+            raise RunError(f"setting {key}: {settings[key]} is not a file (a weights file the method loads)")
     if int(settings["channels"]) not in (1, 3):
         raise RunError(f"--channels takes 1 (grey) or 3 (colour), got {settings['channels']}")
     return settings
@@ -284,8 +287,13 @@ def train(method: str, data, fmt: str, out, settings: Dict[str, object], *, cate
          f"{settings['size']}x{settings['size']}x{settings['channels']}")
     torch.manual_seed(settings["seed"])
     start = time.monotonic()
-    summary = _TRAINERS[spec.family](method, settings, train_set, val_set, out, resume, overwrite, device, progress,
-                                     echo)
+    try:
+        summary = _TRAINERS[spec.family](method, settings, train_set, val_set, out, resume, overwrite, device,
+                                         progress, echo)
+    except Exception as exc:  # the run says it failed (and why) rather than "training" forever
+        if rank == 0:
+            _write_json(out / "run.json", {**record, "status": "failed", "error": f"{type(exc).__name__}: {exc}"[:500]})
+        raise
     record.update(status="trained", summary=summary, minutes_this_run=(time.monotonic() - start) / 60)
     if rank == 0:
         _write_json(out / "run.json", record)

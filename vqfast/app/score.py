@@ -347,13 +347,12 @@ def score(scorer_name: str, run_dir, data, fmt: str, out, *, category: Optional[
                               passes=passes, device=device)
     transform = ImageTransform(size=int(run["transform"]["size"]), channels=int(run["transform"]["channels"]))
     dataset = open_data(data, fmt, split, transform, category=category, skip_bad=skip_bad)
-    if dataset.skipped:
-        echo(f"skipped {len(dataset.skipped)} unreadable images (--skip-bad); first: {dataset.skipped[0][1]}")
     identity = {"run": str(run_dir.resolve()), "run_method": run["method"], "scorer": scorer_name,
                 **{f"scorer.{k}": v for k, v in scorer_fingerprint(scorer).items()},
                 "data": {"path": str(Path(data).resolve()), "format": fmt, "category": category, "split": split,
                          **data_identity(dataset)},
-                "threshold": str(threshold), "maps": map_format if maps else False}
+                "threshold": str(threshold), "maps": map_format if maps else False,
+                "batch_size": batch_size}  # batches change float rounding: a resume keeps them
     _begin_scores(out, identity, resume, rank)
     distributed.barrier()
     shard = (rank, world) if world > 1 else None

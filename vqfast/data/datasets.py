@@ -173,7 +173,8 @@ def folder_records(root, label: int = 0, masks_root=None) -> List[Record]:
     masks = _mask_files(images)
     if masks and (masks_root is None or Path(masks_root).resolve() != root.resolve()):
         raise DatasetError(f"{root}: holds {len(masks)} masks beside its images (e.g. {masks[0].name}): pass "
-                           f"masks_root={str(root)!r} to use them as masks, or move them out (for Magnetic Tile, "
+                           f"masks_root={str(root)!r} (Python) to use them as masks; on the command line move them to "
+                           "ground_truth/<class>/ beside the class folders, or out (for Magnetic Tile, "
                            "vqfast.data.MagneticTile reads its layout)")
     records = []
     for p in (p for p in images if p not in set(masks)):
