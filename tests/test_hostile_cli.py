@@ -306,3 +306,68 @@ def test_a_failed_training_says_so_in_run_json(world, tmp_path, monkeypatch):
         methods.train("vqvae", world / "train", "folder", tmp_path / "r", {"size": 32}, progress=False)
     run = json.loads((tmp_path / "r" / "run.json").read_text())
     assert run["status"] == "failed" and "non-finite loss" in run["error"]
+
+
+RUN_JSON_EDITS = {
+    "a list": lambda run: [],
+    "an empty object": lambda run: {},
+    "an unknown method": lambda run: {**run, "method": "foo"},
+    "settings a number": lambda run: {**run, "settings": 5},
+    "no transform": lambda run: {k: v for k, v in run.items() if k != "transform"},
+    "a text size": lambda run: {**run, "transform": {**run["transform"], "size": "abc"}},
+    "a zero size": lambda run: {**run, "transform": {**run["transform"], "size": 0}},
+    "val_images a number": lambda run: {**run, "val_images": 5},
+    "val_images of numbers": lambda run: {**run, "val_images": [1, 2]},
+}
+
+
+@pytest.mark.parametrize("edit", sorted(RUN_JSON_EDITS))
+def test_a_malformed_run_json_is_one_line(world, tmp_path, capsys, edit):
+    run = tmp_path / "run"
+    run.mkdir()
+    for p in (world / "vq").rglob("*"):
+        if p.is_file() and not p.name.startswith(".vqfast"):
+            (run / p.relative_to(world / "vq")).parent.mkdir(parents=True, exist_ok=True)
+            (run / p.relative_to(world / "vq")).write_bytes(p.read_bytes())
+    record = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps(RUN_JSON_EDITS[edit](record)))
+    _refused(capsys, ["score", "regenerative", "--run", run, "--data", world / "test", "--out", tmp_path / "s"],
+             "run.json")
+
+
+@pytest.mark.parametrize("damage", ["empty", "garbage", "truncated", "no config", "a config list", "bad config"])
+def test_a_damaged_checkpoint_is_one_line(world, tmp_path, capsys, damage):
+    from safetensors.torch import load_file, save_file
+
+    run = tmp_path / "run"
+    for p in (world / "vq").rglob("*"):
+        if p.is_file() and not p.name.startswith(".vqfast"):
+            (run / p.relative_to(world / "vq")).parent.mkdir(parents=True, exist_ok=True)
+            (run / p.relative_to(world / "vq")).write_bytes(p.read_bytes())
+    model = next(run.rglob("model.safetensors"))
+    whole = model.read_bytes()
+    if damage == "empty":
+        model.write_bytes(b"")
+    elif damage == "garbage":
+        model.write_bytes(os.urandom(4096))
+    elif damage == "truncated":
+        model.write_bytes(whole[: len(whole) // 2])
+    else:
+        config = {"no config": None, "a config list": "[1, 2]", "bad config": json.dumps(
+            {"model": "VQVAE", "in_channels": -3})}[damage]
+        meta = {"format": "vqfast-1"} if config is None else {"format": "vqfast-1", "config": config}
+        from vqfast import checkpoint
+
+        meta["format"] = checkpoint.FORMAT
+        save_file(load_file(str(model)), str(model), metadata=meta)
+    _refused(capsys, ["score", "regenerative", "--run", run, "--data", world / "test", "--out", tmp_path / "s"],
+             "model.safetensors")
+
+
+@pytest.mark.parametrize("name,text", [("summary.json", '{"scorer": "regen'), ("score.json", "[]"),
+                                       ("scores.jsonl", "{not json}\n")])
+def test_a_damaged_score_folder_is_one_line_for_report(world, tmp_path, capsys, name, text):
+    out = tmp_path / "s"
+    assert main([str(a) for a in _score(world, out, "--threshold", "1")]) == 0
+    (out / name).write_text(text)
+    _refused(capsys, ["report", "--scores", out], str(out))

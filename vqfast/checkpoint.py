@@ -90,7 +90,7 @@ def load_model(path: PathLike, expected: str = None) -> torch.nn.Module:
     try:
         config = json.loads(metadata["config"])
         name = config.pop("model")
-    except (KeyError, json.JSONDecodeError) as exc:
+    except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{path}: no model config in the checkpoint ({exc})") from exc
     registry = _model_registry()
     if name not in registry:
@@ -101,6 +101,6 @@ def load_model(path: PathLike, expected: str = None) -> torch.nn.Module:
     try:
         model = cls(config_cls(**config))
         model.load_state_dict(tensors, strict=True)
-    except (TypeError, RuntimeError) as exc:
+    except (TypeError, RuntimeError, ValueError, KeyError, ZeroDivisionError) as exc:  # a config no model takes
         raise CheckpointError(f"{path}: weights do not fit {name} with its config ({exc})") from exc
     return model

@@ -204,9 +204,31 @@ def read_run(run_dir) -> Dict:
     if not path.is_file():
         raise RunError(f"{run_dir}: not a vqfast run folder (no run.json); make one with vqfast train")
     try:
-        return json.loads(path.read_text())
+        run = json.loads(path.read_text(errors="replace"))
     except json.JSONDecodeError as exc:
         raise RunError(f"{path}: unreadable ({exc})") from None
+    _check_run(path, run)
+    return run
+
+
+def _check_run(path: Path, run) -> None:
+    """The fields every reader of a run record relies on, with their types."""
+    def bad(what: str):
+        raise RunError(f"{path}: not a valid vqfast run record: {what} (train the run again, or restore its run.json)")
+
+    if not isinstance(run, dict):
+        bad("expected a JSON object")
+    if run.get("method") not in METHODS:
+        bad(f"unknown method {run.get('method')!r}")
+    if not isinstance(run.get("settings"), dict):
+        bad("settings must be an object")
+    transform = run.get("transform")
+    whole = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1  # noqa: E731
+    if not isinstance(transform, dict) or not whole(transform.get("size")) or transform.get("channels") not in (1, 3):
+        bad("transform must give a whole-number size >= 1 and channels 1 or 3")
+    images = run.get("val_images", [])
+    if not isinstance(images, list) or not all(isinstance(p, str) for p in images):
+        bad("val_images must be a list of paths")
 
 
 def _write_json(path: Path, value) -> None:

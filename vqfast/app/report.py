@@ -34,7 +34,14 @@ def _load(folder: Path):
     except FileNotFoundError as exc:
         raise RunError(f"{folder}: not a finished vqfast score folder ({Path(exc.filename).name} missing); "
                        "run vqfast score first (or finish it with --resume)") from None
-    records = [json.loads(line) for line in (folder / "scores.jsonl").read_text().splitlines()]
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RunError(f"{folder}: score.json or summary.json is damaged ({exc}); score the folder again") from None
+    try:
+        records = [json.loads(line) for line in (folder / "scores.jsonl").read_text().splitlines()]
+    except (OSError, ValueError) as exc:
+        raise RunError(f"{folder}: scores.jsonl is missing or damaged ({exc}); score the folder again") from None
+    if not isinstance(identity, dict) or not isinstance(summary, dict) or not all(isinstance(r, dict) for r in records):
+        raise RunError(f"{folder}: not a vqfast score folder (score.json, summary.json or scores.jsonl malformed)")
     return identity, summary, records
 
 
