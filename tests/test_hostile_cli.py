@@ -308,6 +308,15 @@ def test_a_failed_training_says_so_in_run_json(world, tmp_path, monkeypatch):
     assert run["status"] == "failed" and "non-finite loss" in run["error"]
 
 
+def _copy_run(src, dst):
+    """A run folder's files (not its manifest or lock) copied, to damage the copy."""
+    for p in src.rglob("*"):
+        if p.is_file() and not p.name.startswith(".vqfast"):
+            (dst / p.relative_to(src)).parent.mkdir(parents=True, exist_ok=True)
+            (dst / p.relative_to(src)).write_bytes(p.read_bytes())
+    return dst
+
+
 RUN_JSON_EDITS = {
     "a list": lambda run: [],
     "an empty object": lambda run: {},
@@ -323,12 +332,7 @@ RUN_JSON_EDITS = {
 
 @pytest.mark.parametrize("edit", sorted(RUN_JSON_EDITS))
 def test_a_malformed_run_json_is_one_line(world, tmp_path, capsys, edit):
-    run = tmp_path / "run"
-    run.mkdir()
-    for p in (world / "vq").rglob("*"):
-        if p.is_file() and not p.name.startswith(".vqfast"):
-            (run / p.relative_to(world / "vq")).parent.mkdir(parents=True, exist_ok=True)
-            (run / p.relative_to(world / "vq")).write_bytes(p.read_bytes())
+    run = _copy_run(world / "vq", tmp_path / "run")
     record = json.loads((run / "run.json").read_text())
     (run / "run.json").write_text(json.dumps(RUN_JSON_EDITS[edit](record)))
     _refused(capsys, ["score", "regenerative", "--run", run, "--data", world / "test", "--out", tmp_path / "s"],
@@ -339,11 +343,7 @@ def test_a_malformed_run_json_is_one_line(world, tmp_path, capsys, edit):
 def test_a_damaged_checkpoint_is_one_line(world, tmp_path, capsys, damage):
     from safetensors.torch import load_file, save_file
 
-    run = tmp_path / "run"
-    for p in (world / "vq").rglob("*"):
-        if p.is_file() and not p.name.startswith(".vqfast"):
-            (run / p.relative_to(world / "vq")).parent.mkdir(parents=True, exist_ok=True)
-            (run / p.relative_to(world / "vq")).write_bytes(p.read_bytes())
+    run = _copy_run(world / "vq", tmp_path / "run")
     model = next(run.rglob("model.safetensors"))
     whole = model.read_bytes()
     if damage == "empty":
