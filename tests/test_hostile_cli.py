@@ -371,3 +371,18 @@ def test_a_damaged_score_folder_is_one_line_for_report(world, tmp_path, capsys, 
     assert main([str(a) for a in _score(world, out, "--threshold", "1")]) == 0
     (out / name).write_text(text)
     _refused(capsys, ["report", "--scores", out], str(out))
+
+
+@pytest.mark.parametrize("value,fragment", [("steps=1", "takes 3 comma-separated values"),
+                                            ("split=a,b,c", "setting split"), ("steps=1,2,x", "setting steps"),
+                                            ("lr=1e400", "setting lr"), ("steps=0,1,1", "whole number >= 1")])
+def test_garbage_list_settings(world, tmp_path, capsys, value, fragment):
+    _refused(capsys, ["train", "dsr", "--data", world / "train", "--out", tmp_path / "r", "--set", value], fragment)
+    assert not (tmp_path / "r").exists()
+
+
+def test_an_out_below_a_file_is_one_line(world, tmp_path, capsys):
+    (tmp_path / "f").write_text("a file")
+    before = _snapshot(tmp_path)
+    _refused(capsys, _score(world, tmp_path / "f" / "sub"), str(tmp_path / "f"))
+    assert _snapshot(tmp_path) == before

@@ -159,6 +159,9 @@ def _coerce(key: str, value, default):
             raise ValueError
         if isinstance(default, list):
             parts = value if isinstance(value, list) else str(value).split(",")
+            if len(parts) != len(default):
+                raise RunError(f"setting {key}: takes {len(default)} comma-separated values like "
+                               f"{','.join(map(str, default))}, got {value!r}")
             return [_coerce(key, p, default[0]) for p in parts]
         if isinstance(default, int):
             number = _number(value)
