@@ -13,7 +13,9 @@ smallest lower ends (KC = the power of two at or above k + 3) in registers. The 
    T plus the recompute's rounding (the largest kept ``lo`` is above it, since the kept
    ones are the smallest), recomputes the kept codes' distances exactly as
    sum((z - c)^2) in float32 and returns their k smallest, ties to the lower index;
-3. recomputes every other row against the whole codebook, exactly, in bounded chunks.
+3. ranks every other row's codes with a float64 GEMM (in bounded row chunks) and
+   recomputes, exactly, the few whose float64 distance the recompute's rounding cannot
+   separate from the k-th.
 
 So the answer is the k smallest recomputed float32 distances over all codes, never the
 products' rounded ranking (the contract of the CPU kernel's bfloat16 variants), with
@@ -190,22 +192,33 @@ def _smallest(dist: torch.Tensor, idx: torch.Tensor, k: int):
 
 
 def _exact_rows(z: torch.Tensor, codebook: torch.Tensor, k: int):
-    """Rows of z against every code, exactly: (R, k) int64, (R, k) float32. Chunked so
-    that neither the (R, K) distances nor the (R, K, D) differences exist whole."""
-    num_codes = codebook.shape[0]
-    idx_out = torch.empty((z.shape[0], k), dtype=torch.int64, device=z.device)
-    dist_out = torch.empty((z.shape[0], k), dtype=torch.float32, device=z.device)
-    code_step = max(1, min(num_codes, (1 << 22) // z.shape[1]))
-    row_step = max(1, (1 << 24) // (code_step * z.shape[1]))
-    for r0 in range(0, z.shape[0], row_step):
-        zr = z[r0:r0 + row_step].float().unsqueeze(1)
-        best_i = torch.empty((zr.shape[0], 0), dtype=torch.int64, device=z.device)
-        best_d = torch.empty((zr.shape[0], 0), dtype=torch.float32, device=z.device)
-        for c0 in range(0, num_codes, code_step):
-            part = (zr - codebook[c0:c0 + code_step].float()).square().sum(-1)
-            ids = torch.arange(c0, c0 + part.shape[1], device=z.device).expand_as(part)
-            best_i, best_d = _smallest(torch.cat([best_d, part], 1), torch.cat([best_i, ids], 1), k)
-        idx_out[r0:r0 + row_step], dist_out[r0:r0 + row_step] = best_i, best_d
+    """Rows of z against every code: (R, k) int64, (R, k) float32, the k smallest
+    recomputed float32 distances. A float64 GEMM ranks every code (its expanded form is
+    within 4 (D + 2) 2^-53 (||z||^2 + ||c||^2) of the true distance, far inside float32's
+    rounding); the codes within the recompute's rounding of the k-th are recomputed directly.
+    Row chunks keep each (rows, K) float64 block near 2^24 values."""
+    n, d = z.shape
+    c64 = codebook.double()
+    cn = c64.square().sum(1)
+    g = _gamma(d + 4, _U)
+    idx_out = torch.empty((n, k), dtype=torch.int64, device=z.device)
+    dist_out = torch.empty((n, k), dtype=torch.float32, device=z.device)
+    step = max(1, (1 << 24) // codebook.shape[0])
+    for r0 in range(0, n, step):
+        zr = z[r0:r0 + step]
+        z64 = zr.double()
+        zn = z64.square().sum(1, keepdim=True)
+        d64 = torch.addmm(zn + cn, z64, c64.T, alpha=-2)
+        err = 4 * (d + 2) * 2.0**-53 * (zn + cn.max())
+        kth = d64.kthvalue(k, dim=1, keepdim=True).values
+        # a code beats the k-th recomputed distance only if its true distance is within
+        # the recompute's rounding of (kth + err), and its float64 value within err of that
+        limit = (kth + err) * (1 + 1.01 * g) / (1 - 1.01 * g) + err
+        width = int((d64 <= limit).sum(1).max())  # >= k: the k-th itself is a candidate
+        vals, idx = torch.topk(d64, width, dim=1, largest=False, sorted=False)
+        idx = torch.where(vals <= limit, idx, -1)
+        dist = torch.where(idx >= 0, _sqdist(zr, codebook, idx.clamp(min=0)), math.inf)
+        idx_out[r0:r0 + step], dist_out[r0:r0 + step] = _smallest(dist, idx, k)
     return idx_out, dist_out
 
 
