@@ -327,6 +327,8 @@ RUN_JSON_EDITS = {
     "a zero size": lambda run: {**run, "transform": {**run["transform"], "size": 0}},
     "val_images a number": lambda run: {**run, "val_images": 5},
     "val_images of numbers": lambda run: {**run, "val_images": [1, 2]},
+    "a setting out of range": lambda run: {**run, "settings": {**run["settings"], "codes": 0}},
+    "a setting not finite": lambda run: {**run, "settings": {**run["settings"], "lr": "NaN"}},
 }
 
 

@@ -232,6 +232,13 @@ def _check_run(path: Path, run) -> None:
     images = run.get("val_images", [])
     if not isinstance(images, list) or not all(isinstance(p, str) for p in images):
         bad("val_images must be a list of paths")
+    known = {**COMMON, **METHODS[run["method"]].defaults}
+    for key, value in run["settings"].items():  # the typed rules of --set and config files
+        if key in known:
+            try:
+                _coerce(key, value, known[key])
+            except RunError as exc:
+                bad(str(exc))
 
 
 def _write_json(path: Path, value) -> None:
