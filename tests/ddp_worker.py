@@ -23,11 +23,14 @@ model = VQVAE(VQVAEConfig(hidden=16, res_blocks=1, num_codes=16, code_dim=8, dow
 # SGD: Adam divides by the root of tiny second moments, so it turns float-rounding
 # differences between batch shapes into visible weight differences.
 model.vq.initialized.fill_(True)  # the random codebook, not one drawn from each rank's first batch
-config = TrainConfig(epochs=2, batch_size=GLOBAL_BATCH // world, lr=0.05, optimizer="sgd", early_stopping=False,
-                     seed=3)
+budget = sys.argv[2:] == ["budget"]  # a spent time budget: every rank must stop after the same single step
+config = TrainConfig(epochs=50 if budget else 2, batch_size=GLOBAL_BATCH // world, lr=0.05, optimizer="sgd",
+                     early_stopping=False, seed=3, max_minutes=0.0 if budget else None)
 history = Trainer(model, ProceduralDefects(16, 0, size=16, seed=1), None, config, device="cpu",
                   progress=False).fit()
-if rank == 0:
+if budget:
+    print(f"rank {rank}: epochs {len(history)} steps {history[-1]['step']} stopped {history[-1]['stopped']}")
+elif rank == 0:
     save_model(model, sys.argv[1])
     print("losses", [r["train"]["loss"] for r in history])
 distributed.exit_worker(0)

@@ -49,6 +49,12 @@ def test_data_parallel_training_equals_one_process_on_the_global_batch(tmp_path)
     assert any((fresh[k] - a[k]).abs().max() > 1e-3 for k in fresh if fresh[k].is_floating_point())
 
 
+def test_a_time_budget_stops_every_rank_after_the_same_step(tmp_path):
+    done = _torchrun(os.path.join(HERE, "ddp_worker.py"), str(tmp_path / "unused"), "budget")
+    lines = sorted(line for line in done.stdout.splitlines() if line.startswith("rank "))
+    assert lines == [f"rank {r}: epochs 1 steps 1 stopped time budget of 0.0 min used" for r in (0, 1)], done.stdout
+
+
 def test_sharded_scoring_equals_unsharded(tmp_path):
     from vqfast.cli import main
     from vqfast.data import procedural_splits, write_image_folder

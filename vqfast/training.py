@@ -43,7 +43,7 @@ class TrainConfig:
     early_stopping: bool = True
     patience: int = 5  # stop once validation loss exceeded training loss more than this often
     check_every: int = 2  # epochs between validation checks
-    max_minutes: Optional[float] = None  # wall-clock budget, checked after every step (every epoch with several ranks)
+    max_minutes: Optional[float] = None  # wall-clock budget, checked after every step
     max_steps: Optional[int] = None  # iteration budget: training ends after this many optimiser steps
     lr_milestones: Tuple[int, ...] = ()  # steps after which the learning rate is multiplied by milestone_gamma
     milestone_gamma: float = 0.1
@@ -125,7 +125,8 @@ class Trainer:
             dist.is_initialized() else (0, 1)
         self.progress = progress and self.rank == 0
         self.epoch = self.step = 0
-        self._deadline = None  # monotonic time at which fit()'s time budget ends (one process)
+        self._deadline = None  # monotonic time at which fit()'s time budget ends
+        self._out_of_time = False  # the last epoch ended early on the budget
         self._stepped = set()  # the optimisers stepped in the current epoch
         self.stopping = EarlyStopping(config.patience)
         self.history: List[dict] = []
@@ -188,8 +189,12 @@ class Trainer:
             bar.set_postfix(loss=f"{sums['loss'] / counts['loss']:.4g}")
             if train and self.config.max_steps is not None and self.step >= self.config.max_steps:
                 break
-            if train and self._deadline is not None and time.monotonic() > self._deadline:
-                break  # the epoch ends here; fit() records the budget as the reason
+            if train and self._deadline is not None:
+                late = float(self._all_sum(torch.tensor([float(time.monotonic() > self._deadline)],
+                                                        dtype=torch.float64)))
+                if late > 0:  # every rank sees the same sum: all stop at this step
+                    self._out_of_time = True
+                    break  # the epoch ends here; fit() records the budget as the reason
         if self.world > 1:  # every rank sees every term (the GAN terms start on all ranks at once)
             keys = sorted(sums)
             totals = self._all_sum(torch.tensor([[sums[k], counts[k]] for k in keys], dtype=torch.float64))
@@ -263,10 +268,10 @@ class Trainer:
             dist.barrier()
         self._sync_parameters()
         start = time.monotonic()
-        # One process checks its budget after every step, so it holds to within one step; with
-        # several ranks rank 0 decides after each epoch (a per-step broadcast would cost more).
-        self._deadline = (start + 60 * self.config.max_minutes
-                          if self.config.max_minutes is not None and self.world == 1 else None)
+        # Checked after every step, so the budget holds to within one step; with several ranks
+        # they agree through one all-reduce per step (beside the gradients' own).
+        self._deadline = start + 60 * self.config.max_minutes if self.config.max_minutes is not None else None
+        self._out_of_time = False
         # A run that early stopping or its time budget ended is finished: resuming it is a no-op.
         stop_reason = self.history[-1].get("stopped") if self.history else None
         with tqdm(total=self.config.epochs, initial=self.epoch, desc="training", disable=not self.progress) as bar:
@@ -290,7 +295,8 @@ class Trainer:
                         stop_reason = f"validation loss exceeded training loss {self.stopping.exceeded} times"
                 if self.config.max_steps is not None and self.step >= self.config.max_steps:
                     stop_reason = stop_reason or f"step budget of {self.config.max_steps} used"
-                if self.config.max_minutes is not None and time.monotonic() - start > 60 * self.config.max_minutes:
+                if self.config.max_minutes is not None and (self._out_of_time or
+                                                            time.monotonic() - start > 60 * self.config.max_minutes):
                     stop_reason = stop_reason or f"time budget of {self.config.max_minutes} min used"
                 if self.world > 1:  # clocks differ: rank 0 decides, so all ranks run the same epochs
                     box = [stop_reason]
