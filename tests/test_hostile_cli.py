@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 
+import numpy as np
 import pytest
 
 from vqfast.app.ownership import LOCK, MANIFEST, locked
@@ -388,3 +389,31 @@ def test_an_out_below_a_file_is_one_line(world, tmp_path, capsys):
     before = _snapshot(tmp_path)
     _refused(capsys, _score(world, tmp_path / "f" / "sub"), str(tmp_path / "f"))
     assert _snapshot(tmp_path) == before
+
+
+def test_a_resume_scores_each_image_in_its_uninterrupted_batch(world, tmp_path):
+    """A scorer whose output depends on its batch (as float rounding can): a resume after a
+    kill in the middle of a batch must still give every image its uninterrupted value."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from vqfast.app.data import open_data
+    from vqfast.app.score import score_images
+    from vqfast.data import ImageTransform
+
+    class BatchBound:
+        def score(self, x):
+            value = x.mean((1, 2, 3)) + 1000 * x.shape[0] + x.sum()
+            return SimpleNamespace(pred_score=value, anomaly_map=x[:, 0] + value[:, None, None])
+
+    data = open_data(world / "test", "folder", "test", ImageTransform(size=32, channels=3))
+    straight = score_images(BatchBound(), data, tmp_path / "a", batch_size=3, progress=False)
+    lines = (tmp_path / "a" / "scores.jsonl").read_text().splitlines(keepends=True)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "scores.jsonl").write_text("".join(lines[:4]))  # killed after 4 of 8: mid-batch
+    resumed = score_images(BatchBound(), data, tmp_path / "b", batch_size=3, progress=False)
+    assert [r["score"] for r in resumed] == [r["score"] for r in straight]
+    for r in straight[4:]:
+        assert torch.equal(torch.from_numpy(np.load(tmp_path / "a" / r["map"])),
+                           torch.from_numpy(np.load(tmp_path / "b" / r["map"])))

@@ -253,21 +253,24 @@ def score_images(scorer, dataset, out_dir, records_name: str = "scores.jsonl", *
     positions = list(dataset.indices) if isinstance(dataset, torch.utils.data.Subset) else list(range(len(dataset)))
     labelled = getattr(base, "labelled", True)
     mine = [i for i in range(len(positions)) if shard is None or i % shard[1] == shard[0]]
-    todo = [i for i in mine if i not in done]
+    # Fixed batches, the same on a resume: a batch with any image left is scored whole, so
+    # every image is computed in the company (and float rounding) of the uninterrupted run.
+    batches = [mine[b:b + batch_size] for b in range(0, len(mine), batch_size)]
+    pending = [b for b in batches if any(i not in done for i in b)]
     if maps:
         (out_dir / "maps").mkdir(exist_ok=True)
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, todo), batch_size=batch_size, shuffle=False)
-    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=f"scoring {records_name.split('.')[0]}",
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=pending)
+    left = sum(i not in done for i in mine)
+    bar = tqdm(total=len(mine), initial=len(mine) - left, desc=f"scoring {records_name.split('.')[0]}",
                disable=not progress, unit="image")
     with open(path, "a") as f:
-        at = 0
-        for batch in loader:
+        for members, batch in zip(pending, loader):
             x = batch["image"] if device is None else batch["image"].to(device)
             out = scorer.score(x)
             scores, amaps = out.pred_score.float().cpu(), out.anomaly_map.float().cpu().numpy()
-            for j in range(x.shape[0]):
-                index = todo[at]
-                at += 1
+            for j, index in enumerate(members):
+                if index in done:  # written before the interruption
+                    continue
                 record = base.records[positions[index]]
                 score = float(scores[j])
                 entry = {"index": index, "path": str(record.image.resolve()), "score": score,
@@ -280,7 +283,7 @@ def score_images(scorer, dataset, out_dir, records_name: str = "scores.jsonl", *
                         entry["map_range"] = span
                 _append(f, json.dumps(entry) + "\n")
                 done[index] = entry
-            bar.update(x.shape[0])
+                bar.update(1)
     bar.close()
     return [done[i] for i in sorted(done)]
 
