@@ -169,3 +169,10 @@ def test_resume_of_a_finished_run_trains_nothing(tmp_path):
     assert len(first) == 1 and first[-1]["stopped"].startswith("time budget")
     again = _trainer(tmp_path, 50, max_minutes=0.0).fit(resume=True)
     assert len(again) == 1 and again[-1]["step"] == first[-1]["step"]
+
+
+def test_cuda_rng_states_restore_in_device_order():
+    from vqfast.training import cuda_rng_states
+
+    tensors = {f"rng.cuda.{i}": torch.tensor([i]) for i in (0, 2, 10, 1, 11, 3)}
+    assert [int(t) for t in cuda_rng_states(tensors)] == [0, 1, 2, 3, 10, 11]

@@ -50,6 +50,13 @@ class TrainConfig:
     seed: int = 0
 
 
+def cuda_rng_states(tensors: Dict[str, torch.Tensor]) -> List[torch.Tensor]:
+    """A checkpoint's rng.cuda.<i> states in device order (by number: as text, "rng.cuda.10"
+    would come before "rng.cuda.2" and restore to the wrong device)."""
+    keys = [k for k in tensors if k.startswith("rng.cuda.")]
+    return [tensors[k] for k in sorted(keys, key=lambda k: int(k.rsplit(".", 1)[1]))]
+
+
 class RunExistsError(FileExistsError):
     """fit() without resume or overwrite into a folder that holds a run; names the folder."""
 
@@ -357,7 +364,7 @@ class Trainer:
             opt.load_state_dict({"state": optim_state[k], "param_groups": state["param_groups"][k]})
             self.schedulers[k].load_state_dict(state["schedulers"][k])
         torch.set_rng_state(tensors["rng.cpu"])
-        cuda_states = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
+        cuda_states = cuda_rng_states(tensors)
         if cuda_states and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(cuda_states)
         self.epoch, self.step = state["epoch"], state["step"]
