@@ -56,7 +56,7 @@ def _folder_records(root: Path) -> (List[Record], bool):
                            f"sub-folders {', '.join(d.name for d in subs[:4])}: with sub-folders every image must be in "
                            "one (good/ for defect-free, a defect class otherwise); move them, or point --data at one "
                            "layout")
-    left = [p.name for p in sorted(root.iterdir()) if p.is_file() and not p.name.startswith(".")]
+    left = _not_read(root, nested=False)  # the loose images refused above, what is left is not images
     for sub in subs:
         left += [f"{sub.name}/{name}" for name in _not_read(sub, nested=True)]
     _warn_not_read(root, left)

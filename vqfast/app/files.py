@@ -1,4 +1,5 @@
-"""JSON files the command line writes: whole or not at all, and always valid JSON."""
+"""Files the command line writes: whole or not at all (a temporary file and a rename), and
+JSON always valid."""
 
 import json
 import math
@@ -18,14 +19,19 @@ def _finite(value):
     return value
 
 
-def write_json(path, value) -> None:
-    """Writes ``value`` to ``path`` through a temporary file and a rename, so a reader (or
-    a kill) sees the old file or the new one, never half of one."""
+def write_atomic(path, data: bytes) -> None:
+    """Writes ``data`` to ``path`` through a temporary file and a rename, so a reader (or a
+    kill) sees the old file or the new one, never half of one."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     try:
-        tmp.write_text(json.dumps(_finite(value), indent=2, allow_nan=False) + "\n")
+        tmp.write_bytes(data)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_json(path, value) -> None:
+    """``value`` as JSON, written whole; NaN and infinities as null."""
+    write_atomic(path, (json.dumps(_finite(value), indent=2, allow_nan=False) + "\n").encode())

@@ -175,9 +175,9 @@ def _coerce(key: str, value, default):
             if (lo is not None and number <= lo) or (hi is not None and number > hi):
                 raise RunError(f"setting {key}: takes a number in ({lo}, {'inf' if hi is None else hi}], got {value!r}")
             return number
-    except (TypeError, ValueError, OverflowError) as exc:
-        if isinstance(exc, RunError):
-            raise
+    except RunError:
+        raise
+    except (TypeError, ValueError, OverflowError):
         raise RunError(f"setting {key}: expected a finite value like {default!r}, got {value!r}") from None
     return value
 
@@ -241,10 +241,6 @@ def _check_run(path: Path, run) -> None:
                 bad(str(exc))
 
 
-def _write_json(path: Path, value) -> None:
-    write_json(path, value)
-
-
 def _begin(out: Path, record: Dict, resume: bool, overwrite: bool) -> None:
     """Refuses a folder holding another run (unless overwrite) and a resume whose
     method, settings or data changed, saying what changed."""
@@ -262,7 +258,7 @@ def _begin(out: Path, record: Dict, resume: bool, overwrite: bool) -> None:
         else:
             remove_own(out, "run")  # only what vqfast train wrote: the folder may hold other files
     out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / "run.json", record)
+    write_json(out / "run.json", record)
 
 
 def _transform(settings) -> ImageTransform:
@@ -324,11 +320,11 @@ def train(method: str, data, fmt: str, out, settings: Dict[str, object], *, cate
                                          progress, echo)
     except Exception as exc:  # the run says it failed (and why) rather than "training" forever
         if rank == 0:
-            _write_json(out / "run.json", {**record, "status": "failed", "error": f"{type(exc).__name__}: {exc}"[:500]})
+            write_json(out / "run.json", {**record, "status": "failed", "error": f"{type(exc).__name__}: {exc}"[:500]})
         raise
     record.update(status="trained", summary=summary, minutes_this_run=(time.monotonic() - start) / 60)
     if rank == 0:
-        _write_json(out / "run.json", record)
+        write_json(out / "run.json", record)
     distributed.barrier()
     return record
 
@@ -350,7 +346,7 @@ def export_run(model: torch.nn.Module, out, method: str, *, size: int, channels:
               "transform": {"size": size, "channels": channels}, "data": {"path": None if data is None else str(data)},
               "val_images": [str(Path(p).resolve()) for p in val_images], "status": "trained",
               "summary": {"exported": "trained in Python, written by export_run"}}
-    _write_json(out / "run.json", record)
+    write_json(out / "run.json", record)
     return record
 
 

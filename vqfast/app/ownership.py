@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Iterator
 
 from vqfast.app import distributed
+from vqfast.app.files import write_json
 
 
 MANIFEST = ".vqfast.json"
@@ -58,9 +59,7 @@ def claim(out: Path, kind: str) -> Path:
                           "empty folder (vqfast writes and deletes only in folders it created)")
     out.mkdir(parents=True, exist_ok=True)
     if not manifest.is_file():
-        tmp = out / (MANIFEST + ".tmp")
-        tmp.write_text(json.dumps({"kind": kind, "written_by": "vqfast"}) + "\n")
-        os.replace(tmp, manifest)
+        write_json(manifest, {"kind": kind, "written_by": "vqfast"})
     return out.resolve()
 
 

@@ -36,7 +36,7 @@ from vqfast import checkpoint, metrics
 from vqfast.app import distributed
 from vqfast.app.data import data_identity, open_data
 from vqfast.app.methods import METHODS, RunError, build_prior, build_sgfr, read_run
-from vqfast.app.files import write_json
+from vqfast.app.files import write_atomic, write_json
 from vqfast.app.ownership import owned, remove_own
 from vqfast.data import ImageTransform
 from vqfast.data.datasets import AnomalyDataset, Record
@@ -295,9 +295,7 @@ def merge_shards(out_dir: Path, records_name: str, world: int) -> List[Dict]:
         for r in _read_records(out_dir / f"{records_name}.rank{rank}"):
             records[r["index"]] = r
     merged = [records[i] for i in sorted(records)]
-    tmp = out_dir / f"{records_name}.tmp"
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in merged))
-    tmp.replace(out_dir / records_name)
+    write_atomic(out_dir / records_name, "".join(json.dumps(r) + "\n" for r in merged).encode())
     return merged
 
 
@@ -307,10 +305,8 @@ def write_csv(path: Path, records: List[Dict]) -> None:
     writer.writeheader()
     for r in records:
         writer.writerow({k: "" if r.get(k) is None else r[k] for k in CSV_FIELDS})
-    tmp = path.with_name(path.name + ".tmp")
     # surrogateescape: a file name that is not UTF-8 goes back out as its own bytes
-    tmp.write_bytes(buf.getvalue().encode("utf-8", errors="surrogateescape"))
-    tmp.replace(path)
+    write_atomic(path, buf.getvalue().encode("utf-8", errors="surrogateescape"))
 
 
 def auto_threshold(records: List[Dict]) -> Dict:
