@@ -1,6 +1,6 @@
 """The Performer prior side by side: (1) Pixel-wise restoration, the reference loop (the
 full prior after every restored token) against the recurrent one-pass restoration, with
-identical tokens checked (vqfast.bench's Performer case: 4 layers, 256 wide, 8 heads,
+identical tokens checked (vqfast.bench.restoration's Performer case: 4 layers, 256 wide, 8 heads,
 16 x 16 grids, B = 8, S = 5, ~20 % restored); (2) the peak extra memory of one training
 step (forward + backward) against the grid size, next to GPT-2's softmax attention.
 
@@ -11,7 +11,7 @@ import argparse
 
 import torch
 
-from vqfast.bench import RESTORATION_CASES, run_restoration
+from vqfast.bench.restoration import CASES as RESTORATION_CASES, run as run_restoration
 from vqfast.models import GPT2Prior, GPT2PriorConfig, PerformerPrior, PerformerPriorConfig
 from vqfast.profiling import peak_extra_memory
 

@@ -3,14 +3,14 @@ after every restored token, per image, per restoration) against vqfast's fast pa
 
     pytest benchmarks/bench_restoration.py --benchmark-group-by=group
 
-Cases and providers are vqfast.bench's (the same as `vqfast bench`); every provider's
+Cases and providers are vqfast.bench.restoration's (the same as `vqfast bench`); every provider's
 token grids are checked equal to the reference's before timing.
 """
 
 import pytest
 import torch
 
-from vqfast.bench import RESTORATION_CASES, restoration_providers
+from vqfast.bench.restoration import CASES as RESTORATION_CASES, restoration_providers
 from vqfast.profiling import synchronize
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -359,7 +359,7 @@ def timings_decode_attention():
 
 
 def timings_restoration():
-    from vqfast.bench import RestorationCase
+    from vqfast.bench.restoration import RestorationCase
     from vqfast.reference.restore_step import stream_seeds
 
     case = (RestorationCase("dry run", 2, 64, 4, 6, 64, 2, 2) if DRY

@@ -208,7 +208,7 @@ def test_checkpoints_are_readable_like_any_file_written_here(world):
 
 
 def test_json_files_never_hold_nan(tmp_path):
-    from vqfast.app.files import write_json
+    from vqfast.files import write_json
 
     write_json(tmp_path / "a.json", {"x": float("nan"), "y": [float("inf"), 1.5]})
     assert json.loads((tmp_path / "a.json").read_text(), parse_constant=lambda c: pytest.fail(c)) == {
@@ -297,12 +297,15 @@ def test_a_score_resume_with_another_batch_size_is_refused(world, tmp_path, caps
 
 
 def test_a_failed_training_says_so_in_run_json(world, tmp_path, monkeypatch):
+    import dataclasses
+
     from vqfast.app import methods
+    from vqfast.methods import registry
 
     def boom(*args, **kwargs):
         raise FloatingPointError("non-finite loss nan at epoch 1, step 0")
 
-    monkeypatch.setitem(methods._TRAINERS, "vq", boom)
+    monkeypatch.setitem(registry._METHODS, "vqvae", dataclasses.replace(registry.get("vqvae"), train=boom))
     with pytest.raises(FloatingPointError):
         methods.train("vqvae", world / "train", "folder", tmp_path / "r", {"size": 32}, progress=False)
     run = json.loads((tmp_path / "r" / "run.json").read_text())

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from vqfast import checkpoint
-from vqfast.models import VQVAE, MaskedGrids, MaskedPriorConfig, MaskedTokenPrior, VQVAEConfig
+from vqfast.data import MaskedGrids
+from vqfast.models import VQVAE, MaskedPriorConfig, MaskedTokenPrior, VQVAEConfig
 from vqfast.models.gpt2_prior import GPT2Prior, GPT2PriorConfig
 from vqfast.reference import masked_context as ref
 from vqfast.scorers import MaskedContextScorer, nll_threshold

@@ -122,7 +122,9 @@ def test_vqvae_follows_appendix_a():
     assert [type(m).__name__ for m in block] == ["Conv2d", "ReLU", "Conv2d", "ReLU"]
     assert block[0].kernel_size == (3, 3) and block[2].kernel_size == (1, 1)
     assert model.vq.codebook.shape == (256, 32) and model.vq.ema and model.config.beta == 0.25
-    paper = VQVAE.paper_train_config()
+    from vqfast.methods.vq import paper_train_config
+
+    paper = paper_train_config()
     assert (paper.optimizer, paper.lr, paper.lr_gamma, paper.batch_size) == ("adam", 1e-4, 0.9999, 16)
 
 

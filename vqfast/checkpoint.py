@@ -6,14 +6,15 @@ JSON state) in its metadata, written atomically. No pickle is ever loaded.
 """
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Dict, Tuple, Union
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, safe_open, save
+
+from vqfast.files import write_atomic as write_bytes_atomic
+from vqfast.models import MODELS
 
 FORMAT = "vqfast-1"
 PathLike = Union[str, Path]
@@ -24,38 +25,12 @@ class CheckpointError(ValueError):
     message names the file."""
 
 
-def _model_registry():
-    from vqfast.models.dsr import DSR, DSRConfig
-    from vqfast.models.feature_ae import FeatureAE, FeatureAEConfig
-    from vqfast.models.gpt2_prior import GPT2Prior, GPT2PriorConfig
-    from vqfast.models.masked_prior import MaskedPriorConfig, MaskedTokenPrior
-    from vqfast.models.performer import PerformerPrior, PerformerPriorConfig
-    from vqfast.models.pixelsnail import PixelSNAIL, PixelSNAILConfig
-    from vqfast.models.vqgan import VQGAN, VQGANConfig
-    from vqfast.models.vqvae import VQVAE, VQVAEConfig
-
-    return {"VQVAE": (VQVAE, VQVAEConfig), "VQGAN": (VQGAN, VQGANConfig), "FeatureAE": (FeatureAE, FeatureAEConfig),
-            "GPT2Prior": (GPT2Prior, GPT2PriorConfig), "PixelSNAIL": (PixelSNAIL, PixelSNAILConfig),
-            "PerformerPrior": (PerformerPrior, PerformerPriorConfig), "DSR": (DSR, DSRConfig),
-            "MaskedTokenPrior": (MaskedTokenPrior, MaskedPriorConfig)}
-
-
 def write_atomic(path: PathLike, tensors: Dict[str, torch.Tensor], metadata: Dict[str, str]) -> None:
-    """Writes a safetensors file through a temporary file in the same folder and an
-    os.replace, so readers see the old file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata={"format": FORMAT, **metadata})
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would keep the checkpoint from its readers
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Writes a safetensors file atomically (vqfast.files.write_atomic): readers see
+    the old file or the new one, never half of one."""
+    data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata={"format": FORMAT, **metadata})
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(Path(path), data)
 
 
 def read(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
@@ -92,12 +67,11 @@ def load_model(path: PathLike, expected: str = None) -> torch.nn.Module:
         name = config.pop("model")
     except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{path}: no model config in the checkpoint ({exc})") from exc
-    registry = _model_registry()
-    if name not in registry:
-        raise CheckpointError(f"{path}: unknown model {name!r} (known: {sorted(registry)})")
+    if name not in MODELS:
+        raise CheckpointError(f"{path}: unknown model {name!r} (known: {sorted(MODELS)})")
     if expected is not None and name != expected:
         raise CheckpointError(f"{path}: holds a {name}, not a {expected}")
-    cls, config_cls = registry[name]
+    cls, config_cls = MODELS[name]
     try:
         model = cls(config_cls(**config))
         model.load_state_dict(tensors, strict=True)

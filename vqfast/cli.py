@@ -10,9 +10,26 @@ import sys
 from pathlib import Path
 
 import torch
+import yaml
 
-from vqfast import _ext
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+from vqfast import _ext, bench, methods
 from vqfast.allocator import allocator_status, tune_cpu_allocator
+from vqfast.app import distributed
+from vqfast.app.data import FORMATS
+from vqfast.app.methods import train
+from vqfast.app.ownership import OutputError
+from vqfast.app.report import report
+from vqfast.app.score import score
+from vqfast.checkpoint import CheckpointError
+from vqfast.data import DatasetError
+from vqfast.demo import run_demo
+from vqfast.methods import RunError
+from vqfast.training import RunExistsError
 
 
 def _info(_args) -> int:
@@ -33,41 +50,23 @@ def _info(_args) -> int:
 
 
 def _bench(args) -> int:
-    from vqfast.bench import (NEAREST_CODE_CASES, run_models, run_nearest_code, run_omp, run_restoration,
-                              run_token_scorers)
-
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         print("vqfast bench: --device cuda but torch sees no CUDA device", file=sys.stderr)
         return 2
-    cases = NEAREST_CODE_CASES["quick" if args.quick else device.type]
-    sections = set(args.only.split(",")) if args.only else set(BENCH_SECTIONS)
-    unknown = sections - set(BENCH_SECTIONS)
+    sections = args.only.split(",") if args.only else list(bench.SECTIONS)
+    unknown = set(sections) - set(bench.SECTIONS)
     if unknown:
-        print(f"vqfast bench: --only takes {','.join(BENCH_SECTIONS)}, got {','.join(sorted(unknown))}", file=sys.stderr)
+        print(f"vqfast bench: --only takes {','.join(bench.SECTIONS)}, got {','.join(sorted(unknown))}", file=sys.stderr)
         return 2
     _info(args)
     print()
-    if "nearest_code" in sections:
-        run_nearest_code(device, cases, repeats=args.repeats, max_time_s=args.max_time, memory=args.memory,
-                         json_path=args.json, trace_dir=args.trace)
-    if "omp" in sections:
-        run_omp(device, quick=args.quick, repeats=min(args.repeats, 5), max_time_s=args.max_time * 4)
-    if "restoration" in sections:
-        run_restoration(device, quick=args.quick, repeats=min(args.repeats, 3))
-    if "scorers" in sections:
-        run_token_scorers(device, quick=args.quick)
-    if "models" in sections:
-        run_models(device, quick=args.quick, repeats=min(args.repeats, 5))
+    bench.run(device, sections, bench.BenchOptions(quick=args.quick, repeats=args.repeats, max_time_s=args.max_time,
+                                                   memory=args.memory, json_path=args.json, trace_dir=args.trace))
     return 0
 
 
-BENCH_SECTIONS = ("nearest_code", "omp", "restoration", "scorers", "models")
-
-
 def _demo(args) -> int:
-    from vqfast.demo import run_demo
-
     run_demo(args.out, epochs=args.epochs, seed=args.seed, resume=args.resume, prior_epochs=args.prior_epochs,
              overwrite=args.overwrite)
     return 0
@@ -82,9 +81,6 @@ def _settings(args) -> dict:
 
 
 def _train(args) -> int:
-    from vqfast.app import distributed
-    from vqfast.app.methods import train
-
     _need(args, "data", "out")
     distributed.init()
     device = args.device if args.device != "auto" else None
@@ -97,9 +93,6 @@ def _train(args) -> int:
 
 
 def _score(args) -> int:
-    from vqfast.app import distributed
-    from vqfast.app.score import score
-
     _need(args, "run", "data", "out")
     distributed.init()
     threshold = args.threshold if args.threshold == "auto" else _number("--threshold", args.threshold)
@@ -114,8 +107,6 @@ def _score(args) -> int:
 
 
 def _report(args) -> int:
-    from vqfast.app.report import report
-
     _need(args, "scores")
     report(args.scores, max_overlays=args.max_overlays)
     return 0
@@ -183,14 +174,8 @@ def _read_config(path) -> dict:
         raise UsageError(f"{path}: cannot read the --config file ({exc.strerror})") from None
     try:
         if path.suffix.lower() == ".toml":
-            try:
-                import tomllib
-            except ModuleNotFoundError:  # Python 3.10
-                import tomli as tomllib
             values = tomllib.loads(text)
         elif path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
             values = yaml.safe_load(text) or {}
         else:
             raise UsageError(f"{path}: --config takes a .toml, .yaml or .yml file")
@@ -244,8 +229,6 @@ def _config_value(sub: argparse.ArgumentParser, path, key: str, value):
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    from vqfast.app.data import FORMATS
-
     p.add_argument("--data", help="the folder of images")
     p.add_argument("--format", choices=FORMATS, default="folder",
                    help="its layout: mvtec (an MVTec-AD root, with --category), mtd (Magnetic Tile with its "
@@ -272,9 +255,7 @@ def _positive_int(text: str) -> int:
 
 
 def _add_train(sub) -> argparse.ArgumentParser:
-    from vqfast.app.methods import METHODS
-
-    lines = "\n".join(f"  {m.name}: {m.help}" for m in METHODS.values())
+    lines = "\n".join(f"  {m.name}: {m.help}" for m in map(methods.get, methods.names()))
     p = sub.add_parser("train", help="train a method on a folder of defect-free images",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Train METHOD on the defect-free images of --data into the run folder --out "
@@ -282,7 +263,7 @@ def _add_train(sub) -> argparse.ArgumentParser:
                                    "are the papers', scaled down where a paper's size does not fit a CPU (said "
                                    "below).\n\nmethods:\n" + lines + "\n\nMethod settings (the names in "
                                    "run.json) are changed with --set KEY=VALUE or a --config file.")
-    p.add_argument("method", choices=list(METHODS), help="what to train")
+    p.add_argument("method", choices=methods.names(), help="what to train")
     _common(p)
     p.add_argument("--size", type=_positive_int, help="image side in pixels (default: the method's)")
     p.add_argument("--channels", type=_positive_int, help="1 for grey, 3 for colour (default: the method's)")
@@ -305,9 +286,8 @@ def _add_score(sub) -> argparse.ArgumentParser:
                                    "scores.csv and scores.jsonl (path, score, label if known, decision) as it "
                                    "goes, anomaly maps in maps/ (.npy or .png), and summary.json with metrics when labels "
                                    "exist. Image size and preprocessing come from the run.")
-    p.add_argument("scorer", help="regenerative (VQ runs); pixel, sample, light, kde (prior runs); masked-sample, "
-                                  "masked-restore (masked runs); sgfr; "
-                                  "feature-ae; dsr")
+    offers = "; ".join(f"{name}: {', '.join(s.name for s in methods.get(name).scorers)}" for name in methods.names())
+    p.add_argument("scorer", help=f"what the run's method offers (the first is its default): {offers}")
     p.add_argument("--run", "--run-dir", dest="run",
                    help="the run folder vqfast train wrote (under torchrun write --run-dir: torchrun takes --run "
                         "for its own --run-path)")
@@ -376,25 +356,19 @@ def main(argv=None) -> int:
     mode.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     mode.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     demo.set_defaults(func=_demo)
-    bench = sub.add_parser("bench", help="time every available backend of every op against plain-torch baselines")
-    bench.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    bench.add_argument("--quick", action="store_true", help="small shapes (a smoke test, seconds)")
-    bench.add_argument("--repeats", type=int, default=10, help="timed calls per provider (after 2 warm-up calls)")
-    bench.add_argument("--max-time", type=float, default=5.0, help="stop repeating a provider after this many seconds")
-    bench.add_argument("--memory", action="store_true", help="also measure each provider's peak extra memory")
-    bench.add_argument("--json", metavar="PATH", help="append each case's results to PATH as JSON lines")
-    bench.add_argument("--trace", metavar="DIR", help="write a torch.profiler trace of vqfast's auto path per case")
-    bench.add_argument("--only", metavar="SECTIONS", help="comma-separated subset of " + ",".join(BENCH_SECTIONS))
-    bench.set_defaults(func=_bench)
+    timing = sub.add_parser("bench", help="time every available backend of every op against plain-torch baselines")
+    timing.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    timing.add_argument("--quick", action="store_true", help="small shapes (a smoke test, seconds)")
+    timing.add_argument("--repeats", type=int, default=10, help="timed calls per provider (after 2 warm-up calls)")
+    timing.add_argument("--max-time", type=float, default=5.0, help="stop repeating a provider after this many seconds")
+    timing.add_argument("--memory", action="store_true", help="also measure each provider's peak extra memory")
+    timing.add_argument("--json", metavar="PATH", help="append each case's results to PATH as JSON lines")
+    timing.add_argument("--trace", metavar="DIR", help="write a torch.profiler trace of vqfast's auto path per case")
+    timing.add_argument("--only", metavar="SECTIONS", help="comma-separated subset of " + ",".join(bench.SECTIONS))
+    timing.set_defaults(func=_bench)
     info = sub.add_parser("info", help="what this installation can run")
     info.set_defaults(func=_info)
     args = parser.parse_args(argv)
-    from vqfast.app.methods import RunError
-    from vqfast.app.ownership import OutputError
-    from vqfast.checkpoint import CheckpointError
-    from vqfast.data import DatasetError
-    from vqfast.training import RunExistsError
-
     try:
         if getattr(args, "config", None):
             args = _apply_config(args, subs[args.command], argv)

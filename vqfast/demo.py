@@ -21,8 +21,12 @@ from pathlib import Path
 
 import torch
 
-from vqfast.data import DSRAnomalies, ProceduralDefects, TokenGrids, encode_dataset, procedural_splits, write_image_folder
+from vqfast.app.methods import export_run
+from vqfast.app.report import report
+from vqfast.app.score import score
+from vqfast.data import ProceduralDefects, TokenGrids, encode_dataset, procedural_splits, write_image_folder
 from vqfast.models import DSR, VQVAE, DSRConfig, GPT2Prior, GPT2PriorConfig, PerformerPrior, PerformerPriorConfig, VQVAEConfig
+from vqfast.methods.dsr import train_dsr
 from vqfast.profiling import format_table, time_callable
 from vqfast.scorers import DSRScorer, KDEScorer, RegenerativeScorer, evaluate_scorer
 from vqfast.scorers.restoration import PixelWiseScorer, SampleWiseScorer, nll_threshold
@@ -74,10 +78,6 @@ def _report_stage(vq_model, test, out: Path, seed: int, echo) -> Path:
     """What a user runs on their own folders, on the demo's: the test split and 16 unseen
     defect-free images (for the auto threshold) written as PNGs, the VQ-VAE exported as a
     run folder, then ``vqfast score regenerative`` and ``vqfast report`` (the same functions)."""
-    from vqfast.app.methods import export_run
-    from vqfast.app.report import report
-    from vqfast.app.score import score
-
     write_image_folder(test, out / "data" / "test")
     val = write_image_folder(ProceduralDefects(16, 0, DEMO_SIZE, seed=seed + 7), out / "data" / "val")
     export_run(vq_model, out / "run", "vqvae", size=DEMO_SIZE, channels=3, val_images=sorted(val.glob("*.png")),
@@ -151,15 +151,12 @@ def _dsr_stage(train, test, out: Path, epochs: int, seed: int, resume: bool, ove
     """DSR (the dual subspace re-projection network) in its three stages on the training
     images: the discrete model, then feature-space anomalies, then the upsampling module."""
     model = DSR(DEMO_DSR)
-    for stage in (1, 2, 3):
-        model.set_stage(stage)
-        data = train if stage == 1 else DSRAnomalies(train, stage, seed=seed + stage)
-        config = TrainConfig(epochs=max(1, epochs // 2) if stage == 1 else max(1, epochs // 10), batch_size=16,
-                             lr=2e-3 if stage == 1
-                             else 5e-4, seed=seed + stage, early_stopping=False)
-        history = Trainer(model, data, None, config, out_dir=out / f"stage{stage}", input_key=DSR.STAGE_INPUTS[stage]).fit(
-            resume=resume, overwrite=overwrite)
-        echo(f"\nDSR stage {stage}: {history[-1]['epoch']} epochs, loss {history[-1]['train']['loss']:.4g}")
+    configs = {stage: TrainConfig(epochs=max(1, epochs // 2) if stage == 1 else max(1, epochs // 10), batch_size=16,
+                                  lr=2e-3 if stage == 1 else 5e-4, seed=seed + stage, early_stopping=False)
+               for stage in (1, 2, 3)}
+    stages = train_dsr(model, train, configs, out, resume=resume, overwrite=overwrite, seed=seed, echo=lambda *a: None)
+    for stage, summary in stages.items():
+        echo(f"\nDSR stage {stage}: {summary['epochs']} epochs, loss {summary['final_train']['loss']:.4g}")
     model.eval()
     r = evaluate_scorer(DSRScorer(model), test)
     echo(f"  dsr                  image AUROC {r['image_auroc']:.4f}, pixel AUROC {r['pixel_auroc']:.4f}, "

@@ -14,6 +14,12 @@ import numpy as np
 from scipy import ndimage, stats
 
 
+def has_both_classes(labels) -> bool:
+    """Whether image labels (0, 1, or None where unknown) are all known and of both classes."""
+    labels = list(labels)
+    return None not in labels and len(set(labels)) == 2
+
+
 def _scores(x, name: str) -> np.ndarray:
     a = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
     if a.size == 0:

@@ -13,7 +13,7 @@ import ctypes.util
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, Optional
+from typing import Callable, Dict, Iterable, List, Optional
 
 import torch
 
@@ -74,6 +74,11 @@ def time_callable(
     else:
         q1 = q3 = times[0]
     return Timing(name, statistics.median(times), q1, q3, min(times), len(times))
+
+
+def time_stages(stages: Dict[str, Callable[[], object]], device, repeats: int = 5, warmup: int = 2) -> List[Timing]:
+    """One Timing a named stage, in order: a model's or scorer's ``profile()`` table."""
+    return [time_callable(fn, name=name, device=device, repeats=repeats, warmup=warmup) for name, fn in stages.items()]
 
 
 def minor_page_faults() -> int:

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "../checks.h"
+#include "../shared_loops.h"
 
 namespace vqfast {
 namespace {
@@ -44,13 +45,7 @@ inline __attribute__((always_inline)) void omp_rows_impl(const T* G, const T* xt
       if (k == 0) energy = best * best / gjj;
       if (best * best <= eps * energy * gjj) break;  // residual orthogonal to every atom left
       // New Cholesky row: L w = G[S, j], L_kk = sqrt(G_jj - |w|^2).
-      T wn = 0;
-      for (int64_t r = 0; r < k; ++r) {
-        T v = gj[S[r]];
-        for (int64_t c = 0; c < r; ++c) v -= L[r * s + c] * w[c];
-        w[r] = v / L[r * s + r];
-        wn += w[r] * w[r];
-      }
+      const T wn = forward_solve(L.data(), s, k, [&](int64_t r) { return gj[S[r]]; }, w.data());
       const T lkk = gjj - wn;
       if (lkk <= 16 * eps * gjj) break;  // x_j lies in the support's span
       for (int64_t c = 0; c < k; ++c) L[k * s + c] = w[c];
@@ -60,16 +55,8 @@ inline __attribute__((always_inline)) void omp_rows_impl(const T* G, const T* xt
       rhs[k] = y[j];
       ++k;
       // gamma = (L L^T)^-1 xty_S by two triangular solves.
-      for (int64_t r = 0; r < k; ++r) {
-        T v = rhs[r];
-        for (int64_t c = 0; c < r; ++c) v -= L[r * s + c] * w[c];
-        w[r] = v / L[r * s + r];
-      }
-      for (int64_t r = k - 1; r >= 0; --r) {
-        T v = w[r];
-        for (int64_t c = r + 1; c < k; ++c) v -= L[c * s + r] * gamma[c];
-        gamma[r] = v / L[r * s + r];
-      }
+      forward_solve(L.data(), s, k, [&](int64_t r) { return rhs[r]; }, w.data());
+      backward_solve(L.data(), s, k, w.data(), gamma.data());
       // alpha = xty - G[:, S] gamma, from G's rows (G is symmetric).
       std::copy(y, y + N, alpha.begin());
       explained = 0;

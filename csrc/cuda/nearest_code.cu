@@ -8,6 +8,7 @@
 #include <cfloat>
 #include <climits>
 
+#include "../shared_loops.h"
 #include "common.cuh"
 #include "nearest_code.h"
 
@@ -159,14 +160,7 @@ __global__ void __launch_bounds__(THREADS)
             topi[i][0] = static_cast<int32_t>(c);
           }
         } else if (v < topv[i][k - 1]) {
-          int p = k - 1;
-          while (p > 0 && topv[i][p - 1] > v) {
-            topv[i][p] = topv[i][p - 1];
-            topi[i][p] = topi[i][p - 1];
-            --p;
-          }
-          topv[i][p] = v;
-          topi[i][p] = static_cast<int32_t>(c);
+          topk_insert(topv[i], topi[i], k, v, static_cast<int32_t>(c));
         }
       }
     }
@@ -223,16 +217,7 @@ __global__ void finish_kernel(const T* __restrict__ z, int64_t zs, const T* __re
   }
   if (lane == 0) {
     for (int j = 1; j < k; ++j) {
-      const float v = rd[j];
-      const int64_t c = ri[j];
-      int p = j;
-      while (p > 0 && (rd[p - 1] > v || (rd[p - 1] == v && ri[p - 1] > c))) {
-        rd[p] = rd[p - 1];
-        ri[p] = ri[p - 1];
-        --p;
-      }
-      rd[p] = v;
-      ri[p] = c;
+      ordered_insert(rd, ri, j, rd[j], ri[j]);
     }
   }
 }

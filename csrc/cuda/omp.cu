@@ -7,6 +7,7 @@
 #include <cfloat>
 #include <cmath>
 
+#include "../shared_loops.h"
 #include "common.cuh"
 #include "omp.h"
 
@@ -101,13 +102,7 @@ __global__ void __launch_bounds__(kThreads) omp_kernel(const T* __restrict__ G, 
       if (!stop) {
         const int32_t j = bi;
         // New Cholesky row: L w = G[S, j], L_kk = sqrt(G_jj - |w|^2).
-        T wn = 0;
-        for (int32_t r = 0; r < k; ++r) {
-          T v = gj[S[r]];
-          for (int32_t c = 0; c < r; ++c) v -= L[r * s + c] * w[c];
-          w[r] = v / L[r * s + r];
-          wn += w[r] * w[r];
-        }
+        const T wn = forward_solve(L, s, k, [&](int32_t r) { return gj[S[r]]; }, w);
         const T lkk = gjj - wn;
         stop = lkk <= 16 * Limits<T>::eps * gjj;  // x_j lies in the support's span
         if (!stop) {
@@ -117,17 +112,9 @@ __global__ void __launch_bounds__(kThreads) omp_kernel(const T* __restrict__ G, 
           rhs[k] = y[j];
           const int32_t kk = k + 1;
           // gamma = (L L^T)^-1 xty_S by two triangular solves.
-          for (int32_t r = 0; r < kk; ++r) {
-            T v = rhs[r];
-            for (int32_t c = 0; c < r; ++c) v -= L[r * s + c] * w[c];
-            w[r] = v / L[r * s + r];
-          }
+          forward_solve(L, s, kk, [&](int32_t r) { return rhs[r]; }, w);
+          backward_solve(L, s, kk, w, gamma);
           T explained = 0;
-          for (int32_t r = kk - 1; r >= 0; --r) {
-            T v = w[r];
-            for (int32_t c = r + 1; c < kk; ++c) v -= L[c * s + r] * gamma[c];
-            gamma[r] = v / L[r * s + r];
-          }
           for (int32_t r = 0; r < kk; ++r) explained += gamma[r] * rhs[r];
           explained_sh = explained;
           k_sh = kk;

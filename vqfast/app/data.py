@@ -69,16 +69,6 @@ def _folder_records(root: Path) -> (List[Record], bool):
     return records, True
 
 
-def detect_format(path) -> str:
-    """The layout a folder looks like (for messages; the user names it with --format)."""
-    path = Path(path)
-    if (path / "split.json").is_file():
-        return "mtd"
-    if any((d / "train" / "good").is_dir() for d in path.iterdir() if d.is_dir()):
-        return "mvtec"
-    return "folder"
-
-
 def open_data(path, fmt: str, split: str, transform: ImageTransform, *, category: Optional[str] = None,
               skip_bad: bool = False) -> AnomalyDataset:
     """The images of ``split`` ("train" or "test") at ``path`` in layout ``fmt``, through

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Iterator
 
 from vqfast.app import distributed
-from vqfast.app.files import write_json
+from vqfast.files import write_json
 
 
 MANIFEST = ".vqfast.json"

@@ -18,13 +18,16 @@ from typing import Callable, Dict, Iterable, Sequence
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from vqfast import metrics
 from vqfast.app.data import open_data
-from vqfast.app.files import write_json
-from vqfast.app.methods import RunError, read_run
 from vqfast.app.score import load_map
 from vqfast.data import ImageTransform
+from vqfast.files import write_json
+from vqfast.methods import RunError
+from vqfast.methods.runs import read_run
+from vqfast.scorers import reduce_map
 
 
 def _load(folder: Path):
@@ -46,9 +49,9 @@ def _load(folder: Path):
 
 
 def _curves(labels: np.ndarray, scores: np.ndarray, out: Path) -> None:
-    import matplotlib
+    import matplotlib  # deferred on purpose: seconds to import, needed only for drawing
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # (after use("Agg"): no display needed)
 
     tps, fps, _ = metrics._curve(labels, scores)
     tpr, fpr = tps / max(tps[-1], 1), fps / max(fps[-1], 1)
@@ -74,9 +77,9 @@ def _pixel_threshold(maps, masks, decisions) -> float:
 
 
 def _overlay(image: np.ndarray, amap: np.ndarray, mask, pixel_threshold: float, title: str, path: Path) -> None:
-    import matplotlib
+    import matplotlib  # deferred on purpose: seconds to import, needed only for drawing
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # (after use("Agg"): no display needed)
 
     grey = image.shape[0] == 1
     shown = image[0] if grey else image.transpose(1, 2, 0)
@@ -127,15 +130,13 @@ def evaluate_scores(folder, *, reductions: Sequence[str] = (), exclude: Iterable
     image score of the saved maps; pixel metrics from the maps and masks where both exist
     (``pixel=False``: image level only). Images whose path is in ``exclude`` (e.g. ones
     carved off for validation) are left out."""
-    from vqfast.scorers import reduce_map
-
     folder = Path(folder)
     identity, _, records = _load(folder)
     _, _, maps, masks = _scored(folder, identity, records)
     skip = {str(Path(p).resolve()) for p in exclude}
     keep = np.array([r["path"] not in skip for r in records], dtype=bool)
     labels = np.array([r["label"] for r in records])[keep]
-    if None in labels.tolist() or len(set(labels.tolist())) != 2:
+    if not metrics.has_both_classes(labels.tolist()):
         raise RunError(f"{folder}: evaluating needs images of both classes with labels")
     maps = None if maps is None else maps[keep]
     masks = None if masks is None or not pixel else masks[keep]
@@ -151,13 +152,11 @@ def evaluate_scores(folder, *, reductions: Sequence[str] = (), exclude: Iterable
 
 def report(folder, *, max_overlays: int = 48, progress: bool = True, echo: Callable = print) -> Dict:
     """Writes the module docstring's files into ``folder``; returns the metrics."""
-    from tqdm import tqdm
-
     folder = Path(folder)
     identity, summary, records = _load(folder)
     dataset, by_path, maps, masks = _scored(folder, identity, records)
     labels = [r["label"] for r in records]
-    labelled = None not in labels and len(set(labels)) == 2
+    labelled = metrics.has_both_classes(labels)
     scores = np.array([r["score"] for r in records], dtype=np.float64)
     result = {"images": len(records), "threshold": summary["threshold"], "scorer": summary["scorer"],
               "run": identity["run"]}

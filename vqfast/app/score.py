@@ -22,7 +22,6 @@ their 99th score percentile, so about 1 % of normal images are flagged. A number
 import csv
 import io
 import json
-import math
 import os
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
@@ -32,148 +31,66 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from vqfast import checkpoint, metrics
+from vqfast import metrics
 from vqfast.app import distributed
 from vqfast.app.data import data_identity, open_data
-from vqfast.app.methods import METHODS, RunError, build_prior, build_sgfr, read_run
-from vqfast.app.files import write_atomic, write_json
+from vqfast.files import write_atomic, write_json
 from vqfast.app.ownership import owned, remove_own
-from vqfast.data import ImageTransform
+from vqfast.data import ImageTransform, unwrap_subset
 from vqfast.data.datasets import AnomalyDataset, Record
+from vqfast.methods import RunError, ScoreOptions, registry
+from vqfast.methods.runs import open_run, read_run
 from vqfast.scorers import scorer_fingerprint
 
 CSV_FIELDS = ("index", "path", "score", "label", "defect", "decision", "map", "map_range")
 
 
-def _load(run_dir: Path, name: str, expected: str = None):
-    return checkpoint.load_model(run_dir / name, expected=expected).eval()
-
-
 def load_scorer(run_dir, name: str, *, percentile: Optional[float] = None, token_threshold: Optional[float] = None,
                 restorations: int = 5, decode_precision: str = "float32", prior_precision: str = "float32",
                 marker=None, passes: Optional[int] = None, device=None):
-    """(scorer, run record) for scorer ``name`` of the run in ``run_dir``. Prior scorers'
-    token NLL threshold: ``token_threshold`` when given, else the ``percentile`` (default
-    the paper's) of the prior's NLLs on the run's validation grids. ``decode_precision``
-    ("float32" or "bfloat16"): the VQ decoding of the regenerative and restoration scorers;
+    """(scorer, run record) for scorer ``name`` of the run in ``run_dir``: the run's
+    method (vqfast.methods) loads it. Prior scorers' token NLL threshold:
+    ``token_threshold`` when given, else the ``percentile`` (default the paper's) of the
+    prior's NLLs on the run's validation grids. ``decode_precision`` ("float32" or
+    "bfloat16"): the VQ decoding of the regenerative and restoration scorers;
     ``prior_precision``: the prior's (and marker's) forwards of the prior scorers, their
     thresholds' validation NLLs included.
     ``marker``: a gpt2 / performer / pixelsnail run on the same VQ model whose NLLs mark
     the masked-context scorers' unusual tokens u (over the same percentile of its own
     validation NLLs), instead of the masked prior's neighbourhood NLLs. ``passes``: the
     masked restoration's in-painting passes (default: the masked run's setting)."""
-    from vqfast.scorers import (DSRScorer, FeatureAEScorer, KDEScorer, LightPixelWiseScorer, MaskedContextScorer,
-                                MaskedRestorationScorer, PAPER_PERCENTILES, PixelWiseScorer, RegenerativeScorer,
-                                SampleWiseScorer, nll_threshold)
-
     run_dir = Path(run_dir)
-    run = read_run(run_dir)
-    method = METHODS[run["method"]]
-    if name not in method.scorers:
-        raise RunError(f"{run_dir} is a {run['method']} run: it scores with {', '.join(method.scorers)}, "
-                       f"not {name}")
-    if run.get("status") != "trained":
-        raise RunError(f"{run_dir}: its training did not finish (status {run.get('status')!r}); "
-                       "finish it with vqfast train ... --resume")
-    settings, seed = run["settings"], int(run["settings"]["seed"])
-    device = torch.device(device or "cpu")
-    decodes = name in ("regenerative", "pixel", "light", "kde", "masked-restore")
-    if decode_precision != "float32" and not decodes:
-        raise RunError(f"--decode-precision {decode_precision}: the {name} scorer decodes no VQ tokens; it applies "
-                       "to regenerative, pixel, light, kde and masked-restore")
-    if prior_precision != "float32" and method.family != "prior":
-        raise RunError(f"--prior-precision {prior_precision}: a {run['method']} run has no token prior; it applies "
-                       "to the gpt2, performer, pixelsnail and masked runs' scorers")
-    if prior_precision != "float32" and name == "regenerative":
-        raise RunError(f"--prior-precision {prior_precision}: the regenerative scorer runs no prior")
-    if method.family == "vq":
-        return RegenerativeScorer(_load(run_dir / "model", "model.safetensors").to(device),
-                                  decode_precision=decode_precision), run
-    if method.family == "feature-ae":
-        return FeatureAEScorer(_load(run_dir / "model", "model.safetensors", "FeatureAE").to(device)), run
-    if method.family == "dsr":
-        return DSRScorer(_load(run_dir, "model.safetensors", "DSR").to(device)), run
-    if method.family == "sgfr":
-        scorer = build_sgfr(settings)
-        tensors, meta = checkpoint.read(run_dir / "bank.safetensors")
-        scorer.backbone.to(device)
-        scorer.bank = {int(k.split(".")[1]): v.to(device) for k, v in tensors.items()}
-        scorer.gram = {lvl: x @ x.T for lvl, x in scorer.bank.items()}
-        scorer.image_size = tuple(json.loads(meta["image_size"]))
-        return scorer, run
-    vq_model = _load(run_dir, "vq.safetensors").to(device)
-    if name == "regenerative":
-        return RegenerativeScorer(vq_model, decode_precision=decode_precision), run
-    prior, tokens = _load_prior(run_dir, run, vq_model, device)
-    # the masked prior has no paper percentiles: the GPT-2 prior's (Sample-wise, Pixel-wise)
-    paper = dict(zip(("sample", "pixel", "light"), PAPER_PERCENTILES[(type(vq_model).__name__,
-                                                                      "gpt2" if run["method"] == "masked"
-                                                                      else run["method"])]))
-    kind = {"kde": "pixel", "masked-sample": "sample", "masked-restore": "pixel"}.get(name, name)
-    pct = percentile if percentile is not None else paper[kind]
-    if token_threshold is None:
-        threshold = nll_threshold(prior, tokens["val"].to(device), pct, precision=prior_precision)
-    else:
-        threshold, pct = float(token_threshold), None
-    if passes is not None and name != "masked-restore":
-        raise RunError(f"--passes: only masked-restore in-paints in passes, not {name}")
-    marker_prior = mark_threshold = None
-    if marker is not None:
-        if not name.startswith("masked-"):
-            raise RunError(f"--marker: only the masked-context scorers mark unusual tokens, not {name}")
-        marker_prior, mark_threshold = _load_marker(Path(marker), run_dir, vq_model, pct, token_threshold, device,
-                                                    prior_precision)
-    if name == "masked-sample":
-        scorer = MaskedContextScorer(vq_model, prior, threshold, mark_threshold, marker_prior,
-                                     prior_precision=prior_precision)
-    elif name == "masked-restore":  # u: over the marker's threshold when there is one, else over the masked prior's
-        scorer = MaskedRestorationScorer(vq_model, prior, threshold if marker is None else mark_threshold,
-                                         passes=int(settings["passes"] if passes is None else passes),
-                                         marker=marker_prior,
-                                         restorations=restorations, seed=seed, decode_precision=decode_precision,
-                                         prior_precision=prior_precision)
-    elif name == "sample":
-        scorer = SampleWiseScorer(vq_model, prior, threshold, prior_precision=prior_precision)
-    else:
-        restoring = dict(restorations=restorations, seed=seed, decode_precision=decode_precision,
-                         prior_precision=prior_precision)
-        if name == "light":
-            scorer = LightPixelWiseScorer(vq_model, prior, threshold, **restoring)
-        elif name == "pixel":
-            scorer = PixelWiseScorer(vq_model, prior, threshold, **restoring)
-        else:  # tokens with p < exp(-lambda_P) resampled
-            scorer = KDEScorer(vq_model, prior, math.exp(-threshold), **restoring)
-    scorer.percentile = pct
-    return scorer, run
+    method = registry.get(read_run(run_dir)["method"])
+    entry = method.scorer(name)
+    run = open_run(run_dir)
+    options = ScoreOptions(percentile=percentile, token_threshold=token_threshold, restorations=restorations,
+                           decode_precision=decode_precision, prior_precision=prior_precision,
+                           marker=None if marker is None else Path(marker), passes=passes,
+                           device=torch.device(device or "cpu"))
+    _check_options(method, entry, options)
+    return entry.load(run, options), run.record
 
 
-def _load_prior(run_dir: Path, run: Dict, vq_model, device):
-    """(prior in eval mode on ``device``, the run's token grids {"train", "val"})."""
-    tokens = checkpoint.read(run_dir / "tokens.safetensors")[0]
-    prior = build_prior(run["method"], run["settings"], vq_model, tokens["train"].shape[1:])
-    prior.load_state_dict(checkpoint.read(run_dir / "model" / "model.safetensors")[0])
-    return prior.to(device).eval(), tokens
+def _check_options(method, entry, options: ScoreOptions) -> None:
+    """Refuses a flag the scorer has no use for, naming the scorers that take it."""
+    def takers(flag: str) -> str:
+        found = {s.name for m in map(registry.get, registry.names()) for s in m.scorers if getattr(s, flag)}
+        return ", ".join(sorted(found))
 
-
-def _load_marker(marker_dir: Path, run_dir: Path, vq_model, pct, token_threshold, device, precision: str):
-    """(raster prior, its NLL threshold) of a trained gpt2 / performer / pixelsnail run on
-    the same VQ model as the masked run: the same percentile of its validation NLLs, or
-    the same given token threshold."""
-    from vqfast.scorers import nll_threshold
-
-    marker_run = read_run(marker_dir)
-    if METHODS[marker_run["method"]].family != "prior" or marker_run["method"] == "masked":
-        raise RunError(f"--marker {marker_dir}: a {marker_run['method']} run; it must be a gpt2, performer or "
-                       "pixelsnail run")
-    if marker_run.get("status") != "trained":
-        raise RunError(f"--marker {marker_dir}: its training did not finish (status {marker_run.get('status')!r})")
-    if (marker_dir / "vq.safetensors").read_bytes() != (run_dir / "vq.safetensors").read_bytes():
-        raise RunError(f"--marker {marker_dir}: trained on another VQ model than {run_dir}; train it with the "
-                       "masked run's --vq")
-    marker, tokens = _load_prior(marker_dir, marker_run, vq_model, device)
-    if token_threshold is not None:
-        return marker, float(token_threshold)
-    return marker, nll_threshold(marker, tokens["val"].to(device), pct, precision=precision)
+    if options.decode_precision != "float32" and not entry.decodes:
+        raise RunError(f"--decode-precision {options.decode_precision}: the {entry.name} scorer decodes no VQ tokens; "
+                       f"it applies to {takers('decodes')}")
+    if options.prior_precision != "float32" and not any(s.prior for s in method.scorers):
+        owners = [m for m in registry.names() if any(s.prior for s in registry.get(m).scorers)]
+        raise RunError(f"--prior-precision {options.prior_precision}: a {method.name} run has no token prior; it "
+                       f"applies to the {', '.join(owners)} runs' scorers")
+    if options.prior_precision != "float32" and not entry.prior:
+        raise RunError(f"--prior-precision {options.prior_precision}: the {entry.name} scorer runs no prior")
+    if options.passes is not None and not entry.in_paints:
+        raise RunError(f"--passes: only {takers('in_paints')} in-paints in passes, not {entry.name}")
+    if options.marker is not None and not entry.marks:
+        raise RunError(f"--marker: only the masked-context scorers ({takers('marks')}) mark unusual tokens, "
+                       f"not {entry.name}")
 
 
 def _read_records(path: Path) -> List[Dict]:
@@ -208,17 +125,15 @@ MAP_FORMATS = ("npy", "png")
 
 def _save_map(path: Path, anomaly_map: np.ndarray) -> Optional[List[float]]:
     """Writes the map atomically; for a PNG returns its [low, high] range."""
-    tmp = path.with_name(path.name + ".tmp")
-    span = None
-    with open(tmp, "wb") as f:
-        if path.suffix == ".npy":
-            np.save(f, anomaly_map)
-        else:
-            low, high = float(anomaly_map.min()), float(anomaly_map.max())
-            span = [low, high]
-            scaled = (anomaly_map - low) / (high - low) if high > low else np.zeros_like(anomaly_map)
-            Image.fromarray(np.round(scaled * 65535).astype(np.uint16)).save(f, format="PNG")
-    os.replace(tmp, path)
+    buf, span = io.BytesIO(), None
+    if path.suffix == ".npy":
+        np.save(buf, anomaly_map)
+    else:
+        low, high = float(anomaly_map.min()), float(anomaly_map.max())
+        span = [low, high]
+        scaled = (anomaly_map - low) / (high - low) if high > low else np.zeros_like(anomaly_map)
+        Image.fromarray(np.round(scaled * 65535).astype(np.uint16)).save(buf, format="PNG")
+    write_atomic(path, buf.getvalue())
     return span
 
 
@@ -249,8 +164,7 @@ def score_images(scorer, dataset, out_dir, records_name: str = "scores.jsonl", *
     if shard is not None and shard[1] > 1:
         path = out_dir / f"{records_name}.rank{shard[0]}"
     done = {r["index"]: r for r in _read_records(path)}
-    base = dataset.dataset if isinstance(dataset, torch.utils.data.Subset) else dataset
-    positions = list(dataset.indices) if isinstance(dataset, torch.utils.data.Subset) else list(range(len(dataset)))
+    base, positions = unwrap_subset(dataset)
     labelled = getattr(base, "labelled", True)
     mine = [i for i in range(len(positions)) if shard is None or i % shard[1] == shard[0]]
     # Fixed batches, the same on a resume: a batch with any image left is scored whole, so
@@ -313,7 +227,7 @@ def auto_threshold(records: List[Dict]) -> Dict:
     """The module docstring's rule over validation records."""
     scores = np.array([r["score"] for r in records], dtype=np.float64)
     labels = [r["label"] for r in records]
-    if None not in labels and len(set(labels)) == 2:
+    if metrics.has_both_classes(labels):
         f1, value = metrics.best_f1(np.array(labels), scores)
         return {"value": float(value), "rule": f"best F1 ({f1:.3f}) on {len(records)} labelled validation images"}
     return {"value": float(np.percentile(scores, 99)),
@@ -379,7 +293,7 @@ def score(scorer_name: str, run_dir, data, fmt: str, out, *, category: Optional[
     write_csv(out / "scores.csv", records)
     labels = [r["label"] for r in records]
     summary["flagged"] = sum(r["decision"] for r in records)
-    if None not in labels and len(set(labels)) == 2:
+    if metrics.has_both_classes(labels):
         scores = np.array([r["score"] for r in records])
         y = np.array(labels)
         summary["metrics"] = {"image_auroc": metrics.auroc(y, scores), "image_ap": metrics.average_precision(y, scores),

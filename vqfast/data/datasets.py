@@ -214,6 +214,13 @@ def frame_sequence_records(root) -> List[Record]:
     return records
 
 
+def unwrap_subset(dataset):
+    """(the underlying dataset, the positions in it) of a Dataset or a Subset of one."""
+    if isinstance(dataset, torch.utils.data.Subset):
+        return dataset.dataset, list(dataset.indices)
+    return dataset, list(range(len(dataset)))
+
+
 def balanced_subset(dataset, n: int) -> torch.utils.data.Subset:
     """The first n // 2 defect-free and the first n - n // 2 defective items of a dataset
     (a smoke test's test split that still has both classes)."""
@@ -244,8 +251,7 @@ def carve_defective(dataset, fraction: float, seed: int = 0) -> Tuple[torch.util
     every defect class is in both."""
     if not 0 < fraction < 1:
         raise ValueError(f"fraction must be in (0, 1), got {fraction}")
-    base, index = (dataset.dataset, list(dataset.indices)) if isinstance(dataset, torch.utils.data.Subset) \
-        else (dataset, list(range(len(dataset))))
+    base, index = unwrap_subset(dataset)
     classes = {}
     for position, i in enumerate(index):
         record = base.records[i]

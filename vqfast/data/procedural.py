@@ -7,11 +7,14 @@ intensity), a "scratch" (a thin bright or dark segment) or a "patch" (a square w
 stripes run the other way). The mask is exactly the pixels the defect changed.
 """
 
+import io
 import math
 from pathlib import Path
 from typing import Tuple
 
+import numpy as np
 import torch
+from PIL import Image
 
 DEFECTS = ("blob", "scratch", "patch")
 _TINT = (1.0, 0.85, 0.7)
@@ -105,11 +108,6 @@ def write_image_folder(dataset, root) -> Path:
     Returns ``root``; for turning the procedural data into files a user would have. A file
     that already holds the same PNG is left as it is, so runs on the folder (whose data
     identity includes modification times) still resume after it is written again."""
-    import io
-
-    import numpy as np
-    from PIL import Image
-
     def save(array, path: Path):
         buffer = io.BytesIO()
         Image.fromarray(array).save(buffer, format="PNG")

@@ -5,6 +5,8 @@ import math
 import torch
 from tqdm import tqdm
 
+from vqfast.data.augment import EpochKeyed
+
 
 @torch.no_grad()
 def encode_dataset(vq_model, dataset, batch_size: int = 32, device=None, progress: bool = False) -> torch.Tensor:
@@ -65,3 +67,31 @@ class TokenGrids(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         return {"tokens": self.tokens[i]}
+
+
+class MaskedGrids(EpochKeyed):
+    """Items {"tokens": (h, w) int64} of (N, h, w) grids with a random set of positions
+    hidden (encoded by mask_tokens), for Trainer(..., input_key="tokens").
+
+    Each draw is keyed by (seed, epoch, index): a ratio r = cos(pi/2 u), u ~ U[0, 1) (the
+    cosine schedule of masked-token image models, which hides much more often than
+    little), and ceil(r T) >= 1 positions drawn without replacement. A validation set
+    (never given an epoch by the Trainer) keeps epoch 0's draws, so its loss compares
+    across epochs."""
+
+    def __init__(self, tokens: torch.Tensor, seed: int = 0):
+        if tokens.dim() != 3 or tokens.dtype != torch.int64 or tokens.shape[0] == 0:
+            raise ValueError(f"tokens must be non-empty (N, h, w) int64, got {tuple(tokens.shape)} {tokens.dtype}")
+        super().__init__(tokens)
+        self.tokens, self.seed = tokens, seed
+
+    def __getitem__(self, i: int) -> dict:
+        key = ((self.seed * 1_000_003 + (self.epoch or 0)) * 1_000_003 + i) % 2**63
+        g = torch.Generator().manual_seed(key)
+        grid = self.tokens[i]
+        t = grid.numel()
+        ratio = math.cos(math.pi / 2 * float(torch.rand((), generator=g, dtype=torch.float64)))
+        n = min(t, max(1, math.ceil(ratio * t)))
+        hidden = torch.zeros(t, dtype=torch.bool)
+        hidden[torch.randperm(t, generator=g)[:n]] = True
+        return {"tokens": mask_tokens(grid, hidden.view(grid.shape))}

@@ -26,7 +26,14 @@ import tempfile
 from contextlib import contextmanager
 from typing import NamedTuple, Optional
 
+import triton
+from triton import knobs
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource, make_backend
+from triton.runtime.jit import JITFunction, create_function_from_signature
+
 from vqfast.kernels import interpreting
+from vqfast.kernels.variants import variants
 
 
 class _Captured(Exception):
@@ -35,7 +42,6 @@ class _Captured(Exception):
 
 @contextmanager
 def _captured_launches():
-    from triton.runtime.jit import JITFunction
 
     launches = []
 
@@ -53,11 +59,6 @@ def _captured_launches():
 
 def _compile(fn, args, kwargs, arch: int):
     """What ``JITFunction.run`` does before it launches, for another target."""
-    import triton
-    from triton import knobs
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource, make_backend
-    from triton.runtime.jit import create_function_from_signature
 
     backend = make_backend(GPUTarget("cuda", arch, 32))
     kwargs = dict(kwargs)
@@ -94,8 +95,6 @@ class Result(NamedTuple):
 
 def _cuobjdump() -> Optional[str]:
     try:
-        from triton import knobs
-
         path = knobs.nvidia.cuobjdump.path
     except Exception:  # older Triton: no knob
         return None
@@ -149,7 +148,6 @@ def compile_variant(variant, arch: int) -> Result:
 
 
 def _work(job):
-    from vqfast.kernels.variants import variants
 
     index, arch, only = job
     return compile_variant(_chosen(variants(), only)[index], arch)
@@ -172,9 +170,7 @@ def main(argv=None) -> int:
         arches = [int(a) for a in args.arch.split(",") if a.strip()]
     except ValueError:
         parser.error(f"--arch must be numbers like 90,80, got {args.arch!r}")
-    import triton
 
-    from vqfast.kernels.variants import variants
 
     chosen = _chosen(variants(), args.only)
     print(f"Triton {triton.__version__}: {len(chosen)} variants x {len(arches)} arches", flush=True)

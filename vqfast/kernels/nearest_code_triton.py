@@ -39,6 +39,8 @@ import triton.language as tl
 from vqfast.kernels import interpreting
 
 
+# long: one kernel body on purpose; the tiles, the dot loop and the top-k epilogue share
+# registers, and a @triton.jit helper would only be inlined back into it.
 @triton.jit
 def _nearest_code_kernel(
     z_ptr,  # (N, D) float32 / float16 / bfloat16, row stride stride_z, unit column stride

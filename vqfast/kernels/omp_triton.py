@@ -14,6 +14,8 @@ import triton.language as tl
 from vqfast.kernels import interpreting
 
 
+# long: one kernel body on purpose; the selection, the Cholesky update and the residual
+# update share one program's registers and loop-carried state.
 @triton.jit
 def _omp_kernel(
     g_ptr,  # (N, N) gram, contiguous

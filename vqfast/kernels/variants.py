@@ -17,6 +17,11 @@ from typing import Callable, List, NamedTuple
 
 import torch
 
+from vqfast.kernels.decode_attention_triton import decode_attention_triton
+from vqfast.kernels.nearest_code_triton import nearest_code_triton
+from vqfast.kernels.omp_triton import omp_triton
+from vqfast.kernels.restore_step_triton import restore_step_triton
+
 
 class Variant(NamedTuple):
     kernel: str  # the op whose Triton kernel this launches
@@ -26,8 +31,6 @@ class Variant(NamedTuple):
 
 def _nearest_code(n, d, num_codes, k, dtype):
     def call():
-        from vqfast.kernels.nearest_code_triton import nearest_code_triton
-
         return nearest_code_triton(torch.randn(n, d).to(dtype), torch.randn(num_codes, d).to(dtype), k)
 
     tag = str(dtype).replace("torch.", "")
@@ -36,8 +39,6 @@ def _nearest_code(n, d, num_codes, k, dtype):
 
 def _omp(b, n, s, tol, dtype):
     def call():
-        from vqfast.kernels.omp_triton import omp_triton
-
         x = torch.randn(max(n, 2), n, dtype=dtype)
         y = torch.randn(b, x.shape[0], dtype=dtype)
         return omp_triton(x.T @ x, y @ x, s, tol, y.square().sum(1))
@@ -48,8 +49,6 @@ def _omp(b, n, s, tol, dtype):
 
 def _restore_step(m, v, position, dtype):
     def call():
-        from vqfast.kernels.restore_step_triton import restore_step_triton
-
         logits = torch.randn(m, v).to(dtype)
         current = torch.randint(0, v, (m,))
         return restore_step_triton(logits, current, 1.5, torch.arange(m), position, 1.0)
@@ -60,8 +59,6 @@ def _restore_step(m, v, position, dtype):
 
 def _decode_attention(m, h, d, t, length, dtype):
     def call():
-        from vqfast.kernels.decode_attention_triton import decode_attention_triton
-
         q = torch.randn(m, h, d).to(dtype)
         cache = torch.randn(2, m, h, t, d).to(dtype)
         return decode_attention_triton(q, cache[0], cache[1], length, d**-0.5)

@@ -14,6 +14,7 @@ from typing import Dict, Optional, Sequence
 
 import torch
 import torch.nn as nn
+from safetensors.torch import load_file
 
 from vqfast.models.base import CPU_CHUNK
 
@@ -80,8 +81,6 @@ def _read_state_dict(path: Path, name: str) -> Dict[str, torch.Tensor]:
         raise ValueError(f"{path}: weights file not found")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)

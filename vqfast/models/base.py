@@ -8,6 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vqfast.models.vq import VQOutput
+from vqfast.profiling import time_stages
 
 
 PRECISIONS = ("float32", "bfloat16")
@@ -128,8 +129,6 @@ class VQAutoencoder(nn.Module):
     def profile(self, x: torch.Tensor, repeats: int = 5, precision: str = "float32"):
         """Timings of encode / quantise / decode (in ``precision``, as decode_grids) on
         ``x`` (vqfast.profiling)."""
-        from vqfast.profiling import time_callable
-
         was_training = self.training
         self.eval()
         with torch.no_grad():
@@ -137,6 +136,6 @@ class VQAutoencoder(nn.Module):
             q = self.vq(z)
             stages = {"encode": lambda: self.encode(x), "quantise": lambda: self.vq(z),
                       f"decode ({precision})": lambda: self._decode_in(q.quantized, precision)}
-            timings = [time_callable(fn, name=name, device=x.device, repeats=repeats) for name, fn in stages.items()]
+            timings = time_stages(stages, x.device, repeats)
         self.train(was_training)
         return timings

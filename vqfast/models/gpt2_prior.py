@@ -18,7 +18,6 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from vqfast.models.incremental import IncrementalPrior
 from vqfast.models.raster_prior import RasterPrior
@@ -60,7 +59,7 @@ class GPT2Prior(RasterPrior):
 
     def __init__(self, config: Optional[GPT2PriorConfig] = None):
         super().__init__()
-        from transformers import GPT2Config, GPT2LMHeadModel
+        from transformers import GPT2Config, GPT2LMHeadModel  # deferred on purpose: seconds to import
 
         self.config = cfg = config or GPT2PriorConfig()
         if cfg.n_embd % cfg.n_head:

@@ -27,8 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vqfast.data.augment import EpochKeyed
-from vqfast.data.tokens import mask_tokens, unmask_tokens
+from vqfast.data.tokens import unmask_tokens
 
 
 @dataclass
@@ -179,31 +178,3 @@ def _layer_at_rows(layer: nn.TransformerEncoderLayer, x: torch.Tensor, at: torch
     z = layer.norm2(xs)
     xs = xs + layer.dropout2(layer.linear2(layer.dropout(layer.activation(layer.linear1(z)))))
     return xs[keep]
-
-
-class MaskedGrids(EpochKeyed):
-    """Items {"tokens": (h, w) int64} of (N, h, w) grids with a random set of positions
-    hidden (encoded by mask_tokens), for Trainer(..., input_key="tokens").
-
-    Each draw is keyed by (seed, epoch, index): a ratio r = cos(pi/2 u), u ~ U[0, 1) (the
-    cosine schedule of masked-token image models, which hides much more often than
-    little), and ceil(r T) >= 1 positions drawn without replacement. A validation set
-    (never given an epoch by the Trainer) keeps epoch 0's draws, so its loss compares
-    across epochs."""
-
-    def __init__(self, tokens: torch.Tensor, seed: int = 0):
-        if tokens.dim() != 3 or tokens.dtype != torch.int64 or tokens.shape[0] == 0:
-            raise ValueError(f"tokens must be non-empty (N, h, w) int64, got {tuple(tokens.shape)} {tokens.dtype}")
-        super().__init__(tokens)
-        self.tokens, self.seed = tokens, seed
-
-    def __getitem__(self, i: int) -> dict:
-        key = ((self.seed * 1_000_003 + (self.epoch or 0)) * 1_000_003 + i) % 2**63
-        g = torch.Generator().manual_seed(key)
-        grid = self.tokens[i]
-        t = grid.numel()
-        ratio = math.cos(math.pi / 2 * float(torch.rand((), generator=g, dtype=torch.float64)))
-        n = min(t, max(1, math.ceil(ratio * t)))
-        hidden = torch.zeros(t, dtype=torch.bool)
-        hidden[torch.randperm(t, generator=g)[:n]] = True
-        return {"tokens": mask_tokens(grid, hidden.view(grid.shape))}

@@ -39,6 +39,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vqfast.models.base import VQAutoencoder
+from vqfast.models.lpips import LPIPS
 from vqfast.models.vq import VectorQuantizer
 
 
@@ -206,8 +207,6 @@ class VQGAN(VQAutoencoder):
         self.decoder = nn.Sequential(nn.Conv2d(code_dim, cfg.z_channels, 1), _decoder(cfg))
         self.discriminator = PatchDiscriminator(cfg.in_channels, cfg.disc_ch, cfg.disc_layers) if cfg.adversarial else None
         if cfg.perceptual_weight > 0 and lpips is None:
-            from vqfast.models.lpips import LPIPS
-
             lpips = LPIPS()
         # Kept out of the state dict: frozen, and rebuilt from its weight files.
         self.__dict__["lpips"] = lpips

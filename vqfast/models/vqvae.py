@@ -10,7 +10,7 @@ the code dimension; the decoder is a 1x1 projection, then three stages of 3 resi
 blocks each followed by a stride-2 4x4 transposed convolution (ReLU between stages),
 with dropout 0.05 before the last one. Codebook 256 x 32, beta = 0.25, EMA updates by
 default. The paper trains with Adam, lr 1e-4, exponential decay 0.9999
-(``VQVAE.paper_train_config()``); its augmentations are not here.
+(``vqfast.methods.vq.paper_train_config()``); its augmentations are not here.
 """
 
 from dataclasses import asdict, dataclass
@@ -103,14 +103,6 @@ class VQVAE(VQAutoencoder):
     @property
     def downsample_factor(self) -> int:
         return 2**self.config.downsamples
-
-    @staticmethod
-    def paper_train_config(**overrides):
-        """Appendix A's optimiser: Adam, lr 1e-4, exponential decay 0.9999 per epoch,
-        batch 16 (the paper runs 20,000 epochs; set ``epochs`` or ``max_minutes``)."""
-        from vqfast.training import TrainConfig
-
-        return TrainConfig(**{"optimizer": "adam", "lr": 1e-4, "lr_gamma": 0.9999, "batch_size": 16, **overrides})
 
     def training_loss(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Jukebox loss: ||x - x_hat||^2 + w ||S(x) - S(x_hat)||^2 + beta L_c (+ L_vq

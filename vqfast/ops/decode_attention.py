@@ -20,7 +20,7 @@ def _decode_attention_op(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
     if backend == "cuda":
         return _ext._C.decode_attention_cuda(q, k_cache, v_cache, length, scale)
     if backend == "triton":
-        from vqfast.kernels.decode_attention_triton import decode_attention_triton
+        from vqfast.kernels.decode_attention_triton import decode_attention_triton  # Triton is optional: imported when its backend runs
 
         return decode_attention_triton(q, k_cache, v_cache, length, scale)
     if backend == "cpu" and q.dtype in (torch.float32, torch.float64):

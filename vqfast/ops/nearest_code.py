@@ -26,7 +26,7 @@ def _nearest_code_op(z: torch.Tensor, codebook: torch.Tensor, k: int, backend: s
     if backend == "cuda":
         return _ext._C.nearest_code_cuda(z, codebook, k)
     if backend == "triton":
-        from vqfast.kernels.nearest_code_triton import nearest_code_triton
+        from vqfast.kernels.nearest_code_triton import nearest_code_triton  # Triton is optional: imported when its backend runs
 
         return nearest_code_triton(z, codebook, k)
     idx, dist = reference.nearest_code(z, codebook, k)

@@ -22,7 +22,7 @@ def _omp_op(gram: torch.Tensor, xty: torch.Tensor, n_nonzero: int, tol: float, y
     if backend == "cuda":
         return _ext._C.omp_cuda(gram, xty, n_nonzero, tol, y_norm_sq)
     if backend == "triton":
-        from vqfast.kernels.omp_triton import omp_triton
+        from vqfast.kernels.omp_triton import omp_triton  # Triton is optional: imported when its backend runs
 
         return omp_triton(gram, xty, n_nonzero, tol, y_norm_sq)
     return reference.omp(gram, xty, n_nonzero, tol if tol >= 0 else None, y_norm_sq)

@@ -18,7 +18,7 @@ def _restore_step_op(logits: torch.Tensor, current: torch.Tensor, threshold: flo
     if backend == "cuda":
         return _ext._C.restore_step_cuda(logits, current, threshold, seeds, position, temperature)
     if backend == "triton":
-        from vqfast.kernels.restore_step_triton import restore_step_triton
+        from vqfast.kernels.restore_step_triton import restore_step_triton  # Triton is optional: imported when its backend runs
 
         return restore_step_triton(logits, current, threshold, seeds, position, temperature)
     if backend == "cpu":

@@ -5,6 +5,8 @@ tested against."""
 
 import torch
 
+from vqfast.reference.restore_step import restore_step
+
 
 @torch.no_grad()
 def lattice_nll(prior, tokens: torch.Tensor, stride: int) -> torch.Tensor:
@@ -50,8 +52,6 @@ def inpaint(prior, tokens: torch.Tensor, unusual: torch.Tensor, seeds: torch.Ten
     draw at counter t * T + position), and fixes the most confident draws (highest
     probability; the lower position first on ties) until ceil(n (t + 1) / passes) of the
     grid's n unusual tokens are fixed."""
-    from vqfast.reference.restore_step import restore_step
-
     m, h, w = tokens.shape
     t_len = h * w
     out = tokens.clone()

@@ -2,6 +2,7 @@
 
 import torch
 
+from vqfast.profiling import time_stages
 from vqfast.scorers.base import ScoreBatch, check_images
 
 
@@ -27,7 +28,5 @@ class DSRScorer:
 
     def profile(self, images: torch.Tensor, repeats: int = 5):
         """The model's stage timings plus the whole score call."""
-        from vqfast.profiling import time_callable
-
-        return self.model.profile(images, repeats) + [
-            time_callable(lambda: self.score(images), name="score (total)", device=images.device, repeats=repeats)]
+        return self.model.profile(images, repeats) + time_stages({"score (total)": lambda: self.score(images)},
+                                                                 images.device, repeats)

@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from vqfast.models.feature_ae import FeatureAE
+from vqfast.profiling import time_stages
 from vqfast.scorers.base import ScoreBatch, check_images, gaussian_blur, reduce_map
 
 
@@ -46,11 +47,8 @@ class FeatureAEScorer:
     @torch.no_grad()
     def profile(self, images: torch.Tensor, repeats: int = 5):
         """Timings of encode (frozen backbone), decode, and the whole score call."""
-        from vqfast.profiling import time_callable
-
         self.model.eval()
         enc = self.model.encode(images)
-        dev = images.device
-        return [time_callable(lambda: self.model.encode(images), name="encode (backbone)", device=dev, repeats=repeats),
-                time_callable(lambda: self.model.decode(enc), name="decode", device=dev, repeats=repeats),
-                time_callable(lambda: self.score(images), name="score (total)", device=dev, repeats=repeats)]
+        return time_stages({"encode (backbone)": lambda: self.model.encode(images),
+                            "decode": lambda: self.model.decode(enc), "score (total)": lambda: self.score(images)},
+                           images.device, repeats)

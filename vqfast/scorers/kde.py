@@ -25,6 +25,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from vqfast.profiling import time_stages
 from vqfast.scorers.base import ScoreBatch, gaussian_blur, reduce_map
 from vqfast.scorers.restoration import PixelWiseScorer
 
@@ -129,22 +130,16 @@ class KDEScorer(PixelWiseScorer):
     def profile(self, images: torch.Tensor, repeats: int = 3):
         """Timings of each stage: encode (VQ), restoration, decodes, the KDE map, and
         the whole score call."""
-        from vqfast.profiling import time_callable
-
         self._eval()
-        dev, shape = images.device, tuple(images.shape[1:])
+        shape = tuple(images.shape[1:])
         seeds = self.image_seeds(images)
         tokens = self._tokens(images)
         restored = self.restore(tokens, seeds)
         samples = self._decode_samples(restored, seeds, shape)
-        return [
-            time_callable(lambda: self.vq_model.encode_indices(images), name="encode (VQ)", device=dev, repeats=repeats),
-            time_callable(lambda: self.restore(tokens, seeds), name="restore (prior + sampling)", device=dev,
-                          repeats=repeats, warmup=1),
-            time_callable(lambda: self._decode_samples(restored, seeds, shape), name="decode (VQ, every sample)",
-                          device=dev, repeats=repeats),
-            time_callable(lambda: kde_abnormality(images, samples, self.bandwidth_floor), name="KDE map", device=dev,
-                          repeats=repeats),
-            time_callable(lambda: self.score(images, seeds), name="score (total)", device=dev, repeats=repeats,
-                          warmup=1),
-        ]
+        # one warm-up call a stage: restoring is the slow part, and its first call is not special
+        return time_stages({
+            "encode (VQ)": lambda: self.vq_model.encode_indices(images),
+            "restore (prior + sampling)": lambda: self.restore(tokens, seeds),
+            "decode (VQ, every sample)": lambda: self._decode_samples(restored, seeds, shape),
+            "KDE map": lambda: kde_abnormality(images, samples, self.bandwidth_floor),
+            "score (total)": lambda: self.score(images, seeds)}, images.device, repeats, warmup=1)

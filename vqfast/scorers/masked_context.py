@@ -35,6 +35,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from vqfast.profiling import time_stages
 from vqfast.reference import masked_context as ref
 from vqfast.reference.restore_step import restore_step, stream_seeds
 from vqfast.scorers.base import ScoreBatch
@@ -118,18 +119,13 @@ class MaskedContextScorer(_TokenScorer):
     def profile(self, images: torch.Tensor, repeats: int = 5):
         """Timings of encode (VQ), pass 1 (marking), pass 2 (context NLLs) and the whole
         score call."""
-        from vqfast.profiling import time_callable
-
         self._eval()
         tokens = self._tokens(images)
         unusual = self.unusual(tokens)
-        dev = images.device
-        return [time_callable(lambda: self.vq_model.encode_indices(images), name="encode (VQ)", device=dev,
-                              repeats=repeats),
-                time_callable(lambda: self.unusual(tokens), name="pass 1 (mark u)", device=dev, repeats=repeats),
-                time_callable(lambda: self.context_nll(tokens, unusual), name="pass 2 (p(s_i | u-bar))", device=dev,
-                              repeats=repeats),
-                time_callable(lambda: self.score(images), name="score (total)", device=dev, repeats=repeats)]
+        return time_stages({"encode (VQ)": lambda: self.vq_model.encode_indices(images),
+                            "pass 1 (mark u)": lambda: self.unusual(tokens),
+                            "pass 2 (p(s_i | u-bar))": lambda: self.context_nll(tokens, unusual),
+                            "score (total)": lambda: self.score(images)}, images.device, repeats)
 
 
 class MaskedRestorationScorer(_RestorationScorer):

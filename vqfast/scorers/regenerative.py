@@ -3,6 +3,7 @@
 import torch
 
 from vqfast.models.base import VQAutoencoder, check_precision
+from vqfast.profiling import time_stages
 from vqfast.scorers.base import ScoreBatch, check_images, reduce_map
 
 
@@ -46,11 +47,8 @@ class RegenerativeScorer:
 
     def profile(self, images: torch.Tensor, repeats: int = 5):
         """Timings of the model's stages plus the whole score call."""
-        from vqfast.profiling import time_callable
-
         if isinstance(self.model, VQAutoencoder):
             timings = self.model.profile(images, repeats, self.decode_precision)
         else:
             timings = self.model.profile(images, repeats) if hasattr(self.model, "profile") else []
-        return timings + [time_callable(lambda: self.score(images), name="score (total)", device=images.device,
-                                        repeats=repeats)]
+        return timings + time_stages({"score (total)": lambda: self.score(images)}, images.device, repeats)

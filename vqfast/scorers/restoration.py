@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from vqfast.models.base import autocast_precision, check_precision
 from vqfast.ops import restore_step
+from vqfast.profiling import time_stages
 from vqfast.reference import restoration as ref
 from vqfast.reference.restore_step import image_seeds, stream_seeds, token_nll
 from vqfast.scorers.base import ScoreBatch, check_images, reduce_map
@@ -179,16 +180,11 @@ class SampleWiseScorer(_TokenScorer):
     @torch.no_grad()
     def profile(self, images: torch.Tensor, repeats: int = 5):
         """Timings of encode (VQ), the prior's NLLs, and the whole score call."""
-        from vqfast.profiling import time_callable
-
         self._eval()
         tokens = self._tokens(images)
-        dev = images.device
-        return [time_callable(lambda: self.vq_model.encode_indices(images), name="encode (VQ)", device=dev,
-                              repeats=repeats),
-                time_callable(lambda: self.prior_nll(tokens), name=f"prior (NLLs, {self.prior_precision})", device=dev,
-                              repeats=repeats),
-                time_callable(lambda: self.score(images), name="score (total)", device=dev, repeats=repeats)]
+        return time_stages({"encode (VQ)": lambda: self.vq_model.encode_indices(images),
+                            f"prior (NLLs, {self.prior_precision})": lambda: self.prior_nll(tokens),
+                            "score (total)": lambda: self.score(images)}, images.device, repeats)
 
 
 class _RestorationScorer(_TokenScorer):
@@ -256,29 +252,21 @@ class _RestorationScorer(_TokenScorer):
     def profile(self, images: torch.Tensor, repeats: int = 3):
         """Timings of each stage: encode (VQ), restoration (prior + sampling), decode
         (VQ), residual map (eqs. 11-12, smoothing included), and the whole score call."""
-        from vqfast.profiling import time_callable
-
         self._eval()
-        dev = images.device
         seeds = self.image_seeds(images)
         tokens = self._tokens(images)
         restored = self.restore(tokens, seeds)
         stacked = self.decode(restored)
         grids = restored.flatten(0, 1)
         distinct = torch.unique(grids.flatten(1), dim=0).shape[0]
-        return [
-            time_callable(lambda: self.vq_model.encode_indices(images), name="encode (VQ)", device=dev, repeats=repeats),
-            time_callable(lambda: self.restore(tokens, seeds),
-                          name=f"restore (prior in {self.prior_precision} + sampling)", device=dev,
-                          repeats=repeats, warmup=1),
-            time_callable(lambda: self.decode(restored),
-                          name=f"decode (VQ, {distinct} distinct of {grids.shape[0]} grids, {self.decode_precision})",
-                          device=dev, repeats=repeats),
-            time_callable(lambda: weighted_residual_map(images, stacked, self.k), name="residual map + smoothing",
-                          device=dev, repeats=repeats),
-            time_callable(lambda: self.score(images, seeds), name="score (total)", device=dev, repeats=repeats,
-                          warmup=1),
-        ]
+        # one warm-up call a stage: restoring is the slow part, and its first call is not special
+        return time_stages({
+            "encode (VQ)": lambda: self.vq_model.encode_indices(images),
+            f"restore (prior in {self.prior_precision} + sampling)": lambda: self.restore(tokens, seeds),
+            f"decode (VQ, {distinct} distinct of {grids.shape[0]} grids, {self.decode_precision})":
+                lambda: self.decode(restored),
+            "residual map + smoothing": lambda: weighted_residual_map(images, stacked, self.k),
+            "score (total)": lambda: self.score(images, seeds)}, images.device, repeats, warmup=1)
 
 
 class PixelWiseScorer(_RestorationScorer):

@@ -12,14 +12,17 @@ nominal training images are the dictionary columns. For a test image:
    is the map's maximum.
 """
 
+import json
 from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from vqfast import checkpoint
 from vqfast.models.backbones import Backbone
 from vqfast.ops import omp
+from vqfast.profiling import time_stages
 from vqfast.scorers.base import ScoreBatch, check_images, gaussian_blur, reduce_map
 
 
@@ -77,12 +80,30 @@ class SGFRScorer:
             self.image_size = tuple(batch["image"].shape[-2:])
             for lvl, f in self._features(batch["image"].to(device)).items():
                 parts.setdefault(lvl, []).append(f.flatten(1))
-        self.bank = {lvl: torch.cat(p) for lvl, p in parts.items()}
-        self.gram = {lvl: x @ x.T for lvl, x in self.bank.items()}  # sub-banks' Grams are slices of these
-        n = self.bank[self.ref_level].shape[0]
+        return self._set_bank({lvl: torch.cat(p) for lvl, p in parts.items()})
+
+    def _set_bank(self, bank) -> "SGFRScorer":
+        self.bank = bank
+        self.gram = {lvl: x @ x.T for lvl, x in bank.items()}  # sub-banks' Grams are slices of these
+        n = bank[self.ref_level].shape[0]
         if self.s_ref > n:
             raise ValueError(f"s_ref={self.s_ref} exceeds the {n} training images")
         return self
+
+    def save_bank(self, path) -> None:
+        """Writes the memory bank and the fitted image size (a checkpoint file)."""
+        if self.bank is None:
+            raise RuntimeError("call fit(dataset) first")
+        n = self.bank[self.ref_level].shape[0]
+        checkpoint.write_atomic(path, {f"bank.{lvl}": v for lvl, v in self.bank.items()},
+                                {"images": str(n), "image_size": json.dumps(self.image_size)})
+
+    def load_bank(self, path) -> "SGFRScorer":
+        """The bank save_bank wrote, on the backbone's device."""
+        tensors, meta = checkpoint.read(path)
+        device = next(self.backbone.parameters()).device
+        self.image_size = tuple(json.loads(meta["image_size"]))
+        return self._set_bank({int(k.split(".")[1]): v.to(device) for k, v in tensors.items()})
 
     @torch.no_grad()
     def sample(self, images: torch.Tensor) -> torch.Tensor:
@@ -135,12 +156,8 @@ class SGFRScorer:
     @torch.no_grad()
     def profile(self, images: torch.Tensor, repeats: int = 5):
         """Timings of feature extraction, subspace sampling, and the whole score call."""
-        from vqfast.profiling import time_callable
-
         feats = self._features(images)
         y_ref = feats[self.ref_level].flatten(1)
-        dev = images.device
-        return [time_callable(lambda: self._features(images), name="features (backbone)", device=dev, repeats=repeats),
-                time_callable(lambda: self._sample(y_ref), name="sampling (OMP over the bank)", device=dev,
-                              repeats=repeats),
-                time_callable(lambda: self.score(images), name="score (total)", device=dev, repeats=repeats)]
+        return time_stages({"features (backbone)": lambda: self._features(images),
+                            "sampling (OMP over the bank)": lambda: self._sample(y_ref),
+                            "score (total)": lambda: self.score(images)}, images.device, repeats)

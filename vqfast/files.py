@@ -1,9 +1,10 @@
-"""Files the command line writes: whole or not at all (a temporary file and a rename), and
-JSON always valid."""
+"""Files vqfast writes: whole or not at all (a temporary file and a rename), and JSON
+always valid."""
 
 import json
 import math
 import os
+import tempfile
 from pathlib import Path
 
 
@@ -23,12 +24,17 @@ def write_atomic(path, data: bytes) -> None:
     """Writes ``data`` to ``path`` through a temporary file and a rename, so a reader (or a
     kill) sees the old file or the new one, never half of one."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    # a name of its own: two writers of one path (ranks, concurrent runs) never share a temp file
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
-        tmp.write_bytes(data)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would keep the file from its readers
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        Path(tmp).unlink(missing_ok=True)
         raise
 
 

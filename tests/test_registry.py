@@ -1,0 +1,140 @@
+"""A method defined outside vqfast, registered with one call (or an entry point), is
+trained, scored and reported by the command line like the built-in ones; the registry
+is what the CLI, run folders and checkpoints read."""
+
+import dataclasses
+import json
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from vqfast import checkpoint, methods
+from vqfast.cli import main
+from vqfast.data import procedural_splits, write_image_folder
+from vqfast.methods import Method, Scorer, Settings, registry, setting
+from vqfast.scorers import ScoreBatch
+
+
+@dataclass
+class MeanConfig:
+    channels: int = 3
+    size: int = 32
+
+
+class MeanImage(torch.nn.Module):
+    """The toy model: the mean training image; an image's map is its absolute difference."""
+
+    def __init__(self, config: MeanConfig):
+        super().__init__()
+        self.config = config
+        self.register_buffer("mean", torch.zeros(config.channels, config.size, config.size))
+
+    def config_dict(self):
+        return {"model": "MeanImage", **dataclasses.asdict(self.config)}
+
+
+@dataclass
+class ToySettings(Settings):
+    size: int = setting(32, "image side in pixels")
+    gain: float = setting(1.0, "scale of the map")
+
+
+def train_toy(settings: ToySettings, job) -> dict:
+    model = MeanImage(MeanConfig(settings.channels, settings.size))
+    images = torch.stack([job.train_set[i]["image"] for i in range(len(job.train_set))])
+    model.mean.copy_(images.mean(0))
+    checkpoint.save_model(model, job.out / "toy.safetensors")
+    return {"images": len(images)}
+
+
+class ToyScorer:
+    def __init__(self, model, gain):
+        self.model, self.gain = model, gain
+
+    def score(self, images):
+        maps = self.gain * (images - self.model.mean).abs().mean(1)
+        return ScoreBatch(maps.flatten(1).amax(1), maps)
+
+
+TOY = Method("toy", "the mean training image (a test's toy method)", ToySettings, train_toy,
+             (Scorer("toy", lambda run, options: ToyScorer(run.model("toy.safetensors", "MeanImage"),
+                                                           run.settings.gain)),),
+             models=((MeanImage, MeanConfig),))
+
+
+@pytest.fixture
+def toy():
+    methods.register(TOY)
+    yield TOY
+    methods.unregister("toy")
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("toy")
+    train, test = procedural_splits(size=32, seed=5, n_train=12, n_test_normal=4, n_test_anomalous=4)
+    write_image_folder(train, root / "train")
+    write_image_folder(test, root / "test")
+    return root
+
+
+def test_a_registered_method_is_trained_scored_and_reported_by_the_cli(toy, folders, tmp_path, capsys):
+    run, scores = tmp_path / "run", tmp_path / "scores"
+    assert main(["train", "toy", "--data", str(folders / "train"), "--out", str(run), "--set", "gain=2"]) == 0
+    record = json.loads((run / "run.json").read_text())
+    assert record["status"] == "trained" and record["settings"]["gain"] == 2.0 and record["summary"]["images"] == 11
+    assert type(checkpoint.load_model(run / "toy.safetensors")).__name__ == "MeanImage"
+    assert main(["score", "toy", "--run", str(run), "--data", str(folders / "test"), "--out", str(scores)]) == 0
+    summary = json.loads((scores / "summary.json").read_text())
+    assert summary["method"] == "toy" and summary["images"] == 8 and "metrics" in summary
+    assert main(["report", "--scores", str(scores)]) == 0
+    assert (scores / "index.html").is_file()
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "toy: the mean training image" in capsys.readouterr().out
+
+
+def test_its_settings_are_typed_and_its_scorers_listed(toy, folders, tmp_path, capsys):
+    assert main(["train", "toy", "--data", str(folders / "train"), "--out", str(tmp_path / "r"),
+                 "--set", "gain=loud"]) == 2
+    assert "setting gain" in capsys.readouterr().err
+    assert main(["train", "toy", "--data", str(folders / "train"), "--out", str(tmp_path / "r")]) == 0
+    assert main(["score", "regenerative", "--run", str(tmp_path / "r"), "--data", str(folders / "test"),
+                 "--out", str(tmp_path / "s")]) == 2
+    assert "scores with toy, not regenerative" in capsys.readouterr().err
+
+
+def test_an_entry_point_registers_a_method(monkeypatch):
+    class EntryPoint:
+        name = "toy"
+
+        @staticmethod
+        def load():
+            return TOY
+
+    monkeypatch.setattr(registry, "entry_points", lambda group: [EntryPoint] if group == "vqfast.methods" else [])
+    monkeypatch.setattr(registry, "_plugins_loaded", False)
+    try:
+        assert "toy" in registry.names() and registry.get("toy") is TOY
+    finally:
+        methods.unregister("toy")
+
+
+def test_registering_refuses_clashes_and_non_methods(toy):
+    with pytest.raises(ValueError, match="registered already"):
+        methods.register(TOY)
+    with pytest.raises(TypeError):
+        methods.register("toy")
+    with pytest.raises(ValueError, match="no scorer"):
+        methods.register(dataclasses.replace(TOY, name="empty", scorers=()))
+
+
+def test_every_builtin_method_has_typed_settings_with_help():
+    for name in methods.names():
+        method = methods.get(name)
+        assert issubclass(method.settings, Settings) and method.scorers
+        for field in dataclasses.fields(method.settings):
+            assert field.metadata.get("help"), f"{name}.{field.name} has no help"
+        assert method.settings.parse({}).record() == dataclasses.asdict(method.settings())

@@ -1,0 +1,57 @@
+"""SGFR as a method: nothing is trained; the run holds the memory bank of the training
+images' WideResNet-50-2 features (``bank.safetensors``)."""
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from vqfast.methods.api import Method, Run, Scorer, ScoreOptions, TrainJob
+from vqfast.methods.settings import Settings, setting
+from vqfast.models import Backbone
+from vqfast.scorers import SGFRScorer
+
+
+@dataclass
+class SGFRSettings(Settings):
+    size: int = setting(256, "image side in pixels")
+    weights: Optional[str] = setting(None, "a WideResNet-50-2 weights file (else $TORCH_HOME's, else random)",
+                                     file=True)
+    s_ref: int = setting(10, "images the subspace sampling keeps")
+    s: int = setting(7, "atoms a reconstruction")
+
+    def size_rule(self):
+        return 32, 32  # the backbone's stride-32 level 4
+
+
+def build_sgfr(settings: SGFRSettings) -> SGFRScorer:
+    """The Magnetic Tile setting (levels 2-3, level 4 for sampling) on the settings' backbone."""
+    torch.manual_seed(settings.seed)  # a random backbone is the same one at scoring time
+    backbone = Backbone("wide_resnet50_2", layers=(2, 3, 4), weights=settings.weights)
+    return SGFRScorer.magnetic_tile(backbone, s_ref=settings.s_ref, s=settings.s)
+
+
+def train_sgfr(settings: SGFRSettings, job: TrainJob) -> dict:
+    """Fits the memory bank on the training images only (the paper: all of them), so that
+    the held-out ones score as unseen normal images do and can set --threshold auto."""
+    path = job.out / "bank.safetensors"
+    scorer = build_sgfr(settings)
+    if job.resume and path.is_file():
+        return {"bank_images": int(scorer.load_bank(path).bank[scorer.ref_level].shape[0])}
+    if not scorer.backbone.pretrained:
+        job.echo("no WideResNet-50-2 weights found (--set weights=FILE or $TORCH_HOME): the backbone is random")
+    scorer.fit(job.train_set, progress=job.progress)
+    if job.main:
+        scorer.save_bank(path)
+    return {"bank_images": len(job.train_set), "pretrained": scorer.backbone.pretrained}
+
+
+def load_sgfr(run: Run, options: ScoreOptions) -> SGFRScorer:
+    scorer = build_sgfr(run.settings)
+    scorer.backbone.to(options.device)
+    return scorer.load_bank(run.dir / "bank.safetensors")
+
+
+SGFR = Method("sgfr", "subspace-guided feature reconstruction (nothing trained: a memory bank of the images' "
+              "WideResNet-50-2 features, levels 2-3, level 4 for sampling, s_ref 10, s 7); 256x256 as the paper",
+              SGFRSettings, train_sgfr, (Scorer("sgfr", load_sgfr),), val_optional=True)
