@@ -1,21 +1,11 @@
-"""pytest-benchmark suite for omp: every provider side by side per shape.
+"""pytest-benchmark suite for omp: sklearn, the reference loop and vqfast's kernels per
+shape (vqfast.bench.omp's cases).
 
     pytest benchmarks/bench_omp.py --benchmark-group-by=group
 
-Cases and providers are vqfast.bench.omp's (the same as `vqfast bench --only omp`);
-the device is CUDA when present, else the CPU. Each group's table lists the providers
-with their ratios to the fastest; `vqfast bench` prints the ratios to the baselines.
+The reference loop is slow by design (a least-squares solve per atom per target): one round.
 """
 
-import pytest
-import torch
+from vqfast.bench.case import benchmark_suite
 
-from vqfast.bench.case import benchmark_case, benchmark_params
-from vqfast.bench.omp import CASES
-
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-@pytest.mark.parametrize("case,provider", benchmark_params(CASES["full"], DEVICE))
-def test_omp(benchmark, case, provider):
-    benchmark_case(benchmark, case, provider, DEVICE)
+test_omp = benchmark_suite("omp")

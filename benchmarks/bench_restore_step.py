@@ -1,21 +1,9 @@
-"""pytest-benchmark suite for restore_step: every provider side by side per shape.
+"""pytest-benchmark suite for restore_step, one restoration step of M sequences, against
+the reference (vqfast.bench.restore_step's cases).
 
     pytest benchmarks/bench_restore_step.py --benchmark-group-by=group
-
-Cases and providers are vqfast.bench.restore_step's (the same as `vqfast bench --only restore_step`);
-the device is CUDA when present, else the CPU. Each group's table lists the providers
-with their ratios to the fastest; `vqfast bench` prints the ratios to the baselines.
 """
 
-import pytest
-import torch
+from vqfast.bench.case import benchmark_suite
 
-from vqfast.bench.case import benchmark_case, benchmark_params
-from vqfast.bench.restore_step import CASES
-
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-@pytest.mark.parametrize("case,provider", benchmark_params(CASES["full"], DEVICE))
-def test_restore_step(benchmark, case, provider):
-    benchmark_case(benchmark, case, provider, DEVICE)
+test_restore_step = benchmark_suite("restore_step")

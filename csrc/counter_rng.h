@@ -5,11 +5,7 @@
 
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define VQ_HD __host__ __device__ __forceinline__
-#else
-#define VQ_HD inline
-#endif
+#include "host_device.h"
 
 namespace vqfast {
 

@@ -3,28 +3,9 @@
 #pragma once
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define VQ_HD __host__ __device__ __forceinline__
-#else
-#define VQ_HD inline
-#endif
+#include "host_device.h"
 
 namespace vqfast {
-
-// Inserts (d, c) into an ascending top-k list (tv, ti) of k entries whose last one d
-// beats; codes arrive in increasing index order, so an equal distance never displaces
-// an earlier (lower) index.
-template <typename V, typename I, typename N>
-VQ_HD void topk_insert(V* tv, I* ti, N k, V d, I c) {
-  N pos = k - 1;
-  while (pos > 0 && tv[pos - 1] > d) {
-    tv[pos] = tv[pos - 1];
-    ti[pos] = ti[pos - 1];
-    --pos;
-  }
-  tv[pos] = d;
-  ti[pos] = c;
-}
 
 // Inserts (d, c) at the end of the sorted prefix [0, n) of (dv, di), ordered by
 // (distance, index): an insertion sort's step, for k small and nearly sorted entries.
@@ -38,6 +19,13 @@ VQ_HD void ordered_insert(V* dv, I* di, N n, V d, I c) {
   }
   dv[pos] = d;
   di[pos] = c;
+}
+
+// Inserts (d, c) into an ascending top-k list (tv, ti) of k entries whose last one d
+// beats: that last entry gives way. Equal distances keep the lower index first.
+template <typename V, typename I, typename N>
+VQ_HD void topk_insert(V* tv, I* ti, N k, V d, I c) {
+  ordered_insert(tv, ti, k - 1, d, c);
 }
 
 // L w = b for the lower-triangular k x k L (row-major, row stride s); b(r) gives the

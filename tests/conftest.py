@@ -47,3 +47,14 @@ def gen():
     seed = int(os.environ.get("VQFAST_TEST_SEED", secrets.randbelow(2**31)))
     print(f"VQFAST_TEST_SEED={seed}")
     return torch.Generator().manual_seed(seed)
+
+
+def image_folders(root, **split):
+    """``root`` with train/ and test/ folders of procedural images (procedural_splits'
+    keyword arguments), as a user's folders would be; returns root."""
+    from vqfast.data import procedural_splits, write_image_folder  # noqa: only the command-line tests need it
+
+    train, test = procedural_splits(**split)
+    write_image_folder(train, root / "train")
+    write_image_folder(test, root / "test")
+    return root

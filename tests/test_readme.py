@@ -5,6 +5,8 @@ import re
 
 import pytest
 
+from vqfast import methods
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 # An example holding the key runs with its replacements (every one must match, so an
@@ -38,7 +40,12 @@ def test_readme_example_runs(code, replacements, tmp_path, monkeypatch):
     if "shared/data" in code and not SHARED_DATA.is_dir():
         pytest.skip("the shared data is not here")
     monkeypatch.chdir(tmp_path)  # what the examples write (runs/...) lands here
-    exec(compile(code, "README.md", "exec"), {"__name__": "readme_example"})
+    before = set(methods.names())
+    try:
+        exec(compile(code, "README.md", "exec"), {"__name__": "readme_example"})
+    finally:  # a method an example registers is the example's, not the other tests'
+        for name in set(methods.names()) - before:
+            methods.unregister(name)
 
 
 def test_every_example_is_collected():

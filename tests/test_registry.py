@@ -11,9 +11,9 @@ import torch
 
 from vqfast import checkpoint, methods
 from vqfast.cli import main
-from vqfast.data import procedural_splits, write_image_folder
 from vqfast.methods import Method, Scorer, Settings, registry, setting
 from vqfast.scorers import ScoreBatch
+from conftest import image_folders
 
 
 @dataclass
@@ -72,11 +72,8 @@ def toy():
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
-    root = tmp_path_factory.mktemp("toy")
-    train, test = procedural_splits(size=32, seed=5, n_train=12, n_test_normal=4, n_test_anomalous=4)
-    write_image_folder(train, root / "train")
-    write_image_folder(test, root / "test")
-    return root
+    return image_folders(tmp_path_factory.mktemp("toy"), size=32, seed=5, n_train=12, n_test_normal=4,
+                         n_test_anomalous=4)
 
 
 def test_a_registered_method_is_trained_scored_and_reported_by_the_cli(toy, folders, tmp_path, capsys):
@@ -120,6 +117,21 @@ def test_an_entry_point_registers_a_method(monkeypatch):
         assert "toy" in registry.names() and registry.get("toy") is TOY
     finally:
         methods.unregister("toy")
+
+
+def test_a_broken_entry_point_is_left_out_with_a_warning(monkeypatch):
+    class Broken:
+        name, value = "broken", "somepkg:METHOD"
+
+        @staticmethod
+        def load():
+            raise ImportError("no module named somepkg")
+
+    monkeypatch.setattr(registry, "entry_points", lambda group: [Broken])
+    monkeypatch.setattr(registry, "_plugins_loaded", False)
+    with pytest.warns(UserWarning, match="'broken'.*not loaded.*somepkg"):
+        names = registry.names()
+    assert "broken" not in names and "vqvae" in names
 
 
 def test_registering_refuses_clashes_and_non_methods(toy):

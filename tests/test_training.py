@@ -2,12 +2,13 @@
 atomic safetensors checkpoints and clear errors for wrong files."""
 
 import json
+import os
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from vqfast import checkpoint
+from vqfast import checkpoint, files
 from vqfast.checkpoint import CheckpointError, load_model, save_model
 from vqfast.data import ProceduralDefects
 from vqfast.models import VQVAE, VQVAEConfig
@@ -130,12 +131,14 @@ def test_failed_write_keeps_the_old_checkpoint(tmp_path, monkeypatch):
     save_model(VQVAE(TINY), path)
     before = path.read_bytes()
 
-    def broken(tensors, filename, metadata=None):
-        with open(filename, "wb") as f:
+    real_fdopen = os.fdopen
+
+    def broken(fd, mode):  # the temporary file gets half its bytes, then the disk is full
+        with real_fdopen(fd, mode) as f:
             f.write(b"half a file")
         raise OSError("disk full")
 
-    monkeypatch.setattr(checkpoint, "save_file", broken)
+    monkeypatch.setattr(files.os, "fdopen", broken)
     with pytest.raises(OSError, match="disk full"):
         save_model(VQVAE(TINY), path)
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]

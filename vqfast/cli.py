@@ -26,6 +26,7 @@ from vqfast.app.ownership import OutputError
 from vqfast.app.report import report
 from vqfast.app.score import score
 from vqfast.checkpoint import CheckpointError
+from vqfast.models.backbones import NAMES as BACKBONES, default_weights_file
 from vqfast.data import DatasetError
 from vqfast.demo import run_demo
 from vqfast.methods import RunError
@@ -46,6 +47,9 @@ def _info(_args) -> int:
         kernels = [b for b in ("cpu", "cuda") if _ext.has_op(op, b)]
         print(f"  {op}: native kernels {', '.join(kernels) or 'none'}; Triton and reference always")
     print(f"CPU memory allocator: {allocator_status()}")
+    found = {name: default_weights_file(name) for name in BACKBONES}
+    print("Backbone weights: " + "; ".join(f"{name} {'from ' + str(path) if path else 'none (random)'}"
+                                          for name, path in found.items()))
     return 0
 
 
@@ -255,7 +259,8 @@ def _positive_int(text: str) -> int:
 
 
 def _add_train(sub) -> argparse.ArgumentParser:
-    lines = "\n".join(f"  {m.name}: {m.help}" for m in map(methods.get, methods.names()))
+    lines = "\n".join(f"  {m.name}: {m.help}\n    settings: " + "; ".join(m.settings.describe(own=True))
+                      for m in map(methods.get, methods.names()))
     p = sub.add_parser("train", help="train a method on a folder of defect-free images",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Train METHOD on the defect-free images of --data into the run folder --out "

@@ -2,6 +2,7 @@
 reference, plain-torch baselines and every backend runnable on the device), timed side by
 side and printed as one table with ratios to the baselines."""
 
+import importlib
 import json
 import warnings
 from dataclasses import asdict, dataclass
@@ -15,7 +16,7 @@ from vqfast.profiling import Timing, format_table, peak_extra_memory, synchroniz
 
 @dataclass(frozen=True)
 class OpCase:
-    """One shape of one op. Subclasses give ``op``, ``title``, ``inputs(device)`` (the
+    """One shape of one op. Subclasses give ``op``, ``shape``, ``dtype``, ``inputs(device)`` (the
     providers' arguments, from a fixed seed) and ``baseline_providers(device)``; the
     vqfast backends come from the dispatch rule."""
 
@@ -27,7 +28,13 @@ class OpCase:
 
     @property
     def title(self) -> str:
-        raise NotImplementedError
+        return f"{self.op}  {self.shape} {self.dtype}  ({self.label})"
+
+    sizes = ()  # (letter, field) pairs the title shows, e.g. (("N", "n"), ("D", "d"))
+
+    @property
+    def shape(self) -> str:
+        return " ".join(f"{letter}={getattr(self, name)}" for letter, name in self.sizes)
 
     def inputs(self, device) -> tuple:
         raise NotImplementedError
@@ -84,16 +91,26 @@ def run_cases(cases, device: torch.device, *, repeats: int = 10, max_time_s: Opt
     return results
 
 
-def benchmark_params(cases, device: torch.device) -> list:
-    """pytest parameters (case, provider) of every provider of every case, for a
-    benchmarks/bench_<op>.py script."""
-    import pytest  # only the pytest-benchmark scripts call this: pytest is a test tool
+def benchmark_suite(op: str, cases=None):
+    """A pytest-benchmark test of every provider of every case of ``vqfast.bench.<op>``
+    (default: its "full" cases, nearest_code's for the device), on CUDA when present;
+    a benchmarks/bench_<op>.py script assigns it to a ``test_<op>`` name."""
+    import pytest  # deferred on purpose: only the benchmark scripts need pytest
 
-    return [pytest.param(case, name, id=f"{case.title.split('(')[0].strip().replace(' ', '-')}-{name}")
-            for case in cases for name in case.providers(device)]
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if cases is None:
+        table = importlib.import_module(f"vqfast.bench.{op}").CASES
+        cases = table.get("full", table.get(device.type))
+    params = [pytest.param(case, name, id=f"{case.title.split('(')[0].strip().replace(' ', '-')}-{name}")
+              for case in cases for name in case.providers(device)]
+
+    @pytest.mark.parametrize("case,provider", params)
+    def test(benchmark, case, provider):
+        _benchmark_case(benchmark, case, provider, device)
+    return test
 
 
-def benchmark_case(benchmark, case: OpCase, provider: str, device: torch.device, rounds: int = 5) -> None:
+def _benchmark_case(benchmark, case: OpCase, provider: str, device: torch.device, rounds: int = 5) -> None:
     """Times one provider of ``case`` under pytest-benchmark, in the case's table group."""
     args = case.inputs(device)
     fn = case.providers(device)[provider]

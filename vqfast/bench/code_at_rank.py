@@ -21,9 +21,7 @@ class CodeAtRankCase(OpCase):
     op = "code_at_rank"
     baselines = ("reference",)
 
-    @property
-    def title(self) -> str:
-        return f"code_at_rank  N={self.n} D={self.d} K={self.num_codes} {self.dtype}  ({self.label})"
+    sizes = (("N", "n"), ("D", "d"), ("K", "num_codes"))
 
     def inputs(self, device) -> tuple:
         g = torch.Generator().manual_seed(0)

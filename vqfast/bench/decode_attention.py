@@ -23,10 +23,7 @@ class DecodeAttentionCase(OpCase):
     op = "decode_attention"
     baselines = ("torch scaled_dot_product_attention",)
 
-    @property
-    def title(self) -> str:
-        return (f"decode_attention  M={self.m} H={self.heads} T={self.length} d={self.head_dim} {self.dtype}  "
-                f"({self.label})")
+    sizes = (("M", "m"), ("H", "heads"), ("T", "length"), ("d", "head_dim"))
 
     def inputs(self, device) -> tuple:
         g = torch.Generator().manual_seed(0)

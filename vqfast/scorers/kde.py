@@ -109,13 +109,13 @@ class KDEScorer(PixelWiseScorer):
         return torch.stack(outs).reshape(b, s * self.dropout_decodes, *image_shape)
 
     @torch.no_grad()
-    def score(self, images: torch.Tensor, image_seeds: Optional[torch.Tensor] = None) -> ScoreBatch:
+    def score(self, images: torch.Tensor, seeds: Optional[torch.Tensor] = None) -> ScoreBatch:
         self._eval()
-        if image_seeds is None:
-            image_seeds = self.image_seeds(images)
+        if seeds is None:
+            seeds = self.image_seeds(images)
         tokens = self._tokens(images)
-        restored = self.restore(tokens, image_seeds)
-        samples = self._decode_samples(restored, image_seeds, tuple(images.shape[1:]))
+        restored = self.restore(tokens, seeds)
+        samples = self._decode_samples(restored, seeds, tuple(images.shape[1:]))
         abnormality = kde_abnormality(images, samples, self.bandwidth_floor)
         # resampled: changed by some restoration, or over the threshold under the original tokens
         resampled = (restored != tokens[:, None]).any(1) | (self.prior_nll(tokens) > self.threshold)

@@ -151,15 +151,15 @@ class MaskedRestorationScorer(_RestorationScorer):
             self.marker.eval()
 
     @torch.no_grad()
-    def _restore(self, tokens: torch.Tensor, image_seeds: torch.Tensor) -> torch.Tensor:
+    def _restore(self, tokens: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
         b, s = tokens.shape[0], self.restorations
         unusual = mark_unusual(self.prior, tokens, self.threshold, self.marker, self.fast)
-        seeds = stream_seeds(image_seeds, s).reshape(-1)
+        streams = stream_seeds(seeds, s).reshape(-1)
         grids, hidden = tokens.repeat_interleave(s, 0), unusual.repeat_interleave(s, 0)
         if not self.fast:
-            out = ref.inpaint(self.prior, grids, hidden, seeds, self.passes, self.temperature)
+            out = ref.inpaint(self.prior, grids, hidden, streams, self.passes, self.temperature)
         else:
-            out = self._inpaint(grids, hidden, seeds, s)
+            out = self._inpaint(grids, hidden, streams, s)
         return out.view(b, s, *tokens.shape[1:])
 
     def _inpaint(self, grids: torch.Tensor, hidden: torch.Tensor, seeds: torch.Tensor, copies: int) -> torch.Tensor:

@@ -212,7 +212,7 @@ class _RestorationScorer(_TokenScorer):
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.restorations, self.temperature, self.k = restorations, temperature, k
         self.fast, self.op_backend, self.seed = fast, op_backend, seed
-        self._fast = None  # the prior's incremental runner, kept: its cache and captured CUDA graphs are reused
+        self._runner = None  # the prior's incremental runner, kept: its cache and captured CUDA graphs are reused
 
     def image_seeds(self, images: torch.Tensor) -> torch.Tensor:
         """(B,) int64: each image's seed, from the scorer's seed and the image's bits
@@ -220,13 +220,13 @@ class _RestorationScorer(_TokenScorer):
         seed): re-scoring, another batch or order, and a resumed run give the same."""
         return image_seeds(images, self.seed)
 
-    def restore(self, tokens: torch.Tensor, image_seeds: torch.Tensor) -> torch.Tensor:
-        """tokens (B, h, w), image_seeds (B,) -> restored (B, S, h, w), the prior in
+    def restore(self, tokens: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
+        """tokens (B, h, w), seeds (B,) (image_seeds) -> restored (B, S, h, w), the prior in
         ``prior_precision``."""
         with self._prior_autocast(tokens.device):
-            return self._restore(tokens, image_seeds)
+            return self._restore(tokens, seeds)
 
-    def _restore(self, tokens: torch.Tensor, image_seeds: torch.Tensor) -> torch.Tensor:
+    def _restore(self, tokens: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def decode(self, restored: torch.Tensor) -> torch.Tensor:
@@ -236,14 +236,14 @@ class _RestorationScorer(_TokenScorer):
         return decoded.view(*restored.shape[:2], *decoded.shape[1:])
 
     @torch.no_grad()
-    def score(self, images: torch.Tensor, image_seeds: Optional[torch.Tensor] = None) -> ScoreBatch:
-        """images (B, C, H, W); image_seeds (B,) int64 fixes the random streams (default:
+    def score(self, images: torch.Tensor, seeds: Optional[torch.Tensor] = None) -> ScoreBatch:
+        """images (B, C, H, W); seeds (B,) int64 fixes the random streams (default:
         self.image_seeds(images), from the scorer's seed and each image's content)."""
         self._eval()
-        if image_seeds is None:
-            image_seeds = self.image_seeds(images)
+        if seeds is None:
+            seeds = self.image_seeds(images)
         tokens = self._tokens(images)
-        restored = self.restore(tokens, image_seeds)
+        restored = self.restore(tokens, seeds)
         decoded = self.decode(restored)
         maps = weighted_residual_map(images, decoded, self.k)
         return ScoreBatch(reduce_map(maps, self.reduction, self.topk), maps)
@@ -274,40 +274,40 @@ class PixelWiseScorer(_RestorationScorer):
     lambda_P, restorations S, temperature of the samples, k of eq. 11, reduction of the
     map to the image score, fast (KV-cached batched pass) or the reference loop."""
 
-    def _restore(self, tokens: torch.Tensor, image_seeds: torch.Tensor) -> torch.Tensor:
+    def _restore(self, tokens: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
         b, s = tokens.shape[0], self.restorations
-        seeds = stream_seeds(image_seeds, s)  # (B, S)
+        streams = stream_seeds(seeds, s)  # (B, S)
         if self.fast:
             grids = tokens.repeat_interleave(s, 0)
             if hasattr(self.prior, "fast"):  # an incremental step: one cached pass
-                if self._fast is None:
-                    self._fast = self.prior.fast()
-                restored, _ = self._fast.restore(grids, self.threshold, seeds.flatten(), self.temperature,
+                if self._runner is None:
+                    self._runner = self.prior.fast()
+                restored, _ = self._runner.restore(grids, self.threshold, streams.flatten(), self.temperature,
                                                  op_backend=self.op_backend)
             else:
-                restored = batched_restore(self.prior, grids, self.threshold, seeds.flatten(), self.temperature,
+                restored = batched_restore(self.prior, grids, self.threshold, streams.flatten(), self.temperature,
                                            self.op_backend)
             return restored.view(b, s, *tokens.shape[1:])
         return torch.stack([torch.stack([ref.pixelwise_restore(self.prior, tokens[n], self.threshold,
-                                                               int(seeds[n, j]), self.temperature)[0]
+                                                               int(streams[n, j]), self.temperature)[0]
                                          for j in range(s)]) for n in range(b)])
 
 
 class LightPixelWiseScorer(_RestorationScorer):
     """Light-Pixel-wise restoration (section 3.5): the prior runs once per image."""
 
-    def _restore(self, tokens: torch.Tensor, image_seeds: torch.Tensor) -> torch.Tensor:
+    def _restore(self, tokens: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
         b, s = tokens.shape[0], self.restorations
-        seeds = stream_seeds(image_seeds, s)
+        streams = stream_seeds(seeds, s)
         if not self.fast:
-            return torch.stack([torch.stack([ref.light_restore(self.prior, tokens[n], self.threshold, int(seeds[n, j]),
+            return torch.stack([torch.stack([ref.light_restore(self.prior, tokens[n], self.threshold, int(streams[n, j]),
                                                                self.temperature)[0]
                                              for j in range(s)]) for n in range(b)])
         logits = self.prior.logits(tokens)  # (B, T, K): once for all S restorations
         flat = tokens.reshape(b, -1)
         work = logits.double() if logits.dtype == torch.float64 else logits.float()
         over = (token_nll(work, flat) > self.threshold).repeat_interleave(s, 0)  # the one decision source
-        rows_seeds = seeds.flatten()
+        rows_seeds = streams.flatten()
         out = flat.repeat_interleave(s, 0)
         for i in over.any(0).nonzero().flatten().tolist():
             rows = over[:, i].nonzero().flatten()
