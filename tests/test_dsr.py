@@ -260,3 +260,18 @@ def test_perlin_masks_vary_and_hold_both_values():
     frac = masks.mean(dim=(1, 2, 3))
     assert 0.02 < float(frac.mean()) < 0.6 and float(frac.std()) > 0.01
     assert torch.equal(perlin_mask(64, 96, torch.Generator().manual_seed(3)), masks[3])
+
+
+def test_the_score_window_scales_with_the_image():
+    """The authors' 21 x 21 window at 256 x 256 is the same share of a 128 x 128 image at 11."""
+    from vqfast.models.dsr.model import score_window_for
+
+    assert [score_window_for(21, (s, s)) for s in (256, 128, 64, 512)] == [21, 11, 5, 43]
+    assert score_window_for(21, (128, 300)) == 11 and score_window_for(3, (32, 32)) == 1
+    model = _model().eval()
+    x = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        _, _, probs = model._masks(x)
+        _, score = model.predict(x)
+    expected = torch.nn.functional.avg_pool2d(probs[:, 1:], 5, stride=1, padding=2).amax(dim=(1, 2, 3))
+    torch.testing.assert_close(score, expected)

@@ -150,3 +150,34 @@ def test_every_builtin_method_has_typed_settings_with_help():
         for field in dataclasses.fields(method.settings):
             assert field.metadata.get("help"), f"{name}.{field.name} has no help"
         assert method.settings.parse({}).record() == dataclasses.asdict(method.settings())
+
+
+def test_preset_paper_gives_every_setting_its_papers_value():
+    """--set preset=paper: the papers' sizes, rates and batches, what is given still wins;
+    --help says each paper value beside the CPU default."""
+    gpt2 = methods.get("gpt2").settings.parse({"preset": "paper"})
+    assert (gpt2.layers, gpt2.width, gpt2.heads, gpt2.lr) == (24, 1024, 16, 2.25e-5)  # gpt2-medium
+    performer = methods.get("performer").settings.parse({"preset": "paper", "epochs": "3"})
+    assert (performer.layers, performer.width, performer.lr, performer.batch_size) == (16, 32, 1e-3, 1)
+    assert performer.epochs == 3
+    vqgan = methods.get("vqgan").settings.parse({"preset": "paper"})
+    assert (vqgan.size, vqgan.batch_size, vqgan.lr) == (128, 10, 5e-5)
+    assert methods.get("vqvae").settings.parse({"preset": "paper"}).lr == 1e-4
+    assert methods.get("vqvae").settings.parse({}).lr == 1e-3
+    with pytest.raises(methods.SettingError, match="setting preset"):
+        methods.get("vqvae").settings.parse({"preset": "gpu"})
+    assert "lr=0.0003 (paper: 2.25e-05)" in "; ".join(methods.get("gpt2").settings.describe(own=True))
+
+
+def test_a_run_recorded_before_a_setting_existed_still_resumes(folders, tmp_path):
+    """Settings added in a later version count as their defaults on --resume."""
+    run = tmp_path / "r"
+    assert main(["train", "vqvae", "--data", str(folders / "train"), "--out", str(run), "--size", "32",
+                 "--epochs", "1", "--set", "hidden=8", "--set", "codes=8", "--set", "code_dim=4",
+                 "--set", "downsamples=2", "--set", "res_blocks=1"]) == 0
+    record = json.loads((run / "run.json").read_text())
+    del record["settings"]["preset"]
+    (run / "run.json").write_text(json.dumps(record))
+    assert main(["train", "vqvae", "--data", str(folders / "train"), "--out", str(run), "--size", "32",
+                 "--epochs", "1", "--set", "hidden=8", "--set", "codes=8", "--set", "code_dim=4",
+                 "--set", "downsamples=2", "--set", "res_blocks=1", "--resume"]) == 0

@@ -1,5 +1,6 @@
 """Restoration scorers: fast passes restore exactly the reference loops' tokens."""
 
+import inspect
 import types
 
 import pytest
@@ -8,7 +9,8 @@ import torch
 from vqfast.models import VQVAE, VQVAEConfig
 from vqfast.models.gpt2_prior import GPT2Prior, GPT2PriorConfig
 from vqfast.models.pixelsnail import PixelSNAIL, PixelSNAILConfig
-from vqfast.scorers.restoration import (LightPixelWiseScorer, PixelWiseScorer, SampleWiseScorer,
+from vqfast.scorers import KDEScorer, MaskedRestorationScorer
+from vqfast.scorers.restoration import (LightPixelWiseScorer, PixelWiseScorer, SampleWiseScorer, _RestorationScorer,
                                         nll_threshold, weighted_residual_map)
 
 
@@ -193,7 +195,8 @@ def test_score_is_the_reference_loop_decoded_and_mapped(models, gen, cls, loop, 
     assert (decoded - unrestored[:, None]).abs().amax() > 1e-3
     expected = _eq12_map(images, decoded, 200.0)
     torch.testing.assert_close(out.anomaly_map, expected, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(out.pred_score, expected.flatten(1).amax(1), rtol=1e-5, atol=1e-6)
+    # the image score is the mean of the weighted residuals (the density paper's AS_pixel)
+    torch.testing.assert_close(out.pred_score, expected.flatten(1).mean(1), rtol=1e-5, atol=1e-6)
 
 
 class _ElementwisePrior(torch.nn.Module):
@@ -389,3 +392,12 @@ def test_incremental_steps_run_under_bfloat16_autocast(gen, which):
     scale = float(exact.abs().amax())
     assert float((step - full).abs().amax()) < 0.05 * scale
     assert float((step - exact).abs().amax()) < 0.05 * scale
+
+
+def test_the_restoration_scorers_image_score_is_the_papers_mean():
+    """The density paper's AS_pixel is "the mean of all weighted residuals": the default of
+    Pixel-wise, Light-Pixel-wise, the KDE maps and masked restoration (max and top-k are
+    options, e.g. for a small defect on a large image)."""
+    for cls in (PixelWiseScorer, LightPixelWiseScorer, KDEScorer, MaskedRestorationScorer):
+        init = cls.__init__ if "reduction" in inspect.signature(cls.__init__).parameters else _RestorationScorer.__init__
+        assert inspect.signature(init).parameters["reduction"].default == "mean", cls.__name__

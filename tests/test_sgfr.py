@@ -214,3 +214,18 @@ def test_bad_configuration(backbone, data):
         SGFRScorer(backbone, s_ref=100).fit(data[0])
     with pytest.raises(RuntimeError, match="call fit"):
         SGFRScorer(backbone).score(torch.rand(1, 3, 64, 64))
+
+
+def test_the_method_takes_the_papers_sizes_per_dataset_and_eps():
+    """Section 4.2: s_ref / s of 10 / 7 on MTD, 40 / 17 on MVTec AD, 80 / 40 on BTAD;
+    Algorithm 1 stops a reconstruction at ||e|| <= eps = 1e-6. Given sizes win."""
+    from vqfast.methods import SettingError, get
+    from vqfast.methods.sgfr import build_sgfr
+
+    settings = get("sgfr").settings
+    for dataset, sizes in (("mtd", (10, 7)), ("mvtec", (40, 17)), ("btad", (80, 40))):
+        scorer = build_sgfr(settings.parse({"dataset": dataset, "backbone": "resnet18"}))
+        assert (scorer.s_ref, scorer.s, scorer.eps) == (*sizes, 1e-6)
+    assert settings.parse({"dataset": "mvtec", "s": "5"}).sizes() == (40, 5)
+    with pytest.raises(SettingError, match="setting dataset"):
+        settings.parse({"dataset": "visa"})

@@ -72,7 +72,10 @@ def _begin(out: Path, record: Dict, resume: bool, overwrite: bool) -> None:
     method, settings or data changed, saying what changed."""
     if (out / "run.json").is_file():
         old = read_run(out)
-        if resume:
+        if resume:  # a setting added since the run was recorded counts as its default
+            defaults = registry.get(record["method"]).settings().record()
+            old = {**old, "settings": {**{k: v for k, v in defaults.items() if k not in old["settings"]},
+                                       **old["settings"]}}
             keep = ("method", "settings", "data", "transform")
             changed = _differences({k: old.get(k) for k in keep}, {k: record[k] for k in keep})
             if changed:

@@ -37,23 +37,42 @@ class PriorSettings(Settings):
     vq: Optional[str] = setting(None, "the vqvae or vqgan run whose token grids it models (--vq)")
     epochs: int = setting(200, "most epochs to train")
     minutes: float = setting(8.0, "training time budget in minutes")
-    lr: float = setting(3e-4, "learning rate")
-
-
-@dataclass
-class PixelSNAILSettings(PriorSettings):
-    width: int = setting(64, "channels of the residual blocks", paper=128)
-
-
-@dataclass
-class PerformerSettings(PriorSettings):
-    iltm_rounds: int = setting(2, "ILTM rounds (1: plain training)", least=0)
-    iltm_percentile: float = setting(95.0, "the NLL percentile above which ILTM masks tokens", most=100)
+    lr: float = setting(3e-4, "learning rate", paper=2.25e-5)
+    layers: int = setting(4, "transformer layers", paper=24)
+    width: int = setting(256, "embedding width", paper=1024)
+    heads: int = setting(8, "attention heads", paper=16)
 
 
 @dataclass
 class MaskedSettings(PriorSettings):
+    """The GPT-2 prior's sizes; the paper has no masked prior to take others from."""
+
+    lr: float = setting(3e-4, "learning rate")
+    layers: int = setting(4, "transformer layers")
+    width: int = setting(256, "embedding width")
+    heads: int = setting(8, "attention heads")
     passes: int = setting(4, "masked-restore's in-painting passes")
+
+
+@dataclass
+class PixelSNAILSettings(PriorSettings):
+    lr: float = setting(3e-4, "learning rate")
+    layers: int = setting(4, "pixel blocks")
+    width: int = setting(64, "channels of the residual blocks", paper=128)
+    heads: int = setting(4, "attention heads")
+
+
+@dataclass
+class PerformerSettings(PriorSettings):
+    epochs: int = setting(200, "most epochs to train", paper=80)
+    batch_size: int = setting(16, "grids a training step", paper=1)
+    lr: float = setting(3e-4, "learning rate", paper=1e-3)
+    layers: int = setting(4, "transformer layers", paper=16)
+    width: int = setting(64, "embedding width", paper=32)
+    heads: int = setting(8, "attention heads")
+    iltm_rounds: int = setting(2, "ILTM rounds (1: plain training)", least=0)
+    iltm_percentile: float = setting(95.0, "the NLL percentile above which ILTM masks tokens", most=100)
+
 
 
 def vq_run(settings: PriorSettings):
@@ -77,13 +96,15 @@ def take_vq_transform(settings: PriorSettings) -> PriorSettings:
 def build_prior(method: str, settings: PriorSettings, num_codes: int, grid) -> torch.nn.Module:
     """The prior of ``method`` for (h, w) grids of ``num_codes`` codes."""
     h, w = grid
+    sizes = dict(n_layer=settings.layers, n_embd=settings.width, n_head=settings.heads)
     if method == "gpt2":
-        return GPT2Prior(GPT2PriorConfig(num_codes=num_codes, height=h, width=w))
+        return GPT2Prior(GPT2PriorConfig(num_codes=num_codes, height=h, width=w, **sizes))
     if method == "performer":
-        return PerformerPrior(PerformerPriorConfig(num_codes=num_codes, height=h, width=w))
+        return PerformerPrior(PerformerPriorConfig(num_codes=num_codes, height=h, width=w, **sizes))
     if method == "masked":
-        return MaskedTokenPrior(MaskedPriorConfig(num_codes=num_codes, height=h, width=w))
-    return PixelSNAIL(PixelSNAILConfig(num_codes=num_codes, height=h, width=w, channels=settings.width))
+        return MaskedTokenPrior(MaskedPriorConfig(num_codes=num_codes, height=h, width=w, **sizes))
+    return PixelSNAIL(PixelSNAILConfig(num_codes=num_codes, height=h, width=w, channels=settings.width,
+                                       blocks=settings.layers, attn_heads=settings.heads))
 
 
 def run_tokens(vq_dir: Path, job: TrainJob):

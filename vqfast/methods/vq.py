@@ -21,6 +21,7 @@ def paper_train_config(**overrides) -> TrainConfig:
 class VQVAESettings(Settings):
     epochs: int = setting(300, "most epochs to train", paper=20000)
     minutes: float = setting(19.0, "training time budget in minutes")
+    lr: float = setting(1e-3, "learning rate", paper=1e-4)
     hidden: int = setting(64, "hidden channels", paper=128)
     res_blocks: int = setting(3, "residual blocks a stage", least=0)
     downsamples: int = setting(3, "down-sampling stages (the grid is size / 2^downsamples)")
@@ -35,6 +36,8 @@ class VQVAESettings(Settings):
 @dataclass
 class VQGANSettings(Settings):
     size: int = setting(64, "image side in pixels", paper=128)
+    batch_size: int = setting(16, "images a training step", paper=10)
+    lr: float = setting(1e-3, "learning rate", paper=5e-5)
     epochs: int = setting(300, "most epochs to train")
     minutes: float = setting(19.0, "training time budget in minutes")
     disc_start: int = setting(400, "steps before the GAN loss starts", least=0)

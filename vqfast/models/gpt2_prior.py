@@ -79,8 +79,8 @@ class GPT2Prior(RasterPrior):
     def logits(self, tokens: torch.Tensor, key_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Full forward: (M, h, w) or (M, T) int64 -> (M, T, K) logits of every grid
         token given the ones before it. key_mask (M, h, w) bool: tokens no later position
-        attends to (ILTM)."""
-        inputs = self._inputs(tokens)
+        attends to and whose value no input carries (ILTM)."""
+        inputs = self._inputs(tokens, key_mask)
         attention = None
         if key_mask is not None:
             attention = torch.ones_like(inputs)

@@ -166,8 +166,9 @@ class PerformerPrior(RasterPrior):
 
     def logits(self, tokens: torch.Tensor, key_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """(M, h, w) or (M, T) int64 -> (M, T, K) logits of every grid token given the ones
-        before it. key_mask (M, h, w) bool: tokens no later position attends to (ILTM)."""
-        inputs = self._inputs(tokens)
+        before it. key_mask (M, h, w) bool: tokens no later position attends to and whose
+        value no input carries (ILTM)."""
+        inputs = self._inputs(tokens, key_mask)
         hidden = None
         if key_mask is not None:
             hidden = torch.zeros_like(inputs, dtype=torch.bool)

@@ -1,7 +1,8 @@
 """What the raster-order priors over token grids share (GPT-2, Performer): a grid (h, w)
 is read in raster order after a start token (index K, the codebook size), so the logits
 at sequence position i predict grid token i given tokens < i; NLLs, the training loss
-(masked tokens left out, vqfast.data.mask_tokens) and the checkpoint config."""
+(masked tokens left out of the loss, the keys and the inputs, vqfast.data.mask_tokens) and
+the checkpoint config."""
 
 from dataclasses import asdict
 from typing import Dict, Optional
@@ -21,15 +22,20 @@ class RasterPrior(nn.Module):
     def start_token(self) -> int:
         return self.config.num_codes
 
-    def _inputs(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(M, h, w) or (M, T) grid -> (M, T) model inputs: start, z_0 .. z_{T-2}."""
+    def _inputs(self, tokens: torch.Tensor, key_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(M, h, w) or (M, T) grid -> (M, T) model inputs: start, z_0 .. z_{T-2}. A token
+        under ``key_mask`` (M, h, w) bool (ILTM's) is read as the start token's learned
+        embedding, so its value reaches no logit: hidden from the inputs as from the keys."""
         flat = tokens.reshape(tokens.shape[0], -1)
         if flat.shape[1] != self.config.length:
             raise ValueError(f"tokens must hold {self.config.height}x{self.config.width} = {self.config.length} "
                              f"positions, got shape {tuple(tokens.shape)}")
         if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= self.config.num_codes):
             raise ValueError(f"tokens hold codes outside [0, K={self.config.num_codes})")
-        return torch.cat([flat.new_full((flat.shape[0], 1), self.start_token), flat[:, :-1]], 1)
+        inputs = torch.cat([flat.new_full((flat.shape[0], 1), self.start_token), flat[:, :-1]], 1)
+        if key_mask is not None:  # input i + 1 is token i
+            inputs[:, 1:] = inputs[:, 1:].masked_fill(key_mask.reshape(flat.shape[0], -1)[:, :-1], self.start_token)
+        return inputs
 
     def nll(self, tokens: torch.Tensor, key_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """(M, h, w) -> (M, h, w) negative log-likelihood of each token under its prefix."""

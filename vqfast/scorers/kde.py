@@ -61,7 +61,7 @@ class KDEScorer(PixelWiseScorer):
     NLL threshold is -log t), restorations S, dropout_decodes D (decodes per restoration;
     D > 1 turns the decoder's dropout on, with masks drawn from the image's seed), the
     mask (``mask_sigma``, ``mask_cutoff``), ``bandwidth_floor``, ``outside``, the image
-    score's ``reduction``/``topk``, ``seed``, ``decode_precision`` and ``prior_precision`` as
+    score's ``reduction``/``topk`` (default "mean", as the restoration scorers'), ``seed``, ``decode_precision`` and ``prior_precision`` as
     the restoration scorers'. The paper's anchor uses S = 20 and D = 20.
 
     score(images (B, C, H, W)) -> ScoreBatch(reduction of the map, abnormality map (B, H, W)).
@@ -69,7 +69,7 @@ class KDEScorer(PixelWiseScorer):
 
     def __init__(self, vq_model, prior, probability: float, restorations: int = 5, dropout_decodes: int = 1,
                  mask_sigma: float = 2.0, mask_cutoff: float = 0.05, bandwidth_floor: float = 0.01,
-                 outside: Optional[float] = None, reduction: str = "max", topk: float = 0.01, fast: bool = True,
+                 outside: Optional[float] = None, reduction: str = "mean", topk: float = 0.01, fast: bool = True,
                  op_backend: str = "auto", seed: int = 0, decode_precision: str = "float32",
                  prior_precision: str = "float32"):
         if not 0 < probability < 1:

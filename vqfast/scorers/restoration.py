@@ -190,7 +190,9 @@ class SampleWiseScorer(_TokenScorer):
 class _RestorationScorer(_TokenScorer):
     """Args: vq_model, prior (same codes and grid); threshold (lambda_P or lambda_LP);
     restorations S; temperature of the samples; k of eq. 11 (None: the pixel count);
-    reduction and topk of the map to the image score; fast (batched passes) or the
+    reduction and topk of the map to the image score (default "mean": the density paper's
+    AS_pixel is "the mean of all weighted residuals"; "max" and "topk_mean" are options);
+    fast (batched passes) or the
     reference loops; op_backend of restore_step; seed: with each image's bits, the
     image's random streams (image_seeds), so a score never depends on call order;
     decode_precision: "float32" or "bfloat16" (VQAutoencoder.decode_grids: faster
@@ -198,7 +200,7 @@ class _RestorationScorer(_TokenScorer):
     restored grid is decoded once. prior_precision: as _TokenScorer's."""
 
     def __init__(self, vq_model, prior, threshold: float, restorations: int = 5, temperature: float = 1.0,
-                 k: Optional[float] = None, reduction: str = "max", topk: float = 0.01, fast: bool = True,
+                 k: Optional[float] = None, reduction: str = "mean", topk: float = 0.01, fast: bool = True,
                  op_backend: str = "auto", seed: int = 0, decode_precision: str = "float32",
                  prior_precision: str = "float32"):
         super().__init__(vq_model, prior, threshold, prior_precision)

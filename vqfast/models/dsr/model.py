@@ -226,10 +226,11 @@ class DSR(nn.Module):
     def predict(self, x: torch.Tensor):
         """x (B, C, H, W) -> anomaly map (B, H, W) (the upsampling module's anomaly
         probability) and image score (B,): the maximum of the anomaly module's mask
-        averaged over score_window x score_window windows (the authors' rule)."""
+        averaged over square windows (the authors' rule), score_window wide at 256 x 256
+        and scaled with the image (``score_window_for``)."""
         i_gen, i_spc, probs = self._masks(x)
         up = self.upsampling_module(torch.cat((i_spc, i_gen, probs), 1)).softmax(1)
-        win = self.config.score_window
+        win = score_window_for(self.config.score_window, x.shape[-2:])
         score = F.avg_pool2d(probs[:, 1:], win, stride=1, padding=win // 2).amax(dim=(1, 2, 3))
         return up[:, 1], score
 
@@ -273,3 +274,11 @@ class DSR(nn.Module):
             self.vq_hi.initialized.fill_(True)
             self.general_source.fill_(1)
         return self
+
+
+def score_window_for(window: int, size) -> int:
+    """The authors' score window (``window`` at 256 x 256 images) for images of ``size``
+    (H, W): scaled with the shorter side, odd, at least 1 (a defect covers the same share
+    of the window at any input size)."""
+    scaled = max(1, round(window * min(size) / 256))
+    return scaled if scaled % 2 else scaled + 1

@@ -27,7 +27,7 @@ class DSRConfig:
     skip_fraction: float = 0.05  # the nearest codes never drawn
     image_weight: float = 10.0  # stage 2: weight of MSE(I, I_spc)
     focal_gamma: float = 2.0
-    score_window: int = 21  # image score: max of the window-averaged mask
+    score_window: int = 21  # image score: max of the window-averaged mask, the window at 256 x 256 images
     backend: str = "auto"
 
 
