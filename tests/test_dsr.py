@@ -247,7 +247,7 @@ def test_training_draws_are_a_function_of_seed_epoch_and_item():
     b.set_epoch(1)
     assert any(not torch.equal(a[i]["mask"], b[i]["mask"]) or not torch.equal(a[i]["strength"], b[i]["strength"])
                for i in range(3))
-    three = DSRAnomalies(base, 3, seed=5, p_anomalous=1.0)
+    three = DSRAnomalies(base, 3, seed=5, p_anomalous=1.0, rotate=0.0)  # the blend alone
     item, clean = three[0], base[0]
     outside = three[0]["mask"] == 0
     assert torch.equal(item["image"][outside], clean["image"][outside])
@@ -275,3 +275,31 @@ def test_the_score_window_scales_with_the_image():
         _, score = model.predict(x)
     expected = torch.nn.functional.avg_pool2d(probs[:, 1:], 5, stride=1, padding=2).amax(dim=(1, 2, 3))
     torch.testing.assert_close(score, expected)
+
+
+def test_anomaly_items_rotate_as_the_authors_do():
+    """Stage 2 rotates with probability 0.4 and stage 3 with 0.3 (U(-90, 90) degrees); the
+    rotation is drawn after the masks and strengths, so those stay the unrotated draws."""
+    data = ProceduralDefects(8, 0, size=32, seed=1)
+    assert (DSRAnomalies(data, 2).rotate, DSRAnomalies(data, 3).rotate) == (0.4, 0.3)
+    for stage in (2, 3):
+        plain, turned = DSRAnomalies(data, stage, seed=5, rotate=0.0), DSRAnomalies(data, stage, seed=5, rotate=1.0)
+        for i in range(4):
+            a, b = plain[i], turned[i]
+            assert torch.equal(a["mask"], b["mask"]) and not torch.equal(a["image"], b["image"])
+            assert torch.equal(turned[i]["image"], b["image"])  # keyed by (seed, epoch, index)
+            if stage == 2:
+                assert torch.equal(a["image"], data[i]["image"])
+    with pytest.raises(ValueError, match="rotate"):
+        DSRAnomalies(data, 2, rotate=1.5)
+
+
+def test_stage_2_and_3_modules_start_from_the_authors_init():
+    """Convolutions ~ N(0, 0.02) in the object decoder, subspace modules, anomaly and
+    upsampling modules (the authors' weights_init); the discrete model keeps torch's."""
+    model = _model()
+    for name in ("object_decoder", "restrict_hi", "anomaly_module", "upsampling_module"):
+        weights = torch.cat([m.weight.flatten() for m in getattr(model, name).modules()
+                             if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))])
+        assert abs(float(weights.std()) - 0.02) < 0.004 and abs(float(weights.mean())) < 0.004, name
+    assert float(model.encoder_hi.conv1.weight.std()) > 0.05  # torch's default, fan-in 16

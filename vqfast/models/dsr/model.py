@@ -81,6 +81,9 @@ class DSR(nn.Module):
         self.anomaly_module = UNet(2 * cfg.in_channels, 2, cfg.unet_width)
         # stage 3
         self.upsampling_module = UNet(2 * cfg.in_channels + 2, 2, cfg.unet_width)
+        for module in (self.restrict_hi, self.restrict_lo, self.object_decoder, self.anomaly_module,
+                       self.upsampling_module):
+            module.apply(authors_init)
         self.register_buffer("general_source", torch.zeros((), dtype=torch.int64))  # 0 trained here, 1 authors' file
         self.stage = 1
         self.set_stage(1)
@@ -282,3 +285,14 @@ def score_window_for(window: int, size) -> int:
     of the window at any input size)."""
     scaled = max(1, round(window * min(size) / 256))
     return scaled if scaled % 2 else scaled + 1
+
+
+def authors_init(module: nn.Module) -> None:
+    """The authors' initialisation of the modules DSR trains from scratch in stages 2 and 3
+    (their ``weights_init``): convolution weights ~ N(0, 0.02), norm scales ~ N(1, 0.02)
+    with zero shifts; other layers keep torch's defaults."""
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+        nn.init.normal_(module.weight, 0.0, 0.02)
+    elif isinstance(module, (nn.BatchNorm2d, nn.InstanceNorm2d)) and module.weight is not None:
+        nn.init.normal_(module.weight, 1.0, 0.02)
+        nn.init.zeros_(module.bias)
