@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from vqfast.checkpoint import load_model
-from vqfast.data import mask_tokens, unmask_tokens
+from vqfast.data import Augment, AugmentedGrids, ProceduralDefects, mask_tokens, unmask_tokens
 from vqfast.iltm import iltm_fit, suspected_anomalies
-from vqfast.models import GPT2Prior, GPT2PriorConfig, PerformerPrior, PerformerPriorConfig
+from vqfast.models import VQVAE, GPT2Prior, GPT2PriorConfig, PerformerPrior, PerformerPriorConfig, VQVAEConfig
 from vqfast.models.pixelsnail import PixelSNAIL, PixelSNAILConfig
 from vqfast.training import RunExistsError, TrainConfig
 
@@ -98,3 +98,32 @@ def test_suspected_anomalies_and_bad_arguments(gen):
     with pytest.raises(ValueError, match="ILTM needs a GPT2Prior or a PerformerPrior"):
         PixelSNAIL(PixelSNAILConfig(num_codes=8, height=6, width=6, channels=16, blocks=1, res_blocks=1,
                                     attn_heads=2)).training_loss(mask_tokens(grids, grids > 5))
+
+
+def test_augmented_grids_encode_each_epochs_augmentation_and_carry_the_masks():
+    """The Performer paper trains its prior on augmented images: AugmentedGrids encodes the
+    item's augmentation of the epoch (keyed, so repeatable), the plain image without an
+    epoch, and warps ILTM's masks along (an identity augmentation keeps them exactly)."""
+    torch.manual_seed(0)
+    vq = VQVAE(VQVAEConfig(hidden=8, res_blocks=1, num_codes=16, code_dim=4, downsamples=2))
+    images = ProceduralDefects(6, 0, size=32, seed=2)
+    with torch.no_grad():  # the codebook from these images' encodings, as a first training batch sets it
+        vq(torch.stack([images[i]["image"] for i in range(6)]))
+    vq.eval()
+    plain = torch.stack([vq.encode_indices(images[i]["image"][None])[0] for i in range(6)])
+    grids = AugmentedGrids(images, vq, Augment(seed=1))
+    grids.set_epoch(None)
+    assert torch.equal(torch.stack([grids[i]["tokens"] for i in range(6)]), plain)
+    grids.set_epoch(3)
+    first = torch.stack([grids[i]["tokens"] for i in range(6)])
+    assert not torch.equal(first, plain) and torch.equal(torch.stack([grids[i]["tokens"] for i in range(6)]), first)
+    masks = torch.zeros(6, 8, 8, dtype=torch.bool)
+    masks[:, 2:4, 5] = True
+    still = AugmentedGrids(images, vq, Augment(0, 0, 0, 0, 0, 0), masks)
+    still.set_epoch(1)
+    out = torch.stack([still[i]["tokens"] for i in range(6)])
+    assert torch.equal(unmask_tokens(out)[1], masks) and torch.equal(unmask_tokens(out)[0], plain)
+    moved = AugmentedGrids(images, vq, Augment(0, 0, 0, translate=0.2, rotate=0, scale=0), masks)
+    moved.set_epoch(2)
+    hidden = torch.stack([unmask_tokens(moved[i]["tokens"])[1] for i in range(6)])
+    assert not torch.equal(hidden, masks) and int(hidden.sum()) > 0

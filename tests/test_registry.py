@@ -11,8 +11,9 @@ import torch
 
 from vqfast import checkpoint, methods
 from vqfast.cli import main
-from vqfast.methods import Method, Scorer, Settings, registry, setting
-from vqfast.scorers import ScoreBatch
+from vqfast.methods import Method, Scorer, Settings, priors, registry, setting
+from vqfast.app.score import load_scorer
+from vqfast.scorers import PAPER_PERCENTILES, ScoreBatch
 from conftest import image_folders
 
 
@@ -181,3 +182,59 @@ def test_a_run_recorded_before_a_setting_existed_still_resumes(folders, tmp_path
     assert main(["train", "vqvae", "--data", str(folders / "train"), "--out", str(run), "--size", "32",
                  "--epochs", "1", "--set", "hidden=8", "--set", "codes=8", "--set", "code_dim=4",
                  "--set", "downsamples=2", "--set", "res_blocks=1", "--resume"]) == 0
+
+
+def test_the_density_papers_vqvae_is_its_vqgan_without_the_gan(folders, tmp_path):
+    """density-vqvae trains the VQ-GAN architecture with no discriminator and no perceptual
+    loss, and its priors take the paper's VQ-VAE thresholds (the vqgan run's take the
+    VQ-GAN's)."""
+    vq, prior = tmp_path / "vq", tmp_path / "gpt2"
+    assert main(["train", "density-vqvae", "--data", str(folders / "train"), "--out", str(vq), "--size", "32",
+                 "--epochs", "1"]) == 0
+    model = checkpoint.load_model(vq / "model" / "model.safetensors")
+    assert type(model).__name__ == "VQGAN" and not model.config.adversarial and model.config.perceptual_weight == 0
+    assert model.discriminator is None
+    assert main(["train", "gpt2", "--vq", str(vq), "--data", str(folders / "train"), "--out", str(prior),
+                 "--epochs", "1", "--set", "layers=1", "--set", "width=32", "--set", "heads=2"]) == 0
+    scorer, _ = load_scorer(prior, "pixel")  # lambda_P: the 80th percentile over the VQ-VAE, 90th the VQ-GAN
+    assert scorer.percentile == PAPER_PERCENTILES[("VQVAE", "gpt2")][1] != PAPER_PERCENTILES[("VQGAN", "gpt2")][1]
+
+
+def test_kde_takes_the_papers_dropout_decodes_and_other_scorers_refuse_them(folders, tmp_path, capsys):
+    vq, prior = tmp_path / "vq", tmp_path / "gpt2"
+    assert main(["train", "vqvae", "--data", str(folders / "train"), "--out", str(vq), "--size", "32", "--epochs", "1",
+                 "--set", "hidden=8", "--set", "codes=8", "--set", "code_dim=4", "--set", "downsamples=2",
+                 "--set", "res_blocks=1"]) == 0
+    assert main(["train", "gpt2", "--vq", str(vq), "--data", str(folders / "train"), "--out", str(prior),
+                 "--epochs", "1", "--set", "layers=1", "--set", "width=32", "--set", "heads=2"]) == 0
+    scorer, _ = load_scorer(prior, "kde", restorations=2, dropout_decodes=3)
+    assert scorer.dropout_decodes == 3 and scorer.restorations == 2
+    capsys.readouterr()
+    assert main(["score", "pixel", "--run", str(prior), "--data", str(folders / "test"), "--out", str(tmp_path / "s"),
+                 "--dropout-decodes", "4"]) == 2
+    assert "only kde decodes with dropout, not pixel" in capsys.readouterr().err
+
+
+def test_a_performer_run_trains_by_iltm_on_augmented_images(folders, tmp_path, monkeypatch):
+    """vqfast train performer: ILTM's rounds on the paper's augmented images (encoded per
+    epoch, masks warped along), then its KDE maps score."""
+    made = []
+
+    class Spy(priors.AugmentedGrids):
+        def __init__(self, *args):
+            super().__init__(*args)
+            made.append(self.masks is not None)
+
+    monkeypatch.setattr(priors, "AugmentedGrids", Spy)
+    vq, prior = tmp_path / "vq", tmp_path / "performer"
+    assert main(["train", "vqvae", "--data", str(folders / "train"), "--out", str(vq), "--size", "32", "--epochs", "1",
+                 "--set", "hidden=8", "--set", "codes=8", "--set", "code_dim=4", "--set", "downsamples=2",
+                 "--set", "res_blocks=1"]) == 0
+    assert main(["train", "performer", "--vq", str(vq), "--data", str(folders / "train"), "--out", str(prior),
+                 "--epochs", "2", "--set", "layers=1", "--set", "width=16", "--set", "heads=2"]) == 0
+    record = json.loads((prior / "run.json").read_text())
+    assert record["status"] == "trained" and record["settings"]["augment"] is True
+    assert (prior / "iltm" / "round_1" / "masks.safetensors").is_file()
+    assert made == [False, True]  # round 1 unmasked, round 2 with the suspected tokens
+    assert main(["score", "kde", "--run", str(prior), "--data", str(folders / "test"), "--out", str(tmp_path / "s"),
+                 "--threshold", "1", "--restorations", "2"]) == 0

@@ -12,7 +12,7 @@ round is done once ``<out_dir>/round_<r>/next_masks.safetensors`` exists.
 """
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import torch
 
@@ -41,11 +41,16 @@ def suspected_anomalies(prior, tokens: torch.Tensor, threshold: Optional[float] 
 
 def iltm_fit(prior, tokens: torch.Tensor, rounds: int, config: TrainConfig, out_dir=None,
              threshold: Optional[float] = None, percentile: Optional[float] = None, val_tokens=None,
-             resume: bool = False, progress: bool = True) -> List[torch.Tensor]:
+             resume: bool = False, progress: bool = True,
+             grids: Optional[Callable[[torch.Tensor], torch.utils.data.Dataset]] = None) -> List[torch.Tensor]:
     """Trains ``prior`` on (N, h, w) ``tokens`` for ``rounds`` rounds (each a full Trainer
     run of ``config``, continuing from the previous round's weights with a fresh
     optimiser); returns the masks each round trained with (round 0: none masked).
-    ``resume`` continues an interrupted run in ``out_dir`` (round, epoch and masks)."""
+    ``resume`` continues an interrupted run in ``out_dir`` (round, epoch and masks).
+    ``grids(masks)``: the training data of a round (default TokenGrids(tokens, masks));
+    e.g. AugmentedGrids, the paper's augmented images with the masks warped along. The
+    suspected tokens are always found on ``tokens`` themselves (the paper's inference on
+    the training data)."""
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     if resume and out_dir is None:
@@ -64,7 +69,8 @@ def iltm_fit(prior, tokens: torch.Tensor, rounds: int, config: TrainConfig, out_
             checkpoint.write_atomic(folder / "masks.safetensors", {"masks": masks}, {"round": str(r)})
         history.append(masks)
         val = TokenGrids(val_tokens) if val_tokens is not None else None
-        Trainer(prior, TokenGrids(tokens, masks), val, config, out_dir=folder, input_key="tokens",
+        data = TokenGrids(tokens, masks) if grids is None else grids(masks)
+        Trainer(prior, data, val, config, out_dir=folder, input_key="tokens",
                 progress=progress).fit(resume=resume and folder is not None and (folder / "checkpoint.safetensors").is_file())
         if done:
             masks = checkpoint.read(folder / "next_masks.safetensors")[0]["masks"]

@@ -47,7 +47,7 @@ CSV_FIELDS = ("index", "path", "score", "label", "defect", "decision", "map", "m
 
 def load_scorer(run_dir, name: str, *, percentile: Optional[float] = None, token_threshold: Optional[float] = None,
                 restorations: int = 5, decode_precision: str = "float32", prior_precision: str = "float32",
-                marker=None, passes: Optional[int] = None, device=None):
+                marker=None, passes: Optional[int] = None, dropout_decodes: int = 1, device=None):
     """(scorer, run record) for scorer ``name`` of the run in ``run_dir``: the run's
     method (vqfast.methods) loads it. Prior scorers' token NLL threshold:
     ``token_threshold`` when given, else the ``percentile`` (default the paper's) of the
@@ -58,7 +58,9 @@ def load_scorer(run_dir, name: str, *, percentile: Optional[float] = None, token
     ``marker``: a gpt2 / performer / pixelsnail run on the same VQ model whose NLLs mark
     the masked-context scorers' unusual tokens u (over the same percentile of its own
     validation NLLs), instead of the masked prior's neighbourhood NLLs. ``passes``: the
-    masked restoration's in-painting passes (default: the masked run's setting)."""
+    masked restoration's in-painting passes (default: the masked run's setting).
+    ``dropout_decodes``: the KDE maps' decodes per restoration with the decoder's dropout
+    on (the Performer paper: 20 restorations x 20 decodes; 1: no dropout)."""
     run_dir = Path(run_dir)
     method = registry.get(read_run(run_dir)["method"])
     entry = method.scorer(name)
@@ -66,6 +68,7 @@ def load_scorer(run_dir, name: str, *, percentile: Optional[float] = None, token
     options = ScoreOptions(percentile=percentile, token_threshold=token_threshold, restorations=restorations,
                            decode_precision=decode_precision, prior_precision=prior_precision,
                            marker=None if marker is None else Path(marker), passes=passes,
+                           dropout_decodes=dropout_decodes,
                            device=torch.device(device or "cpu"))
     _check_options(method, entry, options)
     return entry.load(run, options), run.record
@@ -88,6 +91,8 @@ def _check_options(method, entry, options: ScoreOptions) -> None:
         raise RunError(f"--prior-precision {options.prior_precision}: the {entry.name} scorer runs no prior")
     if options.passes is not None and not entry.in_paints:
         raise RunError(f"--passes: only {takers('in_paints')} in-paints in passes, not {entry.name}")
+    if options.dropout_decodes != 1 and not entry.dropout:
+        raise RunError(f"--dropout-decodes: only {takers('dropout')} decodes with dropout, not {entry.name}")
     if options.marker is not None and not entry.marks:
         raise RunError(f"--marker: only the masked-context scorers ({takers('marks')}) mark unusual tokens, "
                        f"not {entry.name}")
@@ -247,7 +252,7 @@ def _validation_images(run: Dict, run_dir: Path, transform: ImageTransform) -> A
 def score(scorer_name: str, run_dir, data, fmt: str, out, *, category: Optional[str] = None, split: str = "test",
           threshold="auto", percentile: Optional[float] = None, restorations: int = 5,
           decode_precision: str = "float32", prior_precision: str = "float32", marker=None,
-          passes: Optional[int] = None, resume: bool = False,
+          passes: Optional[int] = None, dropout_decodes: int = 1, resume: bool = False,
           skip_bad: bool = False, batch_size: int = 8, maps: bool = True, map_format: str = "npy", device=None,
           progress: bool = True, echo: Callable = print) -> Dict:
     """Scores ``data`` with a run's scorer into ``out``; returns the summary (also
@@ -257,7 +262,7 @@ def score(scorer_name: str, run_dir, data, fmt: str, out, *, category: Optional[
     device = torch.device(device) if device else distributed.device()
     scorer, run = load_scorer(run_dir, scorer_name, percentile=percentile, restorations=restorations,
                               decode_precision=decode_precision, prior_precision=prior_precision, marker=marker,
-                              passes=passes, device=device)
+                              passes=passes, dropout_decodes=dropout_decodes, device=device)
     transform = ImageTransform(size=int(run["transform"]["size"]), channels=int(run["transform"]["channels"]))
     dataset = open_data(data, fmt, split, transform, category=category, skip_bad=skip_bad)
     identity = {"run": str(run_dir.resolve()), "run_method": run["method"], "scorer": scorer_name,

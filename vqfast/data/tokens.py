@@ -1,11 +1,13 @@
 """Token grids of a trained VQ model, computed once, as a dataset for the priors."""
 
 import math
+from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
-from vqfast.data.augment import EpochKeyed
+from vqfast.data.augment import Augment, EpochKeyed
 
 
 @torch.no_grad()
@@ -95,3 +97,35 @@ class MaskedGrids(EpochKeyed):
         hidden = torch.zeros(t, dtype=torch.bool)
         hidden[torch.randperm(t, generator=g)[:n]] = True
         return {"tokens": mask_tokens(grid, hidden.view(grid.shape))}
+
+
+class AugmentedGrids(EpochKeyed):
+    """Items {"tokens": (h, w) int64} of ``images`` (items {"image": (C, H, W)}) encoded by
+    ``vq_model`` after ``augment``, drawn per (seed, epoch, index): the Performer paper's
+    prior trains on augmented data "to avoid extra overfitting" (its appendix B), the
+    augmentations being the VQ-VAE's. ``masks`` (N, h, w) bool (ILTM's): warped with their
+    image, and a token is masked (mask_tokens) where any of its pixels is. Without an
+    epoch (validation) the plain images are encoded.
+
+    Encoding per item costs one VQ encoder pass per image and epoch; the prior's step on
+    the same batch costs more for every prior here (benchmarks: a Performer epoch)."""
+
+    def __init__(self, images, vq_model, augment: Augment, masks: Optional[torch.Tensor] = None):
+        super().__init__(images)
+        if masks is not None and masks.shape[0] != len(images):
+            raise ValueError(f"masks hold {masks.shape[0]} grids for {len(images)} images")
+        self.vq_model, self.augment, self.masks = vq_model.eval(), augment, masks
+
+    def __getitem__(self, i: int) -> dict:
+        item = dict(self.dataset[i])
+        size = item["image"].shape[-2:]
+        if self.masks is not None:  # the token mask at image resolution, warped like the image
+            item["mask"] = F.interpolate(self.masks[i][None, None].float(), size=tuple(size), mode="nearest")[0, 0]
+        if self.epoch is not None:
+            item = self.augment(item, self.epoch * len(self.dataset) + i)
+        with torch.no_grad():
+            tokens = self.vq_model.encode_indices(item["image"][None])[0]
+        if self.masks is None:
+            return {"tokens": tokens}
+        hidden = F.adaptive_max_pool2d(item["mask"][None, None].float(), tuple(tokens.shape))[0, 0] > 0
+        return {"tokens": mask_tokens(tokens, hidden)}

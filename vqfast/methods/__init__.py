@@ -16,9 +16,9 @@ from vqfast.methods.priors import GPT2, MASKED, PERFORMER, PIXELSNAIL
 from vqfast.methods.registry import get, known, names, register, unregister
 from vqfast.methods.settings import SettingError, Settings, setting
 from vqfast.methods.sgfr import SGFR
-from vqfast.methods.vq import VQGAN_METHOD, VQVAE_METHOD
+from vqfast.methods.vq import DENSITY_VQVAE_METHOD, VQGAN_METHOD, VQVAE_METHOD
 
-for _method in (VQVAE_METHOD, VQGAN_METHOD, GPT2, PIXELSNAIL, PERFORMER, MASKED, SGFR, FEATURE_AE, DSR_METHOD):
+for _method in (VQVAE_METHOD, VQGAN_METHOD, DENSITY_VQVAE_METHOD, GPT2, PIXELSNAIL, PERFORMER, MASKED, SGFR, FEATURE_AE, DSR_METHOD):
     register(_method)
 
 __all__ = ["Method", "Run", "RunError", "Scorer", "ScoreOptions", "SettingError", "Settings", "TrainJob", "config_of",

@@ -73,6 +73,7 @@ class ScoreOptions:
     prior_precision: str = "float32"
     marker: Optional[Path] = None
     passes: Optional[int] = None
+    dropout_decodes: int = 1
     device: torch.device = torch.device("cpu")
 
 
@@ -93,7 +94,8 @@ class Run:
 class Scorer:
     """A scorer a run offers: ``load(run, options) -> object with .score(images)``. The
     flags: ``decodes`` (--decode-precision: it decodes VQ tokens), ``prior`` (--prior-precision,
-    --percentile: it runs a token prior), ``marks`` (--marker), ``in_paints`` (--passes)."""
+    --percentile: it runs a token prior), ``marks`` (--marker), ``in_paints`` (--passes),
+    ``dropout`` (--dropout-decodes: it decodes each restoration with decoder dropout)."""
 
     name: str
     load: Callable[[Run, ScoreOptions], object]
@@ -101,6 +103,7 @@ class Scorer:
     prior: bool = False
     marks: bool = False
     in_paints: bool = False
+    dropout: bool = False
 
 
 @dataclass(frozen=True)

@@ -18,13 +18,13 @@ from typing import Optional
 import torch
 
 from vqfast import checkpoint
-from vqfast.data import MaskedGrids, TokenGrids, encode_dataset
+from vqfast.data import Augment, AugmentedGrids, MaskedGrids, TokenGrids, encode_dataset
 from vqfast.iltm import iltm_fit
 from vqfast.methods import registry
 from vqfast.methods.api import Method, Run, RunError, Scorer, ScoreOptions, TrainJob, config_of, history_summary
 from vqfast.methods.runs import open_run, read_run
 from vqfast.methods.settings import Settings, setting
-from vqfast.models import (GPT2Prior, GPT2PriorConfig, MaskedPriorConfig, MaskedTokenPrior, PerformerPrior,
+from vqfast.models import (VQGAN, GPT2Prior, GPT2PriorConfig, MaskedPriorConfig, MaskedTokenPrior, PerformerPrior,
                            PerformerPriorConfig, PixelSNAIL, PixelSNAILConfig)
 from vqfast.scorers import (KDEScorer, LightPixelWiseScorer, MaskedContextScorer, MaskedRestorationScorer,
                             PAPER_PERCENTILES, PixelWiseScorer, RegenerativeScorer, SampleWiseScorer, nll_threshold)
@@ -37,6 +37,7 @@ class PriorSettings(Settings):
     vq: Optional[str] = setting(None, "the vqvae or vqgan run whose token grids it models (--vq)")
     epochs: int = setting(200, "most epochs to train")
     minutes: float = setting(8.0, "training time budget in minutes")
+    batch_size: int = setting(16, "grids a training step", paper=10)
     lr: float = setting(3e-4, "learning rate", paper=2.25e-5)
     layers: int = setting(4, "transformer layers", paper=24)
     width: int = setting(256, "embedding width", paper=1024)
@@ -47,6 +48,7 @@ class PriorSettings(Settings):
 class MaskedSettings(PriorSettings):
     """The GPT-2 prior's sizes; the paper has no masked prior to take others from."""
 
+    batch_size: int = setting(16, "grids a training step")
     lr: float = setting(3e-4, "learning rate")
     layers: int = setting(4, "transformer layers")
     width: int = setting(256, "embedding width")
@@ -56,7 +58,7 @@ class MaskedSettings(PriorSettings):
 
 @dataclass
 class PixelSNAILSettings(PriorSettings):
-    lr: float = setting(3e-4, "learning rate")
+    lr: float = setting(3e-4, "learning rate", paper=1e-4)
     layers: int = setting(4, "pixel blocks")
     width: int = setting(64, "channels of the residual blocks", paper=128)
     heads: int = setting(4, "attention heads")
@@ -71,6 +73,8 @@ class PerformerSettings(PriorSettings):
     width: int = setting(64, "embedding width", paper=32)
     heads: int = setting(8, "attention heads")
     iltm_rounds: int = setting(2, "ILTM rounds (1: plain training)", least=0)
+    augment: bool = setting(True, "train on the VQ-VAE's augmentations of the images, encoded each epoch (the "
+                            "paper's appendix B); false: the plain images' grids, encoded once")
     iltm_percentile: float = setting(95.0, "the NLL percentile above which ILTM masks tokens", most=100)
 
 
@@ -122,23 +126,33 @@ def run_tokens(vq_dir: Path, job: TrainJob):
     return vq_model, tokens
 
 
+def _augmented(images, vq_model, seed: int):
+    """masks (N, h, w) or None -> the training grids of the paper's augmented images, ILTM's
+    masks travelling with their image."""
+    augment = Augment(seed=seed)
+    return lambda masks: AugmentedGrids(images, vq_model, augment,
+                                        masks if masks is not None and bool(masks.any()) else None)
+
+
 def train_prior(method: str, settings: PriorSettings, job: TrainJob) -> dict:
     """Encodes the images with the VQ run and trains ``method``'s prior on the grids."""
     vq_dir, _ = vq_run(settings)
     vq_model, tokens = run_tokens(vq_dir, job)
     prior = build_prior(method, settings, vq_model.config.num_codes, tokens["train"].shape[1:])
+    augmented = _augmented(job.train_set, vq_model, settings.seed) if method == "performer" and settings.augment \
+        else None
     if method == "performer" and settings.iltm_rounds > 1:
         rounds = settings.iltm_rounds
         iltm_fit(prior, tokens["train"], rounds, config_of(settings, max_minutes=settings.minutes / rounds),
                  out_dir=job.out / "iltm", percentile=settings.iltm_percentile, val_tokens=tokens["val"],
-                 resume=job.resume, progress=job.progress)
+                 resume=job.resume, progress=job.progress, grids=augmented)
         if job.main:
             checkpoint.save_model(prior, job.out / "model" / "model.safetensors")
         return {"iltm_rounds": rounds}
     if method == "masked":  # random hidden sets keyed by (seed, epoch, grid); validation keeps epoch 0's
         grids = MaskedGrids(tokens["train"], settings.seed), MaskedGrids(tokens["val"], settings.seed + 1)
     else:
-        grids = TokenGrids(tokens["train"]), TokenGrids(tokens["val"])
+        grids = TokenGrids(tokens["train"]) if augmented is None else augmented(None), TokenGrids(tokens["val"])
     return history_summary(job.fit(prior, config_of(settings), train_set=grids[0], val_set=grids[1],
                                    input_key="tokens"))
 
@@ -157,9 +171,18 @@ def _threshold(run: Run, vq_model, prior, tokens, kind: str, options: ScoreOptio
         return float(options.token_threshold), None
     # the masked prior has no paper percentiles: the GPT-2 prior's (Sample-wise, Pixel-wise)
     method = "gpt2" if run.record["method"] == "masked" else run.record["method"]
-    paper = dict(zip(("sample", "pixel", "light"), PAPER_PERCENTILES[(type(vq_model).__name__, method)]))
+    paper = dict(zip(("sample", "pixel", "light"), PAPER_PERCENTILES[(vq_kind(vq_model), method)]))
     pct = options.percentile if options.percentile is not None else paper[kind]
     return nll_threshold(prior, tokens["val"].to(options.device), pct, precision=options.prior_precision), pct
+
+
+def vq_kind(vq_model) -> str:
+    """Which of the density paper's VQ models ``vq_model`` is, for its threshold tables:
+    "VQGAN", or "VQVAE" for its VQ-VAE (a VQ-GAN without the GAN) and, borrowing those
+    percentiles, the Performer paper's VQ-VAE."""
+    if isinstance(vq_model, VQGAN) and not vq_model.config.adversarial:
+        return "VQVAE"
+    return type(vq_model).__name__
 
 
 def _loader(make, kind: str):
@@ -223,8 +246,9 @@ RASTER_SCORERS = {
     "light": Scorer("light", _loader(lambda run, o, vq, prior, t, _: LightPixelWiseScorer(
         vq, prior, t, **_restoring(run, o)), "light"), decodes=True, prior=True),
     # tokens with p < exp(-lambda_P) resampled
-    "kde": Scorer("kde", _loader(lambda run, o, vq, prior, t, _: KDEScorer(vq, prior, math.exp(-t), **_restoring(run, o)),
-                                 "pixel"), decodes=True, prior=True),
+    "kde": Scorer("kde", _loader(lambda run, o, vq, prior, t, _: KDEScorer(
+        vq, prior, math.exp(-t), dropout_decodes=o.dropout_decodes, **_restoring(run, o)), "pixel"),
+        decodes=True, prior=True, dropout=True),
     "regenerative": Scorer("regenerative", _regenerative, decodes=True),
 }
 MASKED_SCORERS = (Scorer("masked-sample", _loader(_masked_sample, "sample"), prior=True, marks=True),

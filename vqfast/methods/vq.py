@@ -1,5 +1,7 @@
-"""The VQ autoencoders as methods: the Performer paper's VQ-VAE and the density/restoration
-paper's VQ-GAN, trained by the Trainer into ``model/``, scored by regeneration."""
+"""The VQ autoencoders as methods, trained by the Trainer into ``model/`` and scored by
+regeneration: the Performer paper's VQ-VAE, the density/restoration paper's VQ-GAN, and
+that paper's own VQ-VAE, its VQ-GAN architecture trained without the GAN and the
+perceptual loss ("the architecture of the two models will be kept the same")."""
 
 from dataclasses import dataclass
 
@@ -47,15 +49,25 @@ class VQGANSettings(Settings):
         return 8, 8
 
 
+@dataclass
+class DensityVQVAESettings(VQGANSettings):
+    batch_size: int = setting(16, "images a training step", paper=10)
+    lr: float = setting(1e-3, "learning rate", paper=2.25e-5)
+    disc_start: int = setting(0, "unused: no GAN", least=0)
+
+
 def build_vqvae(settings: VQVAESettings) -> VQVAE:
     return VQVAE(VQVAEConfig(in_channels=settings.channels, hidden=settings.hidden, num_codes=settings.codes,
                              code_dim=settings.code_dim, res_blocks=settings.res_blocks,
                              downsamples=settings.downsamples))
 
 
-def build_vqgan(settings: VQGANSettings) -> VQGAN:
+def build_vqgan(settings: VQGANSettings, adversarial: bool = True) -> VQGAN:
+    """The CPU-sized VQ-GAN; ``adversarial=False``: the density paper's VQ-VAE (no GAN, no
+    perceptual loss)."""
+    extra = {} if adversarial else {"adversarial": False, "perceptual_weight": 0.0}
     return VQGAN(VQGANConfig(in_channels=settings.channels, ch=32, ch_mult=(1, 2, 2, 4), resolution=settings.size,
-                             z_channels=64, num_codes=128, disc_start=settings.disc_start))
+                             z_channels=64, num_codes=128, disc_start=settings.disc_start, **extra))
 
 
 def train_vq(model, settings, job: TrainJob, betas=(0.9, 0.999)) -> dict:
@@ -86,3 +98,9 @@ VQGAN_METHOD = Method(
     "32-64-64-128, 128 codes (the paper: 128x128, 256 channels)", VQGANSettings,
     lambda settings, job: train_vq(build_vqgan(settings), settings, job, betas=(0.5, 0.9)), (REGENERATIVE,),
     models=((VQGAN, VQGANConfig),), tags=("vq",))
+
+DENSITY_VQVAE_METHOD = Method(
+    "density-vqvae", "the density/restoration paper's VQ-VAE: its VQ-GAN architecture (the vqgan method's CPU "
+    "sizes) trained without the GAN and the perceptual loss; its priors take the paper's VQ-VAE thresholds",
+    DensityVQVAESettings, lambda settings, job: train_vq(build_vqgan(settings, adversarial=False), settings, job),
+    (REGENERATIVE,), models=((VQGAN, VQGANConfig),), tags=("vq",))
