@@ -209,6 +209,13 @@ def test_kde_takes_the_papers_dropout_decodes_and_other_scorers_refuse_them(fold
                  "--epochs", "1", "--set", "layers=1", "--set", "width=32", "--set", "heads=2"]) == 0
     scorer, _ = load_scorer(prior, "kde", restorations=2, dropout_decodes=3)
     assert scorer.dropout_decodes == 3 and scorer.restorations == 2
+    assert (load_scorer(prior, "kde")[0].restorations, load_scorer(prior, "kde")[0].dropout_decodes) == (5, 1)
+    paper = tmp_path / "gpt2_paper"  # the paper preset, its sizes overridden for a test
+    assert main(["train", "gpt2", "--vq", str(vq), "--data", str(folders / "train"), "--out", str(paper),
+                 "--epochs", "1", "--set", "preset=paper", "--set", "layers=1", "--set", "width=32",
+                 "--set", "heads=2"]) == 0
+    kde = load_scorer(paper, "kde")[0]
+    assert (kde.restorations, kde.dropout_decodes) == (20, 20)  # the Performer paper's KDE maps
     capsys.readouterr()
     assert main(["score", "pixel", "--run", str(prior), "--data", str(folders / "test"), "--out", str(tmp_path / "s"),
                  "--dropout-decodes", "4"]) == 2

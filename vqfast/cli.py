@@ -305,12 +305,12 @@ def _add_score(sub) -> argparse.ArgumentParser:
     p.add_argument("--percentile", type=_percentile,
                    help="prior scorers: the percentile of the validation NLLs that sets the token threshold "
                         "(default: the paper's for this VQ model and prior)")
-    p.add_argument("--restorations", type=_positive_int, default=5,
-                   help="restoration scorers: samples per image (default 5 for a CPU; the Performer paper's KDE "
-                        "maps: 20)")
-    p.add_argument("--dropout-decodes", type=_positive_int, default=1,
-                   help="kde: decodes per restoration with the VQ decoder's dropout on (the Performer paper: 20, with "
-                        "--restorations 20; 1: none)")
+    p.add_argument("--restorations", type=_positive_int,
+                   help="restoration scorers: samples per image (default 5; kde on a run trained with --set "
+                        "preset=paper: the Performer paper's 20)")
+    p.add_argument("--dropout-decodes", type=_positive_int,
+                   help="kde: decodes per restoration with the VQ decoder's dropout on (default 1, none; on a "
+                        "preset=paper run the paper's 20: 400 decodes an image)")
     p.add_argument("--decode-precision", choices=["float32", "bfloat16"], default="float32",
                    help="regenerative and restoration scorers: decode the VQ tokens in bfloat16 (about 3x faster "
                         "on CPUs with AMX or AVX512-BF16; pixels within ~1e-3 of float32's; the "

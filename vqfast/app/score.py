@@ -46,8 +46,8 @@ CSV_FIELDS = ("index", "path", "score", "label", "defect", "decision", "map", "m
 
 
 def load_scorer(run_dir, name: str, *, percentile: Optional[float] = None, token_threshold: Optional[float] = None,
-                restorations: int = 5, decode_precision: str = "float32", prior_precision: str = "float32",
-                marker=None, passes: Optional[int] = None, dropout_decodes: int = 1, device=None):
+                restorations: Optional[int] = None, decode_precision: str = "float32", prior_precision: str = "float32",
+                marker=None, passes: Optional[int] = None, dropout_decodes: Optional[int] = None, device=None):
     """(scorer, run record) for scorer ``name`` of the run in ``run_dir``: the run's
     method (vqfast.methods) loads it. Prior scorers' token NLL threshold:
     ``token_threshold`` when given, else the ``percentile`` (default the paper's) of the
@@ -59,8 +59,9 @@ def load_scorer(run_dir, name: str, *, percentile: Optional[float] = None, token
     the masked-context scorers' unusual tokens u (over the same percentile of its own
     validation NLLs), instead of the masked prior's neighbourhood NLLs. ``passes``: the
     masked restoration's in-painting passes (default: the masked run's setting).
-    ``dropout_decodes``: the KDE maps' decodes per restoration with the decoder's dropout
-    on (the Performer paper: 20 restorations x 20 decodes; 1: no dropout)."""
+    ``restorations``: the restoration scorers' S (default 5; the KDE maps of a run trained
+    with preset=paper: the Performer paper's 20). ``dropout_decodes``: the KDE maps' decodes
+    per restoration with the decoder's dropout on (default 1, none; preset=paper: 20)."""
     run_dir = Path(run_dir)
     method = registry.get(read_run(run_dir)["method"])
     entry = method.scorer(name)
@@ -91,7 +92,7 @@ def _check_options(method, entry, options: ScoreOptions) -> None:
         raise RunError(f"--prior-precision {options.prior_precision}: the {entry.name} scorer runs no prior")
     if options.passes is not None and not entry.in_paints:
         raise RunError(f"--passes: only {takers('in_paints')} in-paints in passes, not {entry.name}")
-    if options.dropout_decodes != 1 and not entry.dropout:
+    if options.dropout_decodes is not None and not entry.dropout:
         raise RunError(f"--dropout-decodes: only {takers('dropout')} decodes with dropout, not {entry.name}")
     if options.marker is not None and not entry.marks:
         raise RunError(f"--marker: only the masked-context scorers ({takers('marks')}) mark unusual tokens, "
@@ -250,9 +251,9 @@ def _validation_images(run: Dict, run_dir: Path, transform: ImageTransform) -> A
 
 @owned("scores")
 def score(scorer_name: str, run_dir, data, fmt: str, out, *, category: Optional[str] = None, split: str = "test",
-          threshold="auto", percentile: Optional[float] = None, restorations: int = 5,
+          threshold="auto", percentile: Optional[float] = None, restorations: Optional[int] = None,
           decode_precision: str = "float32", prior_precision: str = "float32", marker=None,
-          passes: Optional[int] = None, dropout_decodes: int = 1, resume: bool = False,
+          passes: Optional[int] = None, dropout_decodes: Optional[int] = None, resume: bool = False,
           skip_bad: bool = False, batch_size: int = 8, maps: bool = True, map_format: str = "npy", device=None,
           progress: bool = True, echo: Callable = print) -> Dict:
     """Scores ``data`` with a run's scorer into ``out``; returns the summary (also

@@ -68,12 +68,12 @@ class ScoreOptions:
 
     percentile: Optional[float] = None
     token_threshold: Optional[float] = None
-    restorations: int = 5
+    restorations: Optional[int] = None  # None: the scorer's default (5; KDE on a paper-preset run 20)
     decode_precision: str = "float32"
     prior_precision: str = "float32"
     marker: Optional[Path] = None
     passes: Optional[int] = None
-    dropout_decodes: int = 1
+    dropout_decodes: Optional[int] = None  # None: 1 (KDE on a paper-preset run: 20)
     device: torch.device = torch.device("cpu")
 
 

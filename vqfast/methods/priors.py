@@ -198,7 +198,8 @@ def _loader(make, kind: str):
 
 
 def _restoring(run: Run, options: ScoreOptions) -> dict:
-    return dict(restorations=options.restorations, seed=run.settings.seed, decode_precision=options.decode_precision,
+    return dict(restorations=options.restorations or 5, seed=run.settings.seed,
+                decode_precision=options.decode_precision,
                 prior_precision=options.prior_precision)
 
 
@@ -233,6 +234,15 @@ def _masked_restore(run, options, vq_model, prior, threshold, pct):
     return MaskedRestorationScorer(vq_model, prior, mark, passes=passes, marker=marker, **_restoring(run, options))
 
 
+def _kde(run: Run, options: ScoreOptions, vq_model, prior, threshold, pct):
+    """Tokens with p < exp(-lambda_P) resampled; the Performer paper's 20 restorations x 20
+    dropout decodes on a run trained with preset=paper, else 5 x 1 (a CPU's budget)."""
+    paper = run.settings.preset == "paper"
+    restoring = {**_restoring(run, options), "restorations": options.restorations or (20 if paper else 5)}
+    return KDEScorer(vq_model, prior, math.exp(-threshold), dropout_decodes=options.dropout_decodes or
+                     (20 if paper else 1), **restoring)
+
+
 def _regenerative(run: Run, options: ScoreOptions):
     return RegenerativeScorer(run.model("vq.safetensors").to(options.device),
                               decode_precision=options.decode_precision)
@@ -246,9 +256,7 @@ RASTER_SCORERS = {
     "light": Scorer("light", _loader(lambda run, o, vq, prior, t, _: LightPixelWiseScorer(
         vq, prior, t, **_restoring(run, o)), "light"), decodes=True, prior=True),
     # tokens with p < exp(-lambda_P) resampled
-    "kde": Scorer("kde", _loader(lambda run, o, vq, prior, t, _: KDEScorer(
-        vq, prior, math.exp(-t), dropout_decodes=o.dropout_decodes, **_restoring(run, o)), "pixel"),
-        decodes=True, prior=True, dropout=True),
+    "kde": Scorer("kde", _loader(_kde, "pixel"), decodes=True, prior=True, dropout=True),
     "regenerative": Scorer("regenerative", _regenerative, decodes=True),
 }
 MASKED_SCORERS = (Scorer("masked-sample", _loader(_masked_sample, "sample"), prior=True, marks=True),
