@@ -1,10 +1,11 @@
 """The vqfast command line. vqfast train trains a method on a folder of defect-free
 images, vqfast score scores a folder with a trained run, vqfast report draws the results;
-vqfast demo runs everything on built-in data; vqfast bench times the kernels; vqfast info
+vqfast predict scores single images; vqfast demo runs everything on built-in data; vqfast bench times the kernels; vqfast info
 says what this installation can run. Every command takes --help."""
 
 import argparse
 import importlib.util
+import json
 import math
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ from vqfast.app import distributed
 from vqfast.app.data import FORMATS
 from vqfast.app.methods import train
 from vqfast.app.ownership import OutputError
+from vqfast.app.predict import load
 from vqfast.app.report import report
 from vqfast.app.score import score
 from vqfast.checkpoint import CheckpointError
@@ -107,6 +109,20 @@ def _score(args) -> int:
           skip_bad=args.skip_bad, batch_size=args.batch_size, maps=not args.no_maps, map_format=args.maps,
           device=args.device if args.device != "auto" else None)
     distributed.close()
+    return 0
+
+
+def _predict(args) -> int:
+    if args.threshold in ("auto", "none"):
+        threshold = None if args.threshold == "none" else "auto"
+    else:
+        threshold = _number("--threshold", args.threshold)
+    detector = load(args.run, args.scorer, threshold=threshold,
+                    device=args.device if args.device != "auto" else None)
+    for path in args.paths:
+        result = detector.predict(path)
+        print(json.dumps({"path": str(path), "score": result["score"], "decision": result["decision"],
+                          "threshold": result["threshold"]}), flush=True)
     return 0
 
 
@@ -336,6 +352,22 @@ def _add_score(sub) -> argparse.ArgumentParser:
     return p
 
 
+def _add_predict(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("predict", help="score single images with a trained run, one JSON line each",
+                       description="Load the run once and print, per image, one JSON line: path, score, decision "
+                                   "(1: at or above the threshold) and threshold. The run's preprocessing and "
+                                   "scorer; the same values as vqfast score's.")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files")
+    p.add_argument("--run", "--run-dir", dest="run", required=True, help="the run folder vqfast train wrote")
+    p.add_argument("--scorer", help="one the run's method offers (default: its first)")
+    p.add_argument("--threshold", default="auto",
+                   help="auto (vqfast score's rule over the run's held-out images), a number, or none")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    p.set_defaults(func=_predict)
+    return p
+
+
 def _add_report(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="metrics, curves and overlays of a score folder, in one index.html",
                        description="Write metrics.json, ROC and PR curves, per-image overlays (image, heat map, "
@@ -355,7 +387,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="vqfast", description=__doc__)
     parser.add_argument("--version", action="version", version=f"vqfast {__import__('vqfast').__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    subs = {"train": _add_train(sub), "score": _add_score(sub), "report": _add_report(sub)}
+    subs = {"train": _add_train(sub), "score": _add_score(sub), "predict": _add_predict(sub),
+            "report": _add_report(sub)}
     demo = sub.add_parser("demo", help="train, score and evaluate on the embedded procedural dataset")
     demo.add_argument("--out", default="vqfast-demo", help="folder for checkpoints, logs and results")
     demo.add_argument("--epochs", type=_positive_int, default=20)

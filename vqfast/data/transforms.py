@@ -87,7 +87,11 @@ class ImageTransform:
 
     def image(self, path: Union[str, Path]) -> torch.Tensor:
         """(C, H, W) float32."""
-        im = self._geometry(open_image(path, "RGB" if self.channels == 3 else "L"), Image.BILINEAR)
+        return self.pil(open_image(path, "RGB" if self.channels == 3 else "L"))
+
+    def pil(self, im: Image.Image) -> torch.Tensor:
+        """(C, H, W) float32 of an image already open (converted to RGB or L here)."""
+        im = self._geometry(im.convert("RGB" if self.channels == 3 else "L"), Image.BILINEAR)
         x = torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0)
         x = x.permute(2, 0, 1) if x.dim() == 3 else x.unsqueeze(0)
         if self.mean is not None:
