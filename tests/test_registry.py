@@ -194,26 +194,32 @@ def test_the_density_papers_vqvae_is_its_vqgan_without_the_gan(folders, tmp_path
     model = checkpoint.load_model(vq / "model" / "model.safetensors")
     assert type(model).__name__ == "VQGAN" and not model.config.adversarial and model.config.perceptual_weight == 0
     assert model.discriminator is None
-    assert main(["train", "gpt2", "--vq", str(vq), "--data", str(folders / "train"), "--out", str(prior),
-                 "--epochs", "1", "--set", "layers=1", "--set", "width=32", "--set", "heads=2"]) == 0
+    _small_prior("gpt2", folders, vq, prior)
     scorer, _ = load_scorer(prior, "pixel")  # lambda_P: the 80th percentile over the VQ-VAE, 90th the VQ-GAN
     assert scorer.percentile == PAPER_PERCENTILES[("VQVAE", "gpt2")][1] != PAPER_PERCENTILES[("VQGAN", "gpt2")][1]
 
 
-def test_kde_takes_the_papers_dropout_decodes_and_other_scorers_refuse_them(folders, tmp_path, capsys):
-    vq, prior = tmp_path / "vq", tmp_path / "gpt2"
-    assert main(["train", "vqvae", "--data", str(folders / "train"), "--out", str(vq), "--size", "32", "--epochs", "1",
+def _tiny_vq(folders, out):
+    assert main(["train", "vqvae", "--data", str(folders / "train"), "--out", str(out), "--size", "32", "--epochs", "1",
                  "--set", "hidden=8", "--set", "codes=8", "--set", "code_dim=4", "--set", "downsamples=2",
                  "--set", "res_blocks=1"]) == 0
-    assert main(["train", "gpt2", "--vq", str(vq), "--data", str(folders / "train"), "--out", str(prior),
-                 "--epochs", "1", "--set", "layers=1", "--set", "width=32", "--set", "heads=2"]) == 0
+
+
+def _small_prior(method, folders, vq, out, *extra):
+    """A one-layer prior of ``method`` on the VQ run's grids, trained one epoch (``extra``: flags)."""
+    assert main(["train", method, "--vq", str(vq), "--data", str(folders / "train"), "--out", str(out),
+                 "--epochs", "1", "--set", "layers=1", "--set", "width=16", "--set", "heads=2", *extra]) == 0
+
+
+def test_kde_takes_the_papers_dropout_decodes_and_other_scorers_refuse_them(folders, tmp_path, capsys):
+    vq, prior = tmp_path / "vq", tmp_path / "gpt2"
+    _tiny_vq(folders, vq)
+    _small_prior("gpt2", folders, vq, prior)
     scorer, _ = load_scorer(prior, "kde", restorations=2, dropout_decodes=3)
     assert scorer.dropout_decodes == 3 and scorer.restorations == 2
     assert (load_scorer(prior, "kde")[0].restorations, load_scorer(prior, "kde")[0].dropout_decodes) == (5, 1)
     paper = tmp_path / "gpt2_paper"  # the paper preset, its sizes overridden for a test
-    assert main(["train", "gpt2", "--vq", str(vq), "--data", str(folders / "train"), "--out", str(paper),
-                 "--epochs", "1", "--set", "preset=paper", "--set", "layers=1", "--set", "width=32",
-                 "--set", "heads=2"]) == 0
+    _small_prior("gpt2", folders, vq, paper, "--set", "preset=paper")
     kde = load_scorer(paper, "kde")[0]
     assert (kde.restorations, kde.dropout_decodes) == (20, 20)  # the Performer paper's KDE maps
     capsys.readouterr()
@@ -234,11 +240,8 @@ def test_a_performer_run_trains_by_iltm_on_augmented_images(folders, tmp_path, m
 
     monkeypatch.setattr(priors, "AugmentedGrids", Spy)
     vq, prior = tmp_path / "vq", tmp_path / "performer"
-    assert main(["train", "vqvae", "--data", str(folders / "train"), "--out", str(vq), "--size", "32", "--epochs", "1",
-                 "--set", "hidden=8", "--set", "codes=8", "--set", "code_dim=4", "--set", "downsamples=2",
-                 "--set", "res_blocks=1"]) == 0
-    assert main(["train", "performer", "--vq", str(vq), "--data", str(folders / "train"), "--out", str(prior),
-                 "--epochs", "2", "--set", "layers=1", "--set", "width=16", "--set", "heads=2"]) == 0
+    _tiny_vq(folders, vq)
+    _small_prior("performer", folders, vq, prior, "--epochs", "2")
     record = json.loads((prior / "run.json").read_text())
     assert record["status"] == "trained" and record["settings"]["augment"] is True
     assert (prior / "iltm" / "round_1" / "masks.safetensors").is_file()
