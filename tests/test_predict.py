@@ -68,6 +68,30 @@ def test_the_command_prints_one_json_line_an_image(scored, capsys, tmp_path):
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [line["path"] for line in lines] == paths and all(line["threshold"] == 1.5 for line in lines)
     assert [line["score"] for line in lines] == pytest.approx([r["score"] for r in records[:2]], rel=1e-5)
+    assert main(["predict", "--run", str(root / "run"), "--tile", "16", "--stride", "8", paths[0]]) == 0
+    assert json.loads(capsys.readouterr().out)["path"] == paths[0]
     (tmp_path / "bad.png").write_bytes(b"not an image")
     assert main(["predict", "--run", str(root / "run"), str(tmp_path / "bad.png")]) == 2
     assert "bad.png" in capsys.readouterr().err
+
+
+def test_tiles_stitch_to_what_scoring_each_tile_by_hand_gives(scored):
+    """A 64 x 96 image, 32-pixel tiles every 16 pixels: the stitched map is the average of
+    the tiles' maps where they overlap, the score its mean (the scorer's reduction)."""
+    root, _, _ = scored
+    detector = vqfast.load(root / "run", threshold=None)
+    image = torch.rand(3, 64, 96, generator=torch.Generator().manual_seed(1))
+    got = detector.predict(image, tile=32, stride=16, batch_size=5)
+    total, count = torch.zeros(64, 96), torch.zeros(64, 96)
+    for y in (0, 16, 32):
+        for x in (0, 16, 32, 48, 64):
+            total[y:y + 32, x:x + 32] += detector.scorer.score(image[None, :, y:y + 32, x:x + 32]).anomaly_map[0]
+            count[y:y + 32, x:x + 32] += 1
+    expected = total / count
+    assert got["tiles"] == 15 and got["map"].shape == (64, 96)
+    np.testing.assert_allclose(got["map"], expected.numpy(), rtol=1e-5, atol=1e-6)
+    assert got["score"] == pytest.approx(float(expected.mean()), rel=1e-5)  # Regenerative: the mean
+    last = detector.predict(image, tile=40, stride=30)  # offsets 0, 24 and 0, 30, 56: flush with the border
+    assert last["tiles"] == 6 and last["map"].shape == (64, 96)
+    with pytest.raises(ValueError, match="tile must be"):
+        detector.predict(image, tile=80)

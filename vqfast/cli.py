@@ -120,7 +120,7 @@ def _predict(args) -> int:
     detector = load(args.run, args.scorer, threshold=threshold,
                     device=args.device if args.device != "auto" else None)
     for path in args.paths:
-        result = detector.predict(path)
+        result = detector.predict(path, tile=args.tile, stride=args.stride)
         print(json.dumps({"path": str(path), "score": result["score"], "decision": result["decision"],
                           "threshold": result["threshold"]}), flush=True)
     return 0
@@ -362,6 +362,9 @@ def _add_predict(sub) -> argparse.ArgumentParser:
     p.add_argument("--scorer", help="one the run's method offers (default: its first)")
     p.add_argument("--threshold", default="auto",
                    help="auto (vqfast score's rule over the run's held-out images), a number, or none")
+    p.add_argument("--tile", type=_positive_int, help="score by tile x tile crops of the image at its own "
+                   "resolution, the maps stitched (for large images with small defects)")
+    p.add_argument("--stride", type=_positive_int, help="--tile: pixels between tiles (default: half a tile)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     p.set_defaults(func=_predict)

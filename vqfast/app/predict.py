@@ -21,8 +21,10 @@ from PIL import Image
 
 from vqfast.app.score import _validation_images, auto_threshold, load_scorer
 from vqfast.data import ImageTransform
+from vqfast.data.transforms import open_image
 from vqfast.methods import RunError, registry
 from vqfast.methods.runs import read_run
+from vqfast.scorers import reduce_map
 
 
 class Detector:
@@ -70,7 +72,19 @@ class Detector:
         return torch.stack([self._one(item) for item in self._inputs(x)]).to(self.device)
 
     @torch.no_grad()
-    def predict(self, x) -> Union[Dict, List[Dict]]:
+    def predict(self, x, *, tile: Optional[int] = None, stride: Optional[int] = None,
+                batch_size: int = 16) -> Union[Dict, List[Dict]]:
+        """``tile``: score a large image by tile x tile crops every ``stride`` pixels (default
+        tile / 2) at its own resolution, each resized to the model's input; the tiles' maps
+        are stitched (overlaps averaged) at full resolution and the image score is the
+        scorer's reduction (its ``reduction``, else max) of the stitched map, so a defect
+        smaller than a token of the whole-image input stays visible. Memory: the tile
+        batch (``batch_size`` tiles) and the full-resolution map."""
+        if tile is not None:
+            items = self._inputs(x)
+            results = [self._tiled(self._full(item), tile, stride or max(1, tile // 2), batch_size) for item in items]
+            batch = (torch.is_tensor(x) and x.dim() == 4) or isinstance(x, (list, tuple))
+            return results if batch else results[0]
         items = self._inputs(x)
         sizes = [_input_size(item) for item in items]
         out = self.scorer.score(self.preprocess(items))
@@ -84,6 +98,50 @@ class Detector:
                             "decision": None if self.threshold is None else int(score >= self.threshold)})
         batch = (torch.is_tensor(x) and x.dim() == 4) or isinstance(x, (list, tuple))
         return results if batch else results[0]
+
+
+    def _full(self, x) -> torch.Tensor:
+        """(C, H, W) float in [0, 1] at the input's own resolution, the run's channels."""
+        if isinstance(x, (str, Path)):
+            x = open_image(x, "RGB" if self.transform.channels == 3 else "L")
+        if isinstance(x, Image.Image):
+            x = np.asarray(x.convert("RGB" if self.transform.channels == 3 else "L"))
+        if isinstance(x, np.ndarray):
+            x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32) / (255.0 if x.dtype == np.uint8 else 1.0))
+            x = x.unsqueeze(0) if x.dim() == 2 else x.permute(2, 0, 1)
+        x = x.float()
+        if x.shape[0] != self.transform.channels:
+            x = (x * torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)).sum(0, keepdim=True) if x.shape[0] == 3 \
+                else x.expand(3, -1, -1)
+        return x
+
+    def _tiled(self, image: torch.Tensor, tile: int, stride: int, batch_size: int) -> Dict:
+        _, h, w = image.shape
+        if tile < 1 or stride < 1 or tile > min(h, w):
+            raise ValueError(f"tile must be in [1, {min(h, w)}] (the image is {h} x {w}) and stride >= 1, got "
+                             f"tile {tile}, stride {stride}")
+        ys, xs = _starts(h, tile, stride), _starts(w, tile, stride)
+        corners = [(y, x) for y in ys for x in xs]
+        total, count = torch.zeros(h, w), torch.zeros(h, w)
+        for b in range(0, len(corners), batch_size):
+            part = corners[b:b + batch_size]
+            crops = torch.stack([self._resize(image[:, y:y + tile, x:x + tile]) for y, x in part])
+            maps = self.scorer.score(crops.to(self.device)).anomaly_map.float().cpu()
+            maps = F.interpolate(maps[:, None], size=(tile, tile), mode="bilinear", align_corners=False)[:, 0]
+            for (y, x), m in zip(part, maps):
+                total[y:y + tile, x:x + tile] += m
+                count[y:y + tile, x:x + tile] += 1
+        stitched = total / count
+        score = float(reduce_map(stitched[None], getattr(self.scorer, "reduction", "max"),
+                                 getattr(self.scorer, "topk", 0.01))[0])
+        return {"score": score, "map": stitched.numpy(), "threshold": self.threshold, "tiles": len(corners),
+                "decision": None if self.threshold is None else int(score >= self.threshold)}
+
+
+def _starts(size: int, tile: int, stride: int) -> List[int]:
+    """Tile offsets every ``stride`` pixels, the last one flush with the border."""
+    starts = list(range(0, size - tile + 1, stride))
+    return starts if starts[-1] == size - tile else starts + [size - tile]
 
 
 def _input_size(x):
