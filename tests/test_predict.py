@@ -95,3 +95,21 @@ def test_tiles_stitch_to_what_scoring_each_tile_by_hand_gives(scored):
     assert last["tiles"] == 6 and last["map"].shape == (64, 96)
     with pytest.raises(ValueError, match="tile must be"):
         detector.predict(image, tile=80)
+
+
+def test_a_large_image_is_scored_a_tile_batch_at_a_time(scored):
+    """2048 x 2048 with a 32-pixel model and 256-pixel tiles: the scorer never sees more than
+    one batch of model-sized tiles, whatever the image's size."""
+    root, _, _ = scored
+    detector = vqfast.load(root / "run", threshold=None)
+    seen = []
+    score = detector.scorer.score
+
+    def spy(batch):
+        seen.append(tuple(batch.shape))
+        return score(batch)
+
+    detector.scorer.score = spy
+    got = detector.predict(np.zeros((2048, 2048), dtype=np.uint8), tile=256, stride=256, batch_size=8)
+    assert got["tiles"] == 64 and got["map"].shape == (2048, 2048)
+    assert len(seen) == 8 and all(shape == (8, 3, 32, 32) for shape in seen)
