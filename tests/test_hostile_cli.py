@@ -420,3 +420,11 @@ def test_a_resume_scores_each_image_in_its_uninterrupted_batch(world, tmp_path):
     for r in straight[4:]:
         assert torch.equal(torch.from_numpy(np.load(tmp_path / "a" / r["map"])),
                            torch.from_numpy(np.load(tmp_path / "b" / r["map"])))
+
+
+def test_a_map_left_half_written_by_a_kill_is_cleared_by_the_next_fresh_score(world, tmp_path):
+    out = tmp_path / "s"
+    assert main([str(a) for a in _score(world, out, "--threshold", "1")]) == 0
+    (out / "maps" / "scores_000000.npy.k3j2x.tmp").write_bytes(b"half")  # a kill between write and rename
+    assert main([str(a) for a in _score(world, out, "--threshold", "1")]) == 0
+    assert not list((out / "maps").glob("*.tmp"))

@@ -29,6 +29,11 @@ from vqfast.training import RunExistsError
 def settings_for(method: str, given: Dict[str, object]) -> Dict[str, object]:
     """The settings run.json records: ``method``'s defaults updated with ``given``
     (strings or typed values), checked; unknown keys are refused by name."""
+    return _settings(method, given).record()
+
+
+def _settings(method: str, given: Dict[str, object]):
+    """settings_for's, typed (the method's Settings)."""
     spec = registry.get(method)
     try:
         settings = spec.settings.parse(given)
@@ -39,7 +44,7 @@ def settings_for(method: str, given: Dict[str, object]) -> Dict[str, object]:
         raise RunError(f"val_fraction takes a fraction in [0, 1) (0, every image trained on and no --threshold "
                        f"auto, only for {' and '.join(optional)}), got {settings.val_fraction} for {method}")
     _check_memory(settings)
-    return settings.record()
+    return settings
 
 
 def _check_memory(settings) -> None:
@@ -97,7 +102,7 @@ def train(method: str, data, fmt: str, out, settings: Dict[str, object], *, cate
     """Trains ``method`` on the defect-free images of ``data`` into ``out``; returns the
     run record (also ``out/run.json``, updated with results as they come)."""
     spec = registry.get(method)
-    settings = spec.settings.parse(settings_for(method, settings))
+    settings = _settings(method, settings)
     if spec.prepare is not None:  # e.g. a prior takes its VQ run's transform
         settings = spec.prepare(settings)
     out = Path(out)

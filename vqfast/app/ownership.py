@@ -30,7 +30,7 @@ OWN = {
     "run": ("run.json", "model", "iltm", "stage1", "stage2", "stage3", "model.safetensors", "bank.safetensors",
             "tokens.safetensors", "vq.safetensors", "checkpoint.safetensors", "metrics.jsonl", "*.tmp"),
     "scores": ("score.json", "*scores.jsonl", "*scores.jsonl.*", "scores.csv", "summary.json", "maps/*.npy",
-               "maps/*.png", "metrics.json", "index.html", "overlays", "*.tmp"),
+               "maps/*.png", "maps/*.tmp", "metrics.json", "index.html", "overlays", "*.tmp"),
 }
 _LEGACY = {"run": "run.json", "scores": "score.json"}
 _COMMAND = {"run": "vqfast train", "scores": "vqfast score"}

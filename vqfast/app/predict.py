@@ -53,10 +53,16 @@ class Detector:
                              f"(B, C, H, W) tensor, got {type(x).__name__} {tuple(getattr(x, 'shape', ()))}")
         return self._resize(x.float())
 
+    def _channels(self, x: torch.Tensor) -> torch.Tensor:
+        """(C, H, W) with the run's channels: RGB -> luminance with PIL's weights, grey -> RGB."""
+        if x.shape[0] == self.transform.channels:
+            return x
+        if x.shape[0] == 3:
+            return (x * torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)).sum(0, keepdim=True)
+        return x.expand(3, -1, -1)
+
     def _resize(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[0] != self.transform.channels:  # RGB -> luminance with PIL's weights, or grey -> RGB
-            x = (x * torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)).sum(0, keepdim=True) if x.shape[0] == 3 \
-                else x.expand(3, -1, -1)
+        x = self._channels(x)
         size = self.transform.size
         size = (size, size) if isinstance(size, int) else tuple(size)
         return F.interpolate(x[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
@@ -80,12 +86,11 @@ class Detector:
         scorer's reduction (its ``reduction``, else max) of the stitched map, so a defect
         smaller than a token of the whole-image input stays visible. Memory: the tile
         batch (``batch_size`` tiles) and the full-resolution map."""
-        if tile is not None:
-            items = self._inputs(x)
-            results = [self._tiled(self._full(item), tile, stride or max(1, tile // 2), batch_size) for item in items]
-            batch = (torch.is_tensor(x) and x.dim() == 4) or isinstance(x, (list, tuple))
-            return results if batch else results[0]
         items = self._inputs(x)
+        batch = (torch.is_tensor(x) and x.dim() == 4) or isinstance(x, (list, tuple))
+        if tile is not None:
+            results = [self._tiled(self._full(item), tile, stride or max(1, tile // 2), batch_size) for item in items]
+            return results if batch else results[0]
         sizes = [_input_size(item) for item in items]
         out = self.scorer.score(self.preprocess(items))
         results = []
@@ -93,10 +98,7 @@ class Detector:
             amap = out.anomaly_map[j].float()[None, None]
             if amap.shape[-2:] != (h, w):
                 amap = F.interpolate(amap, size=(h, w), mode="bilinear", align_corners=False)
-            score = float(out.pred_score[j])
-            results.append({"score": score, "map": amap[0, 0].cpu().numpy(), "threshold": self.threshold,
-                            "decision": None if self.threshold is None else int(score >= self.threshold)})
-        batch = (torch.is_tensor(x) and x.dim() == 4) or isinstance(x, (list, tuple))
+            results.append(self._result(float(out.pred_score[j]), amap[0, 0].cpu().numpy()))
         return results if batch else results[0]
 
 
@@ -109,11 +111,7 @@ class Detector:
         if isinstance(x, np.ndarray):
             x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32) / (255.0 if x.dtype == np.uint8 else 1.0))
             x = x.unsqueeze(0) if x.dim() == 2 else x.permute(2, 0, 1)
-        x = x.float()
-        if x.shape[0] != self.transform.channels:
-            x = (x * torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)).sum(0, keepdim=True) if x.shape[0] == 3 \
-                else x.expand(3, -1, -1)
-        return x
+        return self._channels(x.float())
 
     def _tiled(self, image: torch.Tensor, tile: int, stride: int, batch_size: int) -> Dict:
         _, h, w = image.shape
@@ -134,7 +132,10 @@ class Detector:
         stitched = total / count
         score = float(reduce_map(stitched[None], getattr(self.scorer, "reduction", "max"),
                                  getattr(self.scorer, "topk", 0.01))[0])
-        return {"score": score, "map": stitched.numpy(), "threshold": self.threshold, "tiles": len(corners),
+        return {**self._result(score, stitched.numpy()), "tiles": len(corners)}
+
+    def _result(self, score: float, amap: np.ndarray) -> Dict:
+        return {"score": score, "map": amap, "threshold": self.threshold,
                 "decision": None if self.threshold is None else int(score >= self.threshold)}
 
 

@@ -39,7 +39,7 @@ from vqfast.app.ownership import owned, remove_own
 from vqfast.data import ImageTransform, unwrap_subset
 from vqfast.data.datasets import AnomalyDataset, Record
 from vqfast.methods import RunError, ScoreOptions, registry
-from vqfast.methods.runs import open_run, read_run
+from vqfast.methods.runs import open_run, require_trained
 from vqfast.scorers import scorer_fingerprint
 
 CSV_FIELDS = ("index", "path", "score", "label", "defect", "decision", "map", "map_range")
@@ -63,9 +63,10 @@ def load_scorer(run_dir, name: str, *, percentile: Optional[float] = None, token
     with preset=paper: the Performer paper's 20). ``dropout_decodes``: the KDE maps' decodes
     per restoration with the decoder's dropout on (default 1, none; preset=paper: 20)."""
     run_dir = Path(run_dir)
-    method = registry.get(read_run(run_dir)["method"])
+    run = open_run(run_dir, trained=False)
+    method = registry.get(run.record["method"])
     entry = method.scorer(name)
-    run = open_run(run_dir)
+    require_trained(run)
     options = ScoreOptions(percentile=percentile, token_threshold=token_threshold, restorations=restorations,
                            decode_precision=decode_precision, prior_precision=prior_precision,
                            marker=None if marker is None else Path(marker), passes=passes,

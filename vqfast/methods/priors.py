@@ -207,16 +207,17 @@ def _marker(run: Run, options: ScoreOptions, vq_model, pct):
     """(raster prior, its NLL threshold) of the --marker run on the same VQ model: the same
     percentile of its validation NLLs, or the same given token threshold."""
     marker_dir = Path(options.marker)
-    marker_run = read_run(marker_dir)
-    if "raster-prior" not in registry.get(marker_run["method"]).tags:
-        raise RunError(f"--marker {marker_dir}: a {marker_run['method']} run; it must be a gpt2, performer or "
-                       "pixelsnail run")
-    if marker_run.get("status") != "trained":
-        raise RunError(f"--marker {marker_dir}: its training did not finish (status {marker_run.get('status')!r})")
+    marker_run = open_run(marker_dir, trained=False)
+    method = marker_run.record["method"]
+    if "raster-prior" not in registry.get(method).tags:
+        raise RunError(f"--marker {marker_dir}: a {method} run; it must be a gpt2, performer or pixelsnail run")
+    if marker_run.record.get("status") != "trained":
+        raise RunError(f"--marker {marker_dir}: its training did not finish (status "
+                       f"{marker_run.record.get('status')!r})")
     if (marker_dir / "vq.safetensors").read_bytes() != (run.dir / "vq.safetensors").read_bytes():
         raise RunError(f"--marker {marker_dir}: trained on another VQ model than {run.dir}; train it with the "
                        "masked run's --vq")
-    marker, tokens = load_prior(open_run(marker_dir), vq_model, options.device)
+    marker, tokens = load_prior(marker_run, vq_model, options.device)
     if options.token_threshold is not None:
         return marker, float(options.token_threshold)
     return marker, nll_threshold(marker, tokens["val"].to(options.device), pct, precision=options.prior_precision)

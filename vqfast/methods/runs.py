@@ -3,15 +3,20 @@ transform, the data's identity, the held-out validation images and the status.""
 
 import json
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Tuple
 
 from vqfast.methods import registry
 from vqfast.methods.api import Run, RunError
-from vqfast.methods.settings import SettingError
+from vqfast.methods.settings import SettingError, Settings
 
 
 def read_run(run_dir) -> Dict:
     """The checked record of ``run_dir/run.json``; RunError names what is wrong."""
+    return _read(run_dir)[0]
+
+
+def _read(run_dir) -> Tuple[Dict, Settings]:
+    """(the checked record of ``run_dir/run.json``, its typed settings)."""
     path = Path(run_dir) / "run.json"
     if not path.is_file():
         raise RunError(f"{run_dir}: not a vqfast run folder (no run.json); make one with vqfast train")
@@ -19,12 +24,12 @@ def read_run(run_dir) -> Dict:
         run = json.loads(path.read_text(errors="replace"))
     except json.JSONDecodeError as exc:
         raise RunError(f"{path}: unreadable ({exc})") from None
-    _check_run(path, run)
-    return run
+    return run, _check_run(path, run)
 
 
-def _check_run(path: Path, run) -> None:
-    """The fields every reader of a run record relies on, with their types."""
+def _check_run(path: Path, run) -> Settings:
+    """The fields every reader of a run record relies on, with their types; returns the
+    typed settings."""
     def bad(what: str):
         raise RunError(f"{path}: not a valid vqfast run record: {what} (train the run again, or restore its run.json)")
 
@@ -43,21 +48,23 @@ def _check_run(path: Path, run) -> None:
         bad("val_images must be a list of paths")
     settings_cls = registry.get(run["method"]).settings
     try:  # the typed rules of --set and config files; keys of older versions are ignored
-        known = {f for f in settings_cls.__dataclass_fields__}
-        settings_cls.parse({k: v for k, v in run["settings"].items() if k in known}, rules=False)
+        known = set(settings_cls.__dataclass_fields__)
+        return settings_cls.parse({k: v for k, v in run["settings"].items() if k in known}, rules=False)
     except SettingError as exc:
         bad(str(exc))
 
 
 def open_run(run_dir, *, trained: bool = True) -> Run:
     """The run in ``run_dir`` with its typed settings; ``trained``: refuse a run whose
-    training did not finish."""
-    run_dir = Path(run_dir)
-    record = read_run(run_dir)
-    if trained and record.get("status") != "trained":
-        raise RunError(f"{run_dir}: its training did not finish (status {record.get('status')!r}); "
+    training did not finish (``require_trained``)."""
+    record, settings = _read(run_dir)
+    run = Run(Path(run_dir), record, settings)
+    if trained:
+        require_trained(run)
+    return run
+
+
+def require_trained(run: Run) -> None:
+    if run.record.get("status") != "trained":
+        raise RunError(f"{run.dir}: its training did not finish (status {run.record.get('status')!r}); "
                        "finish it with vqfast train ... --resume")
-    settings_cls = registry.get(record["method"]).settings
-    known = set(settings_cls.__dataclass_fields__)
-    return Run(run_dir, record, settings_cls.parse({k: v for k, v in record["settings"].items() if k in known},
-                                                   rules=False))

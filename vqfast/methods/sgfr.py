@@ -7,6 +7,7 @@ from typing import Optional
 
 import torch
 
+from vqfast import checkpoint
 from vqfast.methods.api import Method, Run, Scorer, ScoreOptions, TrainJob
 from vqfast.methods.backbone import BACKBONE_HELP, check_backbone, take_backbone
 from vqfast.methods.settings import SettingError, Settings, setting
@@ -59,9 +60,9 @@ def train_sgfr(settings: SGFRSettings, job: TrainJob) -> dict:
     """Fits the memory bank on the training images only (the paper: all of them), so that
     the held-out ones score as unseen normal images do and can set --threshold auto."""
     path = job.out / "bank.safetensors"
+    if job.resume and path.is_file():  # the bank is written once, whole: nothing left to do
+        return {"bank_images": int(checkpoint.read(path)[1]["images"])}
     scorer = build_sgfr(settings)
-    if job.resume and path.is_file():
-        return {"bank_images": int(scorer.load_bank(path).bank[scorer.ref_level].shape[0])}
     if not scorer.backbone.pretrained:
         job.echo(f"no {settings.backbone} weights found (--set weights=FILE, $TORCH_HOME or vqfast[weights]): the "
                  "backbone is random")
