@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from vqfast import _ext, reference
 from vqfast.ops import nearest_code
+from vqfast.ops import lowered
 from conftest import DEVICE_BACKENDS, require_backend
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -539,3 +540,14 @@ def test_triton_values_at_the_overflow_bound_stay_exact(gen):
     idx, dist = nearest_code(z, cb, 2, backend="triton")
     ref_idx, ref_dist = _recomputed_topk(z, cb, 2)
     assert torch.equal(idx, ref_idx) and torch.equal(dist, ref_dist)
+
+
+def test_the_lowered_lookup_of_exported_graphs_equals_the_reference():
+    """vqfast.ops.lowered.nearest_code (a matmul and argmin / top-k): the reference's
+    indices and distances on fresh random rows, for k = 1 and k = 4."""
+    z, codebook = torch.randn(500, 16), torch.randn(64, 16)
+    for k in (1, 4):
+        idx, dist = lowered.nearest_code(z, codebook, k)
+        want_idx, want_dist = reference.nearest_code(z, codebook, k)
+        assert torch.equal(idx, want_idx)
+        torch.testing.assert_close(dist, want_dist, rtol=1e-5, atol=1e-5)

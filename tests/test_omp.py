@@ -9,6 +9,7 @@ from sklearn.linear_model import orthogonal_mp_gram
 
 from vqfast import reference
 from vqfast.ops import omp, omp_dictionary
+from vqfast.ops import lowered
 from conftest import DEVICE_BACKENDS, require_backend
 
 
@@ -373,3 +374,35 @@ def test_non_symmetric_gram_is_rejected():
         omp(G, torch.ones(2, 4, dtype=torch.float64), 2)
     X = torch.randn(300, 50)
     omp(X.T @ X, torch.randn(3, 300) @ X, 4)  # a float32 GEMM's X^T X passes
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_the_lowered_omp_of_exported_graphs_equals_the_reference(dtype):
+    """vqfast.ops.lowered.omp (unrolled, standard operators): the reference's supports
+    and codes, the early stops included (a duplicate atom, a target in a support's span,
+    tol), on fresh random problems; per-target grams with unavailable atoms equal
+    solving each target's available sub-problem."""
+    gen = torch.Generator().manual_seed(int(torch.randint(1 << 30, ())))
+    for trial in range(12):
+        n, d, b = 12, 30, 9
+        X = torch.randn(d, n, dtype=dtype, generator=gen)
+        X[:, 3] = 2 * X[:, 1]
+        Y = torch.randn(b, d, dtype=dtype, generator=gen)
+        Y[0] = 0.5 * X[:, 2] + X[:, 5]
+        G, xty, yn = X.T @ X, Y @ X, Y.square().sum(1)
+        for k, tol in ((1, None), (4, None), (12, None), (12, 1.0)):
+            want = reference.omp(G, xty, k, tol, yn)
+            got = lowered.omp(G, xty, k, tol, yn)
+            assert torch.equal(got[1], want[1]), (trial, k, tol)
+            rtol = 1e-6 if dtype == torch.float64 else 1e-3
+            torch.testing.assert_close(got[0], want[0], rtol=rtol, atol=rtol)
+            torch.testing.assert_close(got[2], want[2], rtol=rtol, atol=rtol * float(yn.max()))
+    keep = torch.rand(b, n, generator=gen) < 0.6
+    keep[:, 0] = True
+    coef, support, _ = lowered.omp(G.expand(b, n, n).clone(), xty, 4, None, yn, available=keep)
+    for t in range(b):
+        idx = keep[t].nonzero()[:, 0]
+        want = reference.omp(G[idx][:, idx], xty[t:t + 1, idx], min(4, len(idx)), None, yn[t:t + 1])
+        assert torch.equal(torch.where(support[t] >= 0, support[t], -1)[:len(idx)].sort().values,
+                           torch.where(want[1][0] >= 0, idx[want[1][0].clamp_min(0)], -1).sort().values)
+        torch.testing.assert_close(coef[t, idx], want[0][0], rtol=1e-3, atol=1e-6)

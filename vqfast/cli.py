@@ -1,6 +1,7 @@
 """The vqfast command line. vqfast train trains a method on a folder of defect-free
 images, vqfast score scores a folder with a trained run, vqfast report draws the results;
-vqfast predict scores single images; vqfast demo runs everything on built-in data; vqfast bench times the kernels; vqfast info
+vqfast predict scores single images; vqfast export writes a run's scorer as an ONNX or
+torch.export graph; vqfast demo runs everything on built-in data; vqfast bench times the kernels; vqfast info
 says what this installation can run. Every command takes --help."""
 
 import argparse
@@ -24,6 +25,7 @@ from vqfast.app import distributed
 from vqfast.app.data import FORMATS
 from vqfast.app.methods import train
 from vqfast.app.ownership import OutputError
+from vqfast.app.export import FORMATS as EXPORT_FORMATS, export
 from vqfast.app.predict import load
 from vqfast.app.report import report
 from vqfast.app.score import score
@@ -123,6 +125,16 @@ def _predict(args) -> int:
         result = detector.predict(path, tile=args.tile, stride=args.stride)
         print(json.dumps({"path": str(path), "score": result["score"], "decision": result["decision"],
                           "threshold": result["threshold"]}), flush=True)
+    return 0
+
+
+def _export(args) -> int:
+    _need(args, "run", "out")
+    if args.threshold in ("auto", "none"):
+        threshold = None if args.threshold == "none" else "auto"
+    else:
+        threshold = _number("--threshold", args.threshold)
+    export(args.run, args.out, args.format, args.scorer, threshold=threshold, overwrite=args.overwrite)
     return 0
 
 
@@ -371,6 +383,28 @@ def _add_predict(sub) -> argparse.ArgumentParser:
     return p
 
 
+def _add_export(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("export", help="a run's scorer as one ONNX or torch.export file",
+                       description="Write the scorer of --run as a fixed graph: input images (B, C, H, W) float32 "
+                                   "as vqfast.load(run).preprocess gives them, outputs score (B,) and map "
+                                   "(B, H, W), vqfast score's values. Regenerative, sample, DSR, feature-ae and "
+                                   "SGFR export; the restoration scorers (pixel, light, kde, masked-restore) "
+                                   "sample token by token and do not.")
+    p.add_argument("--run", "--run-dir", dest="run", help="the run folder vqfast train wrote")
+    p.add_argument("--scorer", help="one the run's method offers (default: its first)")
+    p.add_argument("--format", choices=EXPORT_FORMATS, default="onnx",
+                   help="onnx (any ONNX runtime; needs vqfast[export]) or torch (torch.export, a .pt2 file)")
+    p.add_argument("--out", help="the file to write (.onnx, or .pt2 for --format torch)")
+    p.add_argument("--threshold", default="auto",
+                   help="recorded in the file's metadata: auto (vqfast score's rule over the run's held-out "
+                        "images), a number, or none")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--config", metavar="FILE", help="a TOML or YAML file of these options (flags win)")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    p.set_defaults(func=_export)
+    return p
+
+
 def _add_report(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="metrics, curves and overlays of a score folder, in one index.html",
                        description="Write metrics.json, ROC and PR curves, per-image overlays (image, heat map, "
@@ -391,7 +425,7 @@ def main(argv=None) -> int:
     parser.add_argument("--version", action="version", version=f"vqfast {__import__('vqfast').__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     subs = {"train": _add_train(sub), "score": _add_score(sub), "predict": _add_predict(sub),
-            "report": _add_report(sub)}
+            "export": _add_export(sub), "report": _add_report(sub)}
     demo = sub.add_parser("demo", help="train, score and evaluate on the embedded procedural dataset")
     demo.add_argument("--out", default="vqfast-demo", help="folder for checkpoints, logs and results")
     demo.add_argument("--epochs", type=_positive_int, default=20)

@@ -191,7 +191,7 @@ class Backbone(nn.Module):
             raise ValueError(f"x must be (B, 1 or 3, H, W), got {tuple(x.shape)}")
         if self.normalize:
             x = (x.expand(-1, 3, -1, -1) - self.mean) / self.std
-        if x.device.type != "cpu":
+        if x.device.type != "cpu" or torch.compiler.is_exporting():  # an exported graph takes any batch whole
             return self._autocast_features(x.contiguous(memory_format=torch.channels_last), layers)
         # oneDNN runs NHWC faster, and chunks of images reuse their activation buffers where
         # a whole batch's come fresh from the OS (vqfast.models.base.cpu_conv): on 2 cores,

@@ -48,7 +48,7 @@ def cpu_conv(module: nn.Module, t: torch.Tensor, chunk: int = CPU_CHUNK) -> torc
     if t.device.type != "cpu" or t.dim() != 4:
         return module(t)
     t = t.contiguous(memory_format=torch.channels_last)
-    if torch.is_grad_enabled() or module.training or t.shape[0] <= chunk:
+    if torch.is_grad_enabled() or module.training or torch.compiler.is_exporting() or t.shape[0] <= chunk:
         return module(t)
     return torch.cat([module(c) for c in t.split(chunk)])
 

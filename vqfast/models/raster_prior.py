@@ -30,7 +30,7 @@ class RasterPrior(nn.Module):
         if flat.shape[1] != self.config.length:
             raise ValueError(f"tokens must hold {self.config.height}x{self.config.width} = {self.config.length} "
                              f"positions, got shape {tuple(tokens.shape)}")
-        if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= self.config.num_codes):
+        if flat.numel() and not torch.compiler.is_exporting() and (int(flat.min()) < 0 or int(flat.max()) >= self.config.num_codes):
             raise ValueError(f"tokens hold codes outside [0, K={self.config.num_codes})")
         inputs = torch.cat([flat.new_full((flat.shape[0], 1), self.start_token), flat[:, :-1]], 1)
         if key_mask is not None:  # input i + 1 is token i

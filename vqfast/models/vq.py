@@ -86,7 +86,8 @@ class VectorQuantizer(nn.Module):
         if self.training and not bool(self.initialized):
             self._init_from(z.detach().movedim(1, -1).reshape(-1, self.dim).float())
         q = quantize(z, self.codes(), backend=self.backend)
-        counts = torch.bincount(q.indices.reshape(-1), minlength=self.num_codes).to(z.dtype)
+        flat = q.indices.reshape(-1)  # counted by scatter_add, not bincount: a fixed-size graph for export
+        counts = torch.zeros(self.num_codes, dtype=z.dtype, device=z.device).scatter_add_(0, flat, torch.ones_like(flat, dtype=z.dtype))
         probs = counts / counts.sum()
         perplexity = torch.exp(-(probs * torch.log(probs.clamp_min(1e-12))).sum())
         usage = (counts > 0).float().mean()

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from vqfast import _ext, reference
+from vqfast.ops import lowered
 from vqfast.ops._checks import check_finite, check_same_device, check_tensor
 from vqfast.ops._dispatch import resolve_backend, triton_unavailable_reason
 
@@ -85,6 +86,8 @@ def nearest_code(z: torch.Tensor, codebook: torch.Tensor, k: int = 1, backend: s
         raise ValueError("z and codebook have D=0: distances are undefined")
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= num_codes:
         raise ValueError(f"k must be an int in [1, K={num_codes}], got {k!r}")
+    if torch.compiler.is_exporting():  # standard operators in an exported graph (vqfast.ops.lowered)
+        return lowered.nearest_code(z, codebook, k)
     resolved = resolve_backend("nearest_code", backend, z.device)
     if backend == "cuda" and k > _ext._C.nearest_code_cuda_max_k:
         raise ValueError(f"backend='cuda' supports k <= {_ext._C.nearest_code_cuda_max_k}, got k={k}; use 'auto' or 'triton'")

@@ -5,6 +5,7 @@ from typing import Optional, Tuple
 import torch
 
 from vqfast import _ext, reference
+from vqfast.ops import lowered
 from vqfast.ops._checks import check_finite, check_same_device, check_tensor
 from vqfast.ops._dispatch import resolve_backend, triton_unavailable_reason
 
@@ -85,6 +86,8 @@ def omp(gram: torch.Tensor, xty: torch.Tensor, n_nonzero: int, tol: Optional[flo
         raise ValueError(f"xty has {xty.shape[1]} columns but gram has N={n} atoms")
     if xty.dtype != gram.dtype:
         raise TypeError(f"gram is {gram.dtype} but xty is {xty.dtype}")
+    if torch.compiler.is_exporting():  # standard operators in an exported graph (vqfast.ops.lowered)
+        return lowered.omp(gram, xty, n_nonzero, tol, y_norm_sq)
     _check_symmetric(gram)
     if n == 0:
         raise ValueError("gram has no atoms (N=0)")

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from vqfast import checkpoint
 from vqfast.models.backbones import Backbone
-from vqfast.ops import omp
+from vqfast.ops import lowered, omp
 from vqfast.profiling import time_stages
 from vqfast.scorers.base import ScoreBatch, check_images, gaussian_blur, reduce_map
 
@@ -137,6 +137,9 @@ class SGFRScorer:
         support = self._sample(feats[self.ref_level].flatten(1))
         h, w = images.shape[-2:]
         tol = None if self.eps is None else float(self.eps) ** 2  # omp's tol bounds ||e||^2
+        if torch.compiler.is_exporting():
+            maps = gaussian_blur(self._batched_maps(feats, support, tol, (h, w)), self.sigma)
+            return ScoreBatch(reduce_map(maps, "max", 0.0), maps)
         total = torch.zeros(images.shape[0], h, w, dtype=torch.float64, device=images.device)
         for lvl in self.levels:
             f = feats[lvl]
@@ -152,6 +155,28 @@ class SGFRScorer:
                 total[b] += F.interpolate(per_pixel, size=(h, w), mode="bilinear", align_corners=False)[0, 0]
         maps = gaussian_blur(total, self.sigma).float()
         return ScoreBatch(reduce_map(maps, "max", 0.0), maps)
+
+    def _batched_maps(self, feats, support: torch.Tensor, tol: Optional[float], size) -> torch.Tensor:
+        """score()'s summed per-level maps (B, H, W) float32 (resized in float32, not
+        float64: about 1e-7 relative), every image at once in
+        standard operators (vqfast.ops.lowered.omp over each image's gathered sub-bank,
+        the -1 entries of ``support`` unavailable): the exported graph's path. The loop
+        in score() keeps the fused OMP kernel."""
+        valid, idx = support >= 0, support.clamp_min(0)
+        m = idx.shape[1]
+        total = None
+        for lvl in self.levels:
+            f = feats[lvl]
+            y = f.flatten(1)
+            atoms = self.bank[lvl][idx]  # (B, M, D)
+            gram = self.gram[lvl][idx].gather(2, idx[:, None, :].expand(-1, m, -1))  # (B, M, M)
+            xty = (atoms @ y[:, :, None])[..., 0]
+            coef, _, _ = lowered.omp(gram, xty, min(self.s, m), tol, y.square().sum(1), available=valid)
+            residual = (y - (coef[:, None, :] @ atoms)[:, 0]).view(f.shape)
+            per_pixel = residual.norm(dim=1).float()  # ONNX runtimes resize and convolve float32 only
+            up = F.interpolate(per_pixel[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+            total = up if total is None else total + up
+        return total
 
     @torch.no_grad()
     def profile(self, images: torch.Tensor, repeats: int = 5):
