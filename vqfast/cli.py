@@ -25,6 +25,7 @@ from vqfast.app import distributed
 from vqfast.app.data import FORMATS
 from vqfast.app.methods import train
 from vqfast.app.ownership import OutputError
+from vqfast.app.compare import compare
 from vqfast.app.export import FORMATS as EXPORT_FORMATS, export
 from vqfast.app.predict import load
 from vqfast.app.report import report
@@ -102,6 +103,8 @@ def _train(args) -> int:
 
 def _score(args) -> int:
     _need(args, "run", "data", "out")
+    if args.stride is not None and args.tile is None:
+        raise UsageError("--stride needs --tile")
     distributed.init()
     threshold = args.threshold if args.threshold == "auto" else _number("--threshold", args.threshold)
     score(args.scorer, args.run, args.data, args.format, args.out, category=args.category, split=args.split,
@@ -109,7 +112,7 @@ def _score(args) -> int:
           decode_precision=args.decode_precision, prior_precision=args.prior_precision, marker=args.marker,
           passes=args.passes, dropout_decodes=args.dropout_decodes, resume=args.resume,
           skip_bad=args.skip_bad, batch_size=args.batch_size, maps=not args.no_maps, map_format=args.maps,
-          device=args.device if args.device != "auto" else None)
+          device=args.device if args.device != "auto" else None, tile=args.tile, stride=args.stride)
     distributed.close()
     return 0
 
@@ -140,7 +143,11 @@ def _export(args) -> int:
 
 def _report(args) -> int:
     _need(args, "scores")
-    report(args.scores, max_overlays=args.max_overlays)
+    if len(args.scores) > 1 or args.out:
+        _need(args, "out")
+        compare(args.scores, args.out, max_images=args.max_images)
+        return 0
+    report(args.scores[0], max_overlays=args.max_overlays)
     return 0
 
 
@@ -246,6 +253,11 @@ def _config_value(sub: argparse.ArgumentParser, path, key: str, value):
         if isinstance(value, bool):
             return value
         raise UsageError(f"{where} takes true or false (unquoted), got {value!r}")
+    if action.nargs in ("+", "*"):  # a list flag (report's --scores): a list or one value
+        values = value if isinstance(value, list) else [value]
+        if not values or not all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in values):
+            raise UsageError(f"{where} takes a path or a list of paths, got {value!r}")
+        return [str(v) for v in values]
     if isinstance(value, (dict, list)) or isinstance(value, bool) and action.type is not None:
         raise UsageError(f"{where} takes a single value, got {value!r}")
     if action.type is not None:
@@ -356,9 +368,14 @@ def _add_score(sub) -> argparse.ArgumentParser:
                    help="masked-restore: in-painting passes (default: the masked run's passes setting; 1 is the "
                         "fastest: every unusual token drawn from one forward)")
     p.add_argument("--batch-size", type=_positive_int, default=8)
-    p.add_argument("--maps", choices=["npy", "png"], default="npy",
-                   help="how anomaly maps are saved: npy (float32 arrays) or png (16-bit grayscale images that "
-                        "any viewer opens; each record's map_range gives the values their 0..65535 span)")
+    p.add_argument("--maps", choices=["npy", "png", "tiff"], default="npy",
+                   help="how anomaly maps are saved: npy (float32 arrays), png (16-bit grayscale images that "
+                        "any viewer opens; each record's map_range gives the values their 0..65535 span) or tiff "
+                        "(float32 at each image's resolution in MVTec's layout, maps/<category>/<split>/<defect>/"
+                        "<id>.tiff, which MVTec's evaluation script reads)")
+    p.add_argument("--tile", type=_positive_int, help="score every image by tile x tile crops at its own "
+                   "resolution, the maps stitched (for large images with small defects)")
+    p.add_argument("--stride", type=_positive_int, help="--tile: pixels between tiles (default: half a tile)")
     p.add_argument("--no-maps", action="store_true", help="do not save anomaly maps")
     p.set_defaults(func=_score)
     return p
@@ -407,11 +424,19 @@ def _add_export(sub) -> argparse.ArgumentParser:
 
 def _add_report(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="metrics, curves and overlays of a score folder, in one index.html",
-                       description="Write metrics.json, ROC and PR curves, per-image overlays (image, heat map, "
+                       description="Write metrics.json (with per-defect-class metrics where the data names "
+                                   "classes), ROC and PR curves, per-image overlays (image, heat map, "
                                    "ground-truth and predicted contours) and index.html into the --scores "
-                                   "folder of vqfast score.")
-    p.add_argument("--scores", help="the --out folder of vqfast score")
+                                   "folder of vqfast score; or, given several --scores and --out, one page "
+                                   "comparing them.")
+    p.add_argument("--scores", nargs="+", metavar="FOLDER",
+                   help="the --out folder of vqfast score; several, with --out: one page comparing them")
+    p.add_argument("--out", help="several --scores: the folder of the comparison page (a table of scorers x "
+                                 "metrics and ms per image, ROC and PR curves overlaid, the same images' maps "
+                                 "side by side)")
     p.add_argument("--max-overlays", type=_positive_int, default=48, help="overlays of the highest-scored images")
+    p.add_argument("--max-images", type=_positive_int, default=8,
+                   help="comparison: images shown side by side (half defective where labels exist)")
     p.add_argument("--config", metavar="FILE", help="a TOML or YAML file of these options (flags win)")
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     p.set_defaults(func=_report)

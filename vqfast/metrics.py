@@ -174,3 +174,25 @@ def evaluate(
         out["pixel_ap"] = average_precision(masks, maps)
         out["aupro"] = aupro(masks, maps, fpr_limit)
     return out
+
+
+def evaluate_per_class(image_labels, image_scores, classes, masks=None, maps=None, *,
+                       fpr_limit: float = 0.3) -> Dict[str, Dict[str, float]]:
+    """``evaluate`` for each defect class against the defect-free images: class c's image
+    AUROC / AP / best F1 rank its images among the good ones, and with masks and maps its
+    pixel AUROC / AP and AUPRO take the pixels of its images and the good ones (its
+    regions' overlap, the good images' false positives). classes: (B,) names, one per
+    image; the classes of defective images (label 1) are reported, sorted."""
+    labels = _labels(image_labels, "image_labels")
+    scores = _scores(image_scores, "image_scores")
+    classes = np.asarray(classes, dtype=object)
+    good = labels == 0
+    out = {}
+    for name in sorted({str(c) for c in classes[labels == 1]}):
+        keep = good | ((labels == 1) & (classes == name))
+        with_pixels = (None, None)
+        if masks is not None and maps is not None and np.asarray(masks)[keep].any():
+            with_pixels = (np.asarray(masks)[keep], np.asarray(maps)[keep])
+        out[name] = {"images": int(((labels == 1) & (classes == name)).sum()),
+                     **evaluate(labels[keep], scores[keep], *with_pixels, fpr_limit=fpr_limit)}
+    return out

@@ -116,7 +116,7 @@ def _traced(graph: ScoreGraph, example: torch.Tensor, batch, name: str):
 def _onnx(graph: ScoreGraph, example: torch.Tensor, batch, path: str, meta: Dict[str, str], name: str) -> None:
     try:
         import onnx  # optional: vqfast[export]
-        import onnxscript  # noqa: F401 (optional: the exporter needs it, and says so less clearly)
+        import onnxscript  # noqa: F401  (optional: the exporter needs it, and says so less clearly)
     except ModuleNotFoundError as exc:
         raise RunError(f"--format onnx needs the {exc.name} package: pip install 'vqfast[export]'") from None
     program = torch.onnx.export(_traced(graph, example, batch, name), dynamo=True, input_names=["images"],

@@ -30,10 +30,11 @@ OWN = {
     "run": ("run.json", "model", "iltm", "stage1", "stage2", "stage3", "model.safetensors", "bank.safetensors",
             "tokens.safetensors", "vq.safetensors", "checkpoint.safetensors", "metrics.jsonl", "*.tmp"),
     "scores": ("score.json", "*scores.jsonl", "*scores.jsonl.*", "scores.csv", "summary.json", "maps/*.npy",
-               "maps/*.png", "maps/*.tmp", "metrics.json", "index.html", "overlays", "*.tmp"),
+               "maps/*.png", "maps/*.tmp", "maps/**/*.tiff", "maps/**/*.tmp", "metrics.json", "index.html", "overlays", "*.tmp"),
+    "comparison": ("comparison.json", "roc.png", "pr.png", "images", "index.html", "*.tmp"),
 }
-_LEGACY = {"run": "run.json", "scores": "score.json"}
-_COMMAND = {"run": "vqfast train", "scores": "vqfast score"}
+_LEGACY = {"run": "run.json", "scores": "score.json", "comparison": "comparison.json"}
+_COMMAND = {"run": "vqfast train", "scores": "vqfast score", "comparison": "vqfast report --scores A B --out"}
 
 
 class OutputError(ValueError):
@@ -71,6 +72,11 @@ def remove_own(out: Path, kind: str) -> None:
                 shutil.rmtree(path)
             else:
                 path.unlink(missing_ok=True)
+    maps = Path(out) / "maps"
+    if kind == "scores" and maps.is_dir() and not maps.is_symlink():  # the TIFF layout's folders, once emptied
+        for folder in sorted((p for p in maps.rglob("*") if p.is_dir() and not p.is_symlink()), reverse=True):
+            if not any(folder.iterdir()):
+                folder.rmdir()
 
 
 def refuse_inside(data, out: Path, kind: str) -> None:

@@ -19,12 +19,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from vqfast.app import tiles
 from vqfast.app.score import _validation_images, auto_threshold, load_scorer
 from vqfast.data import ImageTransform
-from vqfast.data.transforms import open_image
 from vqfast.methods import RunError, registry
 from vqfast.methods.runs import read_run
-from vqfast.scorers import reduce_map
 
 
 class Detector:
@@ -51,21 +50,7 @@ class Detector:
         if not torch.is_tensor(x) or x.dim() != 3 or x.shape[0] not in (1, 3):
             raise ValueError(f"predict takes a path, a PIL image, an (H, W) or (H, W, C) array or a (C, H, W) / "
                              f"(B, C, H, W) tensor, got {type(x).__name__} {tuple(getattr(x, 'shape', ()))}")
-        return self._resize(x.float())
-
-    def _channels(self, x: torch.Tensor) -> torch.Tensor:
-        """(C, H, W) with the run's channels: RGB -> luminance with PIL's weights, grey -> RGB."""
-        if x.shape[0] == self.transform.channels:
-            return x
-        if x.shape[0] == 3:
-            return (x * torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)).sum(0, keepdim=True)
-        return x.expand(3, -1, -1)
-
-    def _resize(self, x: torch.Tensor) -> torch.Tensor:
-        x = self._channels(x)
-        size = self.transform.size
-        size = (size, size) if isinstance(size, int) else tuple(size)
-        return F.interpolate(x[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
+        return tiles.resize(x.float(), self.transform.size, self.transform.channels)
 
     @staticmethod
     def _inputs(x) -> list:
@@ -89,7 +74,7 @@ class Detector:
         items = self._inputs(x)
         batch = (torch.is_tensor(x) and x.dim() == 4) or isinstance(x, (list, tuple))
         if tile is not None:
-            results = [self._tiled(self._full(item), tile, stride or max(1, tile // 2), batch_size) for item in items]
+            results = [self._tiled(item, tile, stride or max(1, tile // 2), batch_size) for item in items]
             return results if batch else results[0]
         sizes = [_input_size(item) for item in items]
         out = self.scorer.score(self.preprocess(items))
@@ -102,47 +87,14 @@ class Detector:
         return results if batch else results[0]
 
 
-    def _full(self, x) -> torch.Tensor:
-        """(C, H, W) float in [0, 1] at the input's own resolution, the run's channels."""
-        if isinstance(x, (str, Path)):
-            x = open_image(x, "RGB" if self.transform.channels == 3 else "L")
-        if isinstance(x, Image.Image):
-            x = np.asarray(x.convert("RGB" if self.transform.channels == 3 else "L"))
-        if isinstance(x, np.ndarray):
-            x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32) / (255.0 if x.dtype == np.uint8 else 1.0))
-            x = x.unsqueeze(0) if x.dim() == 2 else x.permute(2, 0, 1)
-        return self._channels(x.float())
-
-    def _tiled(self, image: torch.Tensor, tile: int, stride: int, batch_size: int) -> Dict:
-        _, h, w = image.shape
-        if tile < 1 or stride < 1 or tile > min(h, w):
-            raise ValueError(f"tile must be in [1, {min(h, w)}] (the image is {h} x {w}) and stride >= 1, got "
-                             f"tile {tile}, stride {stride}")
-        ys, xs = _starts(h, tile, stride), _starts(w, tile, stride)
-        corners = [(y, x) for y in ys for x in xs]
-        total, count = torch.zeros(h, w), torch.zeros(h, w)
-        for b in range(0, len(corners), batch_size):
-            part = corners[b:b + batch_size]
-            crops = torch.stack([self._resize(image[:, y:y + tile, x:x + tile]) for y, x in part])
-            maps = self.scorer.score(crops.to(self.device)).anomaly_map.float().cpu()
-            maps = F.interpolate(maps[:, None], size=(tile, tile), mode="bilinear", align_corners=False)[:, 0]
-            for (y, x), m in zip(part, maps):
-                total[y:y + tile, x:x + tile] += m
-                count[y:y + tile, x:x + tile] += 1
-        stitched = total / count
-        score = float(reduce_map(stitched[None], getattr(self.scorer, "reduction", "max"),
-                                 getattr(self.scorer, "topk", 0.01))[0])
-        return {**self._result(score, stitched.numpy()), "tiles": len(corners)}
+    def _tiled(self, image, tile: int, stride: int, batch_size: int) -> Dict:
+        score, stitched, count = tiles.score_by_tiles(self.scorer, tiles.full_image(image, self.transform.channels),
+                                                      tile, stride, self.transform.size, self.device, batch_size)
+        return {**self._result(score, stitched), "tiles": count}
 
     def _result(self, score: float, amap: np.ndarray) -> Dict:
         return {"score": score, "map": amap, "threshold": self.threshold,
                 "decision": None if self.threshold is None else int(score >= self.threshold)}
-
-
-def _starts(size: int, tile: int, stride: int) -> List[int]:
-    """Tile offsets every ``stride`` pixels, the last one flush with the border."""
-    starts = list(range(0, size - tile + 1, stride))
-    return starts if starts[-1] == size - tile else starts + [size - tile]
 
 
 def _input_size(x):

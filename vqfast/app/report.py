@@ -18,6 +18,7 @@ from typing import Callable, Dict, Iterable, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from vqfast import metrics
@@ -30,7 +31,9 @@ from vqfast.methods.runs import read_run
 from vqfast.scorers import reduce_map
 
 
-def _load(folder: Path):
+def read_scores(folder: Path):
+    """(score.json, summary.json, the records) of a finished ``vqfast score`` folder; a
+    missing or damaged file is a RunError saying how to fix it."""
     try:
         identity = json.loads((folder / "score.json").read_text())
         summary = json.loads((folder / "summary.json").read_text())
@@ -103,7 +106,7 @@ def _overlay(image: np.ndarray, amap: np.ndarray, mask, pixel_threshold: float, 
     plt.close(fig)
 
 
-def _scored(folder: Path, identity: Dict, records):
+def scored_arrays(folder: Path, identity: Dict, records):
     """(dataset, index by path, maps (N, H, W) or None, masks (N, H, W) bool or None) of
     a scores folder's records, the images opened with the run's transform."""
     run = read_run(identity["run"])
@@ -116,11 +119,20 @@ def _scored(folder: Path, identity: Dict, records):
     if gone:
         raise RunError(f"{folder}: {len(gone)} scored images are no longer readable in {data['path']} "
                        f"(e.g. {shown_name(gone[0])}): restore them, or score the folder again")
-    maps = np.stack([load_map(folder, r) for r in records]) if records and records[0]["map"] else None
+    size = (transform.size, transform.size) if isinstance(transform.size, int) else tuple(transform.size)
+    maps = np.stack([_at(load_map(folder, r), size) for r in records]) if records and records[0]["map"] else None
     masks = None
     if maps is not None and dataset.has_masks:
         masks = np.stack([dataset[by_path[r["path"]]]["mask"].numpy() for r in records])
     return dataset, by_path, maps, masks
+
+
+def _at(amap: np.ndarray, size) -> np.ndarray:
+    """A map at the masks' size (H, W): TIFF and tiled maps are at the image's own."""
+    if amap.shape == tuple(size):
+        return amap
+    t = torch.tensor(amap, dtype=torch.float32)[None, None]
+    return F.interpolate(t, size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
 def evaluate_scores(folder, *, reductions: Sequence[str] = (), exclude: Iterable[str] = (),
@@ -131,8 +143,8 @@ def evaluate_scores(folder, *, reductions: Sequence[str] = (), exclude: Iterable
     (``pixel=False``: image level only). Images whose path is in ``exclude`` (e.g. ones
     carved off for validation) are left out."""
     folder = Path(folder)
-    identity, _, records = _load(folder)
-    _, _, maps, masks = _scored(folder, identity, records)
+    identity, _, records = read_scores(folder)
+    _, _, maps, masks = scored_arrays(folder, identity, records)
     skip = {str(Path(p).resolve()) for p in exclude}
     keep = np.array([r["path"] not in skip for r in records], dtype=bool)
     labels = np.array([r["label"] for r in records])[keep]
@@ -153,8 +165,8 @@ def evaluate_scores(folder, *, reductions: Sequence[str] = (), exclude: Iterable
 def report(folder, *, max_overlays: int = 48, progress: bool = True, echo: Callable = print) -> Dict:
     """Writes the module docstring's files into ``folder``; returns the metrics."""
     folder = Path(folder)
-    identity, summary, records = _load(folder)
-    dataset, by_path, maps, masks = _scored(folder, identity, records)
+    identity, summary, records = read_scores(folder)
+    dataset, by_path, maps, masks = scored_arrays(folder, identity, records)
     labels = [r["label"] for r in records]
     labelled = metrics.has_both_classes(labels)
     scores = np.array([r["score"] for r in records], dtype=np.float64)
@@ -162,8 +174,9 @@ def report(folder, *, max_overlays: int = 48, progress: bool = True, echo: Calla
               "run": identity["run"]}
     if labelled:
         y = np.array(labels)
-        result.update(metrics.evaluate(y, scores, masks if masks is not None and masks.any() else None,
-                                       maps if masks is not None and masks.any() else None))
+        pixels = (masks, maps) if masks is not None and masks.any() else (None, None)
+        result.update(metrics.evaluate(y, scores, *pixels))
+        result["per_class"] = metrics.evaluate_per_class(y, scores, [r["defect"] for r in records], *pixels)
         _curves(y, scores, folder)
     write_json(folder / "metrics.json", result)
     shown = []
@@ -197,6 +210,7 @@ def _html(folder: Path, result: Dict, shown, labelled: bool, n: int) -> None:
     rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.4f}</td></tr>" for k, v in result.items()
                    if isinstance(v, float))
     curves = '<p><img src="roc.png"> <img src="pr.png"></p>' if labelled else "<p>No labels: no curves.</p>"
+    curves += _per_class_table(result.get("per_class", {}))
     cards = "".join(
         f'<figure><img src="{name}" width="760"><figcaption>{html.escape(shown_name(Path(r["path"]).name))} '
         f'score {r["score"]:.4g}</figcaption></figure>' for name, r in shown)
@@ -211,3 +225,15 @@ def _html(folder: Path, result: Dict, shown, labelled: bool, n: int) -> None:
 <p>Each row: the image, its anomaly map, the ground-truth contour (green) and the predicted contour (red).</p>
 {cards}</body></html>
 """)
+
+
+def _per_class_table(per_class: Dict[str, Dict]) -> str:
+    """Each defect class's metrics against the good images, as an HTML table."""
+    if not per_class:
+        return ""
+    names = [k for k in ("image_auroc", "image_ap", "pixel_auroc", "aupro") if any(k in v for v in per_class.values())]
+    head = "".join(f"<th>{n}</th>" for n in ["defect class", "images", *names])
+    rows = "".join(f"<tr><td>{html.escape(shown_name(c))}</td><td>{v['images']}</td>" +
+                   "".join(f"<td>{v[n]:.4f}</td>" if n in v else "<td></td>" for n in names) + "</tr>"
+                   for c, v in per_class.items())
+    return f"<h2>Per defect class (each against the good images)</h2><table><tr>{head}</tr>{rows}</table>"

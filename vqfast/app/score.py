@@ -23,16 +23,18 @@ import csv
 import io
 import json
 import os
+import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
 from vqfast import metrics
-from vqfast.app import distributed
+from vqfast.app import distributed, tiles
 from vqfast.app.data import data_identity, open_data
 from vqfast.files import write_atomic, write_json
 from vqfast.app.ownership import owned, remove_own
@@ -127,14 +129,24 @@ def _append(f, line: str) -> None:
     os.fsync(f.fileno())
 
 
-MAP_FORMATS = ("npy", "png")
+MAP_FORMATS = ("npy", "png", "tiff")
 
 
-def _save_map(path: Path, anomaly_map: np.ndarray) -> Optional[List[float]]:
-    """Writes the map atomically; for a PNG returns its [low, high] range."""
+def _save_map(path: Path, anomaly_map: np.ndarray, image: Optional[Path] = None) -> Optional[List[float]]:
+    """Writes the map atomically; for a PNG returns its [low, high] range. A TIFF is float32
+    at the resolution of ``image``, the source file (MVTec's evaluation compares maps with
+    its masks pixel for pixel), resized bilinearly."""
     buf, span = io.BytesIO(), None
+    path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".npy":
         np.save(buf, anomaly_map)
+    elif path.suffix == ".tiff":
+        with Image.open(image) as im:
+            width, height = im.size
+        full = torch.from_numpy(np.ascontiguousarray(anomaly_map, dtype=np.float32))[None, None]
+        if full.shape[-2:] != (height, width):
+            full = F.interpolate(full, size=(height, width), mode="bilinear", align_corners=False)
+        Image.fromarray(full[0, 0].numpy(), mode="F").save(buf, format="TIFF")
     else:
         low, high = float(anomaly_map.min()), float(anomaly_map.max())
         span = [low, high]
@@ -145,21 +157,30 @@ def _save_map(path: Path, anomaly_map: np.ndarray) -> Optional[List[float]]:
 
 
 def load_map(folder, record: Dict) -> np.ndarray:
-    """The float32 (H, W) anomaly map of a score record in ``folder`` (either format)."""
+    """The float32 (H, W) anomaly map of a score record in ``folder`` (any format; a TIFF's
+    at its image's own resolution)."""
     path = Path(folder) / record["map"]
     if path.suffix == ".npy":
         return np.load(path)
+    if path.suffix == ".tiff":
+        with Image.open(path) as im:
+            return np.asarray(im, dtype=np.float32)
     low, high = record["map_range"]
     return (low + np.asarray(Image.open(path), dtype=np.float64) / 65535 * (high - low)).astype(np.float32)
 
 
 def score_images(scorer, dataset, out_dir, records_name: str = "scores.jsonl", *, maps: bool = True,
                  map_format: str = "npy", threshold: Optional[float] = None, batch_size: int = 8, device=None,
-                 progress: bool = True, shard: Optional[tuple] = None) -> List[Dict]:
+                 progress: bool = True, shard: Optional[tuple] = None, tiff_folder: str = "maps/images/test",
+                 tiles: Optional[Callable] = None) -> List[Dict]:
     """Scores every image of ``dataset`` not yet in ``out_dir/records_name``, appending one
     record per image (see the module docstring); returns all records by index.
 
-    map_format: "npy" or "png" (see the module docstring).
+    map_format: "npy", "png" or "tiff" (see the module docstring); a TIFF goes to
+    ``<tiff_folder>/<defect>/<image stem>.tiff`` (MVTec's layout with tiff_folder
+    maps/<category>/test). Each record's "ms" is its batch's scoring time per image.
+    tiles: ``tiles(path) -> (score, map)`` scores an image from its file instead (vqfast
+    score --tile: at its own resolution).
 
     shard: (rank, world): this process scores the images with index % world == rank into
     ``<records_name>.rank<r>`` (merged by the caller)."""
@@ -184,11 +205,16 @@ def score_images(scorer, dataset, out_dir, records_name: str = "scores.jsonl", *
     left = sum(i not in done for i in mine)
     bar = tqdm(total=len(mine), initial=len(mine) - left, desc=f"scoring {records_name.split('.')[0]}",
                disable=not progress, unit="image")
+    names = _map_names([base.records[p] for p in positions], records_name.split(".")[0], map_format, tiff_folder)
     with open(path, "a") as f:
         for members, batch in zip(pending, loader):
-            x = batch["image"] if device is None else batch["image"].to(device)
-            out = scorer.score(x)
-            scores, amaps = out.pred_score.float().cpu(), out.anomaly_map.float().cpu().numpy()
+            start = time.perf_counter()
+            if tiles is None:
+                out = scorer.score(batch["image"] if device is None else batch["image"].to(device))
+                scores, amaps = out.pred_score.float().cpu().tolist(), list(out.anomaly_map.float().cpu().numpy())
+            else:
+                scores, amaps = zip(*(tiles(base.records[positions[i]].image) for i in members))
+            ms = 1000 * (time.perf_counter() - start) / len(members)
             for j, index in enumerate(members):
                 if index in done:  # written before the interruption
                     continue
@@ -197,9 +223,9 @@ def score_images(scorer, dataset, out_dir, records_name: str = "scores.jsonl", *
                 entry = {"index": index, "path": str(record.image.resolve()), "score": score,
                          "label": int(record.label) if labelled else None, "defect": record.defect,
                          "decision": None if threshold is None else int(score >= threshold),
-                         "map": f"maps/{records_name.split('.')[0]}_{index:06d}.{map_format}" if maps else None}
+                         "map": names[index] if maps else None, "ms": round(ms, 3)}
                 if maps:
-                    span = _save_map(out_dir / entry["map"], amaps[j])
+                    span = _save_map(out_dir / entry["map"], amaps[j], record.image)
                     if span is not None:
                         entry["map_range"] = span
                 _append(f, json.dumps(entry) + "\n")
@@ -207,6 +233,21 @@ def score_images(scorer, dataset, out_dir, records_name: str = "scores.jsonl", *
                 bar.update(1)
     bar.close()
     return [done[i] for i in sorted(done)]
+
+
+def _map_names(records, stem: str, map_format: str, tiff_folder: str) -> List[str]:
+    """Each image's map file, relative to the scores folder: ``maps/<stem>_<index>.<ext>``,
+    or for TIFFs ``<tiff_folder>/<defect>/<image stem>.tiff``, a repeated name (two
+    extensions of one stem) given its index."""
+    if map_format != "tiff":
+        return [f"maps/{stem}_{i:06d}.{map_format}" for i in range(len(records))]
+    names, taken = [], set()
+    for i, r in enumerate(records):
+        name = f"{tiff_folder}/{r.defect or 'unlabelled'}/{r.image.stem}"
+        name = f"{name}_{i:06d}" if name in taken else name
+        taken.add(name)
+        names.append(name + ".tiff")
+    return names
 
 
 def merge_shards(out_dir: Path, records_name: str, world: int) -> List[Dict]:
@@ -256,9 +297,14 @@ def score(scorer_name: str, run_dir, data, fmt: str, out, *, category: Optional[
           decode_precision: str = "float32", prior_precision: str = "float32", marker=None,
           passes: Optional[int] = None, dropout_decodes: Optional[int] = None, resume: bool = False,
           skip_bad: bool = False, batch_size: int = 8, maps: bool = True, map_format: str = "npy", device=None,
-          progress: bool = True, echo: Callable = print) -> Dict:
+          tile: Optional[int] = None, stride: Optional[int] = None, progress: bool = True,
+          echo: Callable = print) -> Dict:
     """Scores ``data`` with a run's scorer into ``out``; returns the summary (also
-    ``out/summary.json``): threshold, counts and metrics where labels exist."""
+    ``out/summary.json``): threshold, counts, ms per image and metrics where labels exist.
+    ``map_format="tiff"``: maps in MVTec's layout, ``maps/<category>/<split>/<defect>/<id>.tiff``
+    at each image's resolution (category: --category, else the data folder's name).
+    ``tile``: every image, the validation images too, scored by tiles at its own resolution
+    (vqfast.app.tiles; ``stride`` default tile / 2), its map at that resolution."""
     out, run_dir = Path(out), Path(run_dir)
     rank, world = distributed.rank_world()
     device = torch.device(device) if device else distributed.device()
@@ -272,7 +318,8 @@ def score(scorer_name: str, run_dir, data, fmt: str, out, *, category: Optional[
                 "data": {"path": str(Path(data).resolve()), "format": fmt, "category": category, "split": split,
                          **data_identity(dataset)},
                 "threshold": str(threshold), "maps": map_format if maps else False,
-                "batch_size": batch_size}  # batches change float rounding: a resume keeps them
+                "batch_size": batch_size,  # batches change float rounding: a resume keeps them
+                **({} if tile is None else {"tile": tile, "stride": stride or max(1, tile // 2)})}
     _begin_scores(out, identity, resume, rank)
     distributed.barrier()
     shard = (rank, world) if world > 1 else None
@@ -282,17 +329,19 @@ def score(scorer_name: str, run_dir, data, fmt: str, out, *, category: Optional[
         summary["nll_percentile"] = scorer.percentile
     if marker is not None:
         summary["marker"] = str(marker)
+    by_tiles = None if tile is None else _tile_scorer(scorer, transform, tile, identity["stride"], device, batch_size)
     if threshold == "auto":
         val = _validation_images(run, run_dir.resolve(), transform)
         val_records = _gather(score_images(scorer, val, out, "val_scores.jsonl", maps=False, batch_size=batch_size,
-                                           device=device, progress=progress and rank == 0, shard=shard),
-                              out, "val_scores.jsonl", world)
+                                           device=device, progress=progress and rank == 0, shard=shard,
+                                           tiles=by_tiles), out, "val_scores.jsonl", world)
         summary["threshold"] = auto_threshold(val_records)
     else:
         summary["threshold"] = {"value": float(threshold), "rule": "given (--threshold)"}
     value = summary["threshold"]["value"]
+    tiff_folder = f"maps/{category or Path(data).resolve().name}/{split}"
     records = _gather(score_images(scorer, dataset, out, "scores.jsonl", maps=maps, map_format=map_format,
-                                   threshold=value,
+                                   threshold=value, tiff_folder=tiff_folder, tiles=by_tiles,
                                    batch_size=batch_size, device=device, progress=progress and rank == 0,
                                    shard=shard), out, "scores.jsonl", world)
     if rank != 0:
@@ -300,6 +349,7 @@ def score(scorer_name: str, run_dir, data, fmt: str, out, *, category: Optional[
     write_csv(out / "scores.csv", records)
     labels = [r["label"] for r in records]
     summary["flagged"] = sum(r["decision"] for r in records)
+    summary["ms_per_image"] = float(np.mean([r["ms"] for r in records if "ms" in r] or [float("nan")]))
     if metrics.has_both_classes(labels):
         scores = np.array([r["score"] for r in records])
         y = np.array(labels)
@@ -311,6 +361,19 @@ def score(scorer_name: str, run_dir, data, fmt: str, out, *, category: Optional[
          f"({summary['threshold']['rule']}); {summary['flagged']} flagged"
          + (f"; image AUROC {summary['metrics']['image_auroc']:.3f}" if "metrics" in summary else ""))
     return summary
+
+
+def _tile_scorer(scorer, transform: ImageTransform, tile: int, stride: int, device, batch_size: int) -> Callable:
+    """path -> (score, map at the image's resolution) by tiles; an image smaller than a
+    tile is a RunError naming it."""
+    def by_tiles(path):
+        try:
+            score, amap, _ = tiles.score_by_tiles(scorer, tiles.full_image(path, transform.channels), tile, stride,
+                                                  transform.size, device, batch_size)
+        except ValueError as exc:
+            raise RunError(f"{path}: {exc} (--tile)") from None
+        return score, amap
+    return by_tiles
 
 
 def _gather(records, out: Path, name: str, world: int) -> List[Dict]:
