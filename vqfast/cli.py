@@ -7,17 +7,9 @@ says what this installation can run. Every command takes --help."""
 import argparse
 import importlib.util
 import json
-import math
 import sys
-from pathlib import Path
 
 import torch
-import yaml
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
 
 from vqfast import _ext, bench, methods
 from vqfast.allocator import allocator_status, tune_cpu_allocator
@@ -31,6 +23,8 @@ from vqfast.app.predict import load
 from vqfast.app.report import report
 from vqfast.app.score import score
 from vqfast.checkpoint import CheckpointError
+from vqfast.cli_args import (UsageError, apply_config, key_value, need, number, percentile, positive_float,
+                             positive_int, SetAction)
 from vqfast.models.backbones import NAMES as BACKBONES, default_weights_file
 from vqfast.data import DatasetError
 from vqfast.demo import run_demo
@@ -90,7 +84,7 @@ def _settings(args) -> dict:
 
 
 def _train(args) -> int:
-    _need(args, "data", "out")
+    need(args, "data", "out")
     distributed.init()
     device = args.device if args.device != "auto" else None
     train(args.method, args.data, args.format, args.out, _settings(args), category=args.category,
@@ -102,11 +96,11 @@ def _train(args) -> int:
 
 
 def _score(args) -> int:
-    _need(args, "run", "data", "out")
+    need(args, "run", "data", "out")
     if args.stride is not None and args.tile is None:
         raise UsageError("--stride needs --tile")
     distributed.init()
-    threshold = args.threshold if args.threshold == "auto" else _number("--threshold", args.threshold)
+    threshold = args.threshold if args.threshold == "auto" else number("--threshold", args.threshold)
     score(args.scorer, args.run, args.data, args.format, args.out, category=args.category, split=args.split,
           threshold=threshold, percentile=args.percentile, restorations=args.restorations,
           decode_precision=args.decode_precision, prior_precision=args.prior_precision, marker=args.marker,
@@ -121,7 +115,7 @@ def _predict(args) -> int:
     if args.threshold in ("auto", "none"):
         threshold = None if args.threshold == "none" else "auto"
     else:
-        threshold = _number("--threshold", args.threshold)
+        threshold = number("--threshold", args.threshold)
     detector = load(args.run, args.scorer, threshold=threshold,
                     device=args.device if args.device != "auto" else None)
     for path in args.paths:
@@ -132,144 +126,23 @@ def _predict(args) -> int:
 
 
 def _export(args) -> int:
-    _need(args, "run", "out")
+    need(args, "run", "out")
     if args.threshold in ("auto", "none"):
         threshold = None if args.threshold == "none" else "auto"
     else:
-        threshold = _number("--threshold", args.threshold)
+        threshold = number("--threshold", args.threshold)
     export(args.run, args.out, args.format, args.scorer, threshold=threshold, overwrite=args.overwrite)
     return 0
 
 
 def _report(args) -> int:
-    _need(args, "scores")
+    need(args, "scores")
     if len(args.scores) > 1 or args.out:
-        _need(args, "out")
+        need(args, "out")
         compare(args.scores, args.out, max_images=args.max_images)
         return 0
     report(args.scores[0], max_overlays=args.max_overlays)
     return 0
-
-
-def _number(flag: str, text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise UsageError(f"{flag} takes 'auto' or a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise UsageError(f"{flag} takes 'auto' or a number, got {text!r}, which is not finite")
-    return value
-
-
-def _float_in(lo: float, hi: float, what: str):
-    """An argparse type: a finite number in (lo, hi)."""
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not (math.isfinite(value) and lo < value < hi):
-            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
-        return value
-    return parse
-
-
-_positive_float = _float_in(0, math.inf, "a finite number > 0")
-_percentile = _float_in(0, 100, "a percentile in (0, 100)")
-
-
-class UsageError(ValueError):
-    """A flag or config value that is missing or malformed."""
-
-
-def _need(args, *names) -> None:
-    missing = [n for n in names if getattr(args, n, None) in (None, "")]
-    if missing:
-        raise UsageError(f"missing {', '.join('--' + n.replace('_', '-') for n in missing)} "
-                         "(give it on the command line or in the --config file)")
-
-
-def _key_value(text: str):
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    key, value = text.split("=", 1)
-    return key.strip().replace("-", "_"), value.strip()
-
-
-class _Settings(argparse.Action):
-    def __call__(self, parser, namespace, values, option_string=None):
-        current = dict(getattr(namespace, self.dest) or {})
-        current[values[0]] = values[1]
-        setattr(namespace, self.dest, current)
-
-
-def _read_config(path) -> dict:
-    """A TOML (.toml) or YAML (.yaml/.yml) file of flag names (underscores or dashes)
-    and method settings."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read the --config file ({exc.strerror})") from None
-    try:
-        if path.suffix.lower() == ".toml":
-            values = tomllib.loads(text)
-        elif path.suffix.lower() in (".yaml", ".yml"):
-            values = yaml.safe_load(text) or {}
-        else:
-            raise UsageError(f"{path}: --config takes a .toml, .yaml or .yml file")
-    except UsageError:
-        raise
-    except Exception as exc:  # the parsers' own error types; the message names the line
-        raise UsageError(f"{path}: not valid {path.suffix[1:].upper()} ({exc})") from None
-    if not isinstance(values, dict):
-        raise UsageError(f"{path}: expected a table of settings at the top level")
-    return {str(k).replace("-", "_"): v for k, v in values.items()}
-
-
-def _apply_config(args, sub: argparse.ArgumentParser, argv) -> argparse.Namespace:
-    """Config values become the defaults of the flags they name (the command line wins);
-    other keys are method settings (train) or refused (score, report)."""
-    config = _read_config(args.config)
-    flags = {a.dest for a in sub._actions}
-    known = {k: v for k, v in config.items() if k in flags and k not in ("config", "settings")}
-    rest = {k: v for k, v in config.items() if k not in known}
-    if rest and "settings" not in flags:
-        raise UsageError(f"{args.config}: unknown keys {', '.join(sorted(rest))} for vqfast {args.command}")
-    sub.set_defaults(**{k: _config_value(sub, args.config, k, v) for k, v in known.items()})
-    new = sub.parse_args(argv[1:])
-    new.command, new.func = args.command, args.func
-    if "settings" in flags:
-        new.settings = {**rest, **(new.settings or {})}
-    return new
-
-
-def _config_value(sub: argparse.ArgumentParser, path, key: str, value):
-    """A config file's value for a flag, through the flag's own type and choices (defaults
-    set from a file skip argparse's checks): a switch takes only true or false."""
-    action = next(a for a in sub._actions if a.dest == key)
-    where = f"{path}: {key}"
-    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
-        if isinstance(value, bool):
-            return value
-        raise UsageError(f"{where} takes true or false (unquoted), got {value!r}")
-    if action.nargs in ("+", "*"):  # a list flag (report's --scores): a list or one value
-        values = value if isinstance(value, list) else [value]
-        if not values or not all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in values):
-            raise UsageError(f"{where} takes a path or a list of paths, got {value!r}")
-        return [str(v) for v in values]
-    if isinstance(value, (dict, list)) or isinstance(value, bool) and action.type is not None:
-        raise UsageError(f"{where} takes a single value, got {value!r}")
-    if action.type is not None:
-        try:
-            value = action.type(str(value))
-        except (argparse.ArgumentTypeError, ValueError) as exc:
-            raise UsageError(f"{where}: {exc}") from None
-    elif value is not None:
-        value = str(value)
-    if action.choices is not None and value not in action.choices:
-        raise UsageError(f"{where} takes one of {', '.join(map(str, action.choices))}, got {value!r}")
-    return value
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -288,16 +161,6 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def _add_train(sub) -> argparse.ArgumentParser:
     lines = "\n".join(f"  {m.name}: {m.help}\n    settings: " + "; ".join(m.settings.describe(own=True))
                       for m in map(methods.get, methods.names()))
@@ -310,15 +173,15 @@ def _add_train(sub) -> argparse.ArgumentParser:
                                    "run.json) are changed with --set KEY=VALUE or a --config file.")
     p.add_argument("method", choices=methods.names(), help="what to train")
     _common(p)
-    p.add_argument("--size", type=_positive_int, help="image side in pixels (default: the method's)")
-    p.add_argument("--channels", type=_positive_int, help="1 for grey, 3 for colour (default: the method's)")
-    p.add_argument("--epochs", type=_positive_int, help="most epochs to train")
-    p.add_argument("--minutes", type=_positive_float, help="training time budget in minutes")
-    p.add_argument("--batch-size", type=_positive_int)
-    p.add_argument("--lr", type=_positive_float, help="learning rate")
+    p.add_argument("--size", type=positive_int, help="image side in pixels (default: the method's)")
+    p.add_argument("--channels", type=positive_int, help="1 for grey, 3 for colour (default: the method's)")
+    p.add_argument("--epochs", type=positive_int, help="most epochs to train")
+    p.add_argument("--minutes", type=positive_float, help="training time budget in minutes")
+    p.add_argument("--batch-size", type=positive_int)
+    p.add_argument("--lr", type=positive_float, help="learning rate")
     p.add_argument("--seed", type=int)
     p.add_argument("--vq", metavar="RUN", help="priors: the vqvae or vqgan run whose token grids they model")
-    p.add_argument("--set", dest="settings", metavar="KEY=VALUE", type=_key_value, action=_Settings,
+    p.add_argument("--set", dest="settings", metavar="KEY=VALUE", type=key_value, action=SetAction,
                    help="a method setting, e.g. --set codes=512 (repeatable)")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.set_defaults(func=_train)
@@ -342,13 +205,13 @@ def _add_score(sub) -> argparse.ArgumentParser:
                    help="the score at or above which an image is flagged: a number, or auto (best F1 on "
                         "labelled validation images; else the 99th percentile of the run's held-out "
                         "defect-free images' scores)")
-    p.add_argument("--percentile", type=_percentile,
+    p.add_argument("--percentile", type=percentile,
                    help="prior scorers: the percentile of the validation NLLs that sets the token threshold "
                         "(default: the paper's for this VQ model and prior)")
-    p.add_argument("--restorations", type=_positive_int,
+    p.add_argument("--restorations", type=positive_int,
                    help="restoration scorers: samples per image (default 5; kde on a run trained with --set "
                         "preset=paper: the Performer paper's 20)")
-    p.add_argument("--dropout-decodes", type=_positive_int,
+    p.add_argument("--dropout-decodes", type=positive_int,
                    help="kde: decodes per restoration with the VQ decoder's dropout on (default 1, none; on a "
                         "preset=paper run the paper's 20: 400 decodes an image)")
     p.add_argument("--decode-precision", choices=["float32", "bfloat16"], default="float32",
@@ -364,18 +227,18 @@ def _add_score(sub) -> argparse.ArgumentParser:
                    help="masked-sample / masked-restore: a gpt2, performer or pixelsnail run on the same VQ model "
                         "whose NLLs mark the unusual tokens (one causal forward; default: the masked prior's "
                         "neighbourhood NLLs, 4 forwards)")
-    p.add_argument("--passes", type=_positive_int,
+    p.add_argument("--passes", type=positive_int,
                    help="masked-restore: in-painting passes (default: the masked run's passes setting; 1 is the "
                         "fastest: every unusual token drawn from one forward)")
-    p.add_argument("--batch-size", type=_positive_int, default=8)
+    p.add_argument("--batch-size", type=positive_int, default=8)
     p.add_argument("--maps", choices=["npy", "png", "tiff"], default="npy",
                    help="how anomaly maps are saved: npy (float32 arrays), png (16-bit grayscale images that "
                         "any viewer opens; each record's map_range gives the values their 0..65535 span) or tiff "
                         "(float32 at each image's resolution in MVTec's layout, maps/<category>/<split>/<defect>/"
                         "<id>.tiff, which MVTec's evaluation script reads)")
-    p.add_argument("--tile", type=_positive_int, help="score every image by tile x tile crops at its own "
+    p.add_argument("--tile", type=positive_int, help="score every image by tile x tile crops at its own "
                    "resolution, the maps stitched (for large images with small defects)")
-    p.add_argument("--stride", type=_positive_int, help="--tile: pixels between tiles (default: half a tile)")
+    p.add_argument("--stride", type=positive_int, help="--tile: pixels between tiles (default: half a tile)")
     p.add_argument("--no-maps", action="store_true", help="do not save anomaly maps")
     p.set_defaults(func=_score)
     return p
@@ -391,9 +254,9 @@ def _add_predict(sub) -> argparse.ArgumentParser:
     p.add_argument("--scorer", help="one the run's method offers (default: its first)")
     p.add_argument("--threshold", default="auto",
                    help="auto (vqfast score's rule over the run's held-out images), a number, or none")
-    p.add_argument("--tile", type=_positive_int, help="score by tile x tile crops of the image at its own "
+    p.add_argument("--tile", type=positive_int, help="score by tile x tile crops of the image at its own "
                    "resolution, the maps stitched (for large images with small defects)")
-    p.add_argument("--stride", type=_positive_int, help="--tile: pixels between tiles (default: half a tile)")
+    p.add_argument("--stride", type=positive_int, help="--tile: pixels between tiles (default: half a tile)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     p.set_defaults(func=_predict)
@@ -434,8 +297,8 @@ def _add_report(sub) -> argparse.ArgumentParser:
     p.add_argument("--out", help="several --scores: the folder of the comparison page (a table of scorers x "
                                  "metrics and ms per image, ROC and PR curves overlaid, the same images' maps "
                                  "side by side)")
-    p.add_argument("--max-overlays", type=_positive_int, default=48, help="overlays of the highest-scored images")
-    p.add_argument("--max-images", type=_positive_int, default=8,
+    p.add_argument("--max-overlays", type=positive_int, default=48, help="overlays of the highest-scored images")
+    p.add_argument("--max-images", type=positive_int, default=8,
                    help="comparison: images shown side by side (half defective where labels exist)")
     p.add_argument("--config", metavar="FILE", help="a TOML or YAML file of these options (flags win)")
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
@@ -453,8 +316,8 @@ def main(argv=None) -> int:
             "export": _add_export(sub), "report": _add_report(sub)}
     demo = sub.add_parser("demo", help="train, score and evaluate on the embedded procedural dataset")
     demo.add_argument("--out", default="vqfast-demo", help="folder for checkpoints, logs and results")
-    demo.add_argument("--epochs", type=_positive_int, default=20)
-    demo.add_argument("--prior-epochs", type=_positive_int, default=15,
+    demo.add_argument("--epochs", type=positive_int, default=20)
+    demo.add_argument("--prior-epochs", type=positive_int, default=15,
                       help="epochs of the GPT-2 prior on the token grids")
     demo.add_argument("--seed", type=int, default=0)
     mode = demo.add_mutually_exclusive_group()
@@ -476,7 +339,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         if getattr(args, "config", None):
-            args = _apply_config(args, subs[args.command], argv)
+            args = apply_config(args, subs[args.command], argv)
         return args.func(args)
     except (CheckpointError, DatasetError, FloatingPointError, OutputError, RunExistsError, RunError, UsageError) as exc:
         # the user's files and flags: one line saying what is wrong, not a traceback

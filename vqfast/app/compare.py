@@ -16,6 +16,7 @@ import numpy as np
 from vqfast import metrics
 from vqfast.app.ownership import owned, remove_own
 from vqfast.app.report import read_scores, scored_arrays, shown_name
+from vqfast.app.score import ms_per_image
 from vqfast.files import write_json
 from vqfast.methods import RunError
 
@@ -32,8 +33,7 @@ def _entry(folder: Path) -> Dict:
     if metrics.has_both_classes(labels):
         pixels = (masks, maps) if masks is not None and masks.any() else (None, None)
         found = metrics.evaluate(np.array(labels), scores, *pixels)
-    times = [r["ms"] for r in records if "ms" in r]
-    found["ms_per_image"] = float(np.mean(times)) if times else None
+    found["ms_per_image"] = ms_per_image(folder)
     return {"folder": folder, "name": f"{summary['scorer']} ({Path(identity['run']).name})", "records": records,
             "dataset": dataset, "by_path": by_path, "maps": maps, "masks": masks, "metrics": found,
             "labels": labels, "scores": scores}

@@ -178,7 +178,9 @@ def score_images(scorer, dataset, out_dir, records_name: str = "scores.jsonl", *
 
     map_format: "npy", "png" or "tiff" (see the module docstring); a TIFF goes to
     ``<tiff_folder>/<defect>/<image stem>.tiff`` (MVTec's layout with tiff_folder
-    maps/<category>/test). Each record's "ms" is its batch's scoring time per image.
+    maps/<category>/test). Each batch's scoring time goes to ``<records file>.timings``
+    (JSON lines {"images", "ms"}; timings are not results, so the records stay a pure
+    function of the images).
     tiles: ``tiles(path) -> (score, map)`` scores an image from its file instead (vqfast
     score --tile: at its own resolution).
 
@@ -206,7 +208,7 @@ def score_images(scorer, dataset, out_dir, records_name: str = "scores.jsonl", *
     bar = tqdm(total=len(mine), initial=len(mine) - left, desc=f"scoring {records_name.split('.')[0]}",
                disable=not progress, unit="image")
     names = _map_names([base.records[p] for p in positions], records_name.split(".")[0], map_format, tiff_folder)
-    with open(path, "a") as f:
+    with open(path, "a") as f, open(f"{path}.timings", "a") as timings:
         for members, batch in zip(pending, loader):
             start = time.perf_counter()
             if tiles is None:
@@ -214,7 +216,9 @@ def score_images(scorer, dataset, out_dir, records_name: str = "scores.jsonl", *
                 scores, amaps = out.pred_score.float().cpu().tolist(), list(out.anomaly_map.float().cpu().numpy())
             else:
                 scores, amaps = zip(*(tiles(base.records[positions[i]].image) for i in members))
-            ms = 1000 * (time.perf_counter() - start) / len(members)
+            new = sum(i not in done for i in members)
+            _append(timings, json.dumps({"images": new, "ms": 1000 * (time.perf_counter() - start) * new / len(members)})
+                    + "\n")
             for j, index in enumerate(members):
                 if index in done:  # written before the interruption
                     continue
@@ -223,7 +227,7 @@ def score_images(scorer, dataset, out_dir, records_name: str = "scores.jsonl", *
                 entry = {"index": index, "path": str(record.image.resolve()), "score": score,
                          "label": int(record.label) if labelled else None, "defect": record.defect,
                          "decision": None if threshold is None else int(score >= threshold),
-                         "map": names[index] if maps else None, "ms": round(ms, 3)}
+                         "map": names[index] if maps else None}
                 if maps:
                     span = _save_map(out_dir / entry["map"], amaps[j], record.image)
                     if span is not None:
@@ -233,6 +237,20 @@ def score_images(scorer, dataset, out_dir, records_name: str = "scores.jsonl", *
                 bar.update(1)
     bar.close()
     return [done[i] for i in sorted(done)]
+
+
+def ms_per_image(out: Path, records_name: str = "scores.jsonl") -> Optional[float]:
+    """The scoring time per image of a score folder, over its (and its ranks') timings
+    files; None when there are none (a folder scored before they were kept)."""
+    images = ms = 0.0
+    for path in Path(out).glob(f"{records_name}*.timings"):
+        for line in path.read_text().splitlines():
+            try:
+                entry = json.loads(line)
+                images, ms = images + entry["images"], ms + entry["ms"]
+            except (ValueError, KeyError, TypeError):  # a torn last line from a kill
+                continue
+    return ms / images if images else None
 
 
 def _map_names(records, stem: str, map_format: str, tiff_folder: str) -> List[str]:
@@ -349,7 +367,7 @@ def score(scorer_name: str, run_dir, data, fmt: str, out, *, category: Optional[
     write_csv(out / "scores.csv", records)
     labels = [r["label"] for r in records]
     summary["flagged"] = sum(r["decision"] for r in records)
-    summary["ms_per_image"] = float(np.mean([r["ms"] for r in records if "ms" in r] or [float("nan")]))
+    summary["ms_per_image"] = ms_per_image(out)
     if metrics.has_both_classes(labels):
         scores = np.array([r["score"] for r in records])
         y = np.array(labels)
