@@ -122,6 +122,9 @@ def _onnx(graph: ScoreGraph, example: torch.Tensor, batch, path: str, meta: Dict
     program = torch.onnx.export(_traced(graph, example, batch, name), dynamo=True, input_names=["images"],
                                 output_names=["score", "map"], external_data=False, verbose=False)
     model = program.model_proto
+    if model.ByteSize() >= 2**31:  # protobuf's limit on one file
+        raise RunError(f"the {name} graph holds {model.ByteSize() / 2**30:.1f} GiB, past ONNX's 2 GiB for one file "
+                       "(an SGFR bank of many images): export it with --format torch")
     for key, value in meta.items():
         model.metadata_props.add(key=key, value=value)
     onnx.save(model, path)
