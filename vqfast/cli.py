@@ -111,12 +111,13 @@ def _score(args) -> int:
     return 0
 
 
+def _threshold(text: str):
+    """--threshold of predict and export: "auto", "none" (None) or a finite number."""
+    return {"auto": "auto", "none": None}[text] if text in ("auto", "none") else number("--threshold", text)
+
+
 def _predict(args) -> int:
-    if args.threshold in ("auto", "none"):
-        threshold = None if args.threshold == "none" else "auto"
-    else:
-        threshold = number("--threshold", args.threshold)
-    detector = load(args.run, args.scorer, threshold=threshold,
+    detector = load(args.run, args.scorer, threshold=_threshold(args.threshold),
                     device=args.device if args.device != "auto" else None)
     for path in args.paths:
         result = detector.predict(path, tile=args.tile, stride=args.stride)
@@ -127,11 +128,8 @@ def _predict(args) -> int:
 
 def _export(args) -> int:
     need(args, "run", "out")
-    if args.threshold in ("auto", "none"):
-        threshold = None if args.threshold == "none" else "auto"
-    else:
-        threshold = number("--threshold", args.threshold)
-    export(args.run, args.out, args.format, args.scorer, threshold=threshold, overwrite=args.overwrite)
+    export(args.run, args.out, args.format, args.scorer, threshold=_threshold(args.threshold),
+           overwrite=args.overwrite)
     return 0
 
 
