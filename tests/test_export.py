@@ -6,6 +6,7 @@ export bug (one weight changed, the final smoothing dropped) fails the compariso
 import copy
 import json
 import pathlib
+import sys
 
 import numpy as np
 import pytest
@@ -148,7 +149,17 @@ def test_restoration_scorers_say_why_they_are_not_exported(world, tmp_path, caps
                      str(tmp_path / "x.onnx")]) == 2
         err = capsys.readouterr().err
         assert f"the {scorer} scorer is not exported" in err and "--scorer sample" in err
+    assert main(["export", "--run", str(world / "gpt2"), "--out", str(tmp_path / "x.onnx")]) == 2  # its default
+    assert "the pixel scorer is not exported" in capsys.readouterr().err
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_a_missing_exporter_package_is_named_with_the_extra(world, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # as if not installed
+    assert main(["export", "--run", str(world / "vq"), "--out", str(tmp_path / "x.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "onnxscript" in err and "vqfast[export]" in err and not (tmp_path / "x.onnx").exists()
+    assert main(["export", "--run", str(world / "vq"), "--format", "torch", "--out", str(tmp_path / "x.pt2")]) == 0
 
 
 def test_export_never_replaces_a_file_unasked_and_names_a_bad_out(world, tmp_path, capsys):

@@ -45,6 +45,8 @@ def _info(_args) -> int:
     for op in ("nearest_code", "omp", "restore_step", "decode_attention"):
         kernels = [b for b in ("cpu", "cuda") if _ext.has_op(op, b)]
         print(f"  {op}: native kernels {', '.join(kernels) or 'none'}; Triton and reference always")
+    onnx = all(importlib.util.find_spec(m) for m in ("onnx", "onnxscript"))
+    print(f"Export: torch.export yes; ONNX {'yes' if onnx else 'no (pip install vqfast[export])'}")
     print(f"CPU memory allocator: {allocator_status()}")
     found = {name: default_weights_file(name) for name in BACKBONES}
     print("Backbone weights: " + "; ".join(f"{name} {'from ' + str(path) if path else 'none (random)'}"

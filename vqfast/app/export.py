@@ -13,6 +13,8 @@ The file says what it is: ONNX metadata_props, or the ``vqfast.json`` extra file
 The restoration scorers are not exported: see ``NOT_EXPORTED``.
 """
 
+import contextlib
+import io
 import json
 import os
 import tempfile
@@ -24,6 +26,7 @@ import torch
 
 from vqfast.app.predict import Detector, load
 from vqfast.methods import RunError, registry
+from vqfast.methods.runs import read_run
 
 FORMATS = ("onnx", "torch")
 
@@ -71,14 +74,14 @@ def export(run, out, fmt: str = "onnx", scorer: Optional[str] = None, *, thresho
     out = Path(out)
     if fmt == "torch" and out.suffix != ".pt2":
         raise RunError(f"--out {out}: a torch.export file's name ends in .pt2 (torch.export.load reads no other)")
-    if out.exists() and not overwrite:
-        raise RunError(f"{out} exists: export to another --out, or pass --overwrite to replace it")
     if out.is_dir():
         raise RunError(f"{out} is a folder: --out names the file to write")
-    if scorer in NOT_EXPORTED:
-        raise RunError(f"the {scorer} scorer is not exported: {NOT_EXPORTED[scorer]}")
-    detector = load(run, scorer, threshold=threshold, device="cpu")
-    name = scorer or registry.get(detector.run["method"]).scorers[0].name
+    if out.exists() and not overwrite:
+        raise RunError(f"{out} exists: export to another --out, or pass --overwrite to replace it")
+    name = scorer or registry.get(read_run(run)["method"]).scorers[0].name
+    if name in NOT_EXPORTED:
+        raise RunError(f"the {name} scorer is not exported: {NOT_EXPORTED[name]}")
+    detector = load(run, name, threshold=threshold, device="cpu")
     meta = _metadata(detector, name, run)
     graph = ScoreGraph(detector.scorer).eval()
     example = detector.preprocess(torch.rand(2, *json.loads(meta["vqfast"])["input"]))
@@ -93,7 +96,8 @@ def export(run, out, fmt: str = "onnx", scorer: Optional[str] = None, *, thresho
                 program = _traced(graph, example, batch, name)
                 torch.export.save(program, tmp, extra_files={"vqfast.json": meta["vqfast"]})
             else:
-                _onnx(graph, example, batch, tmp, meta, name)
+                with contextlib.redirect_stdout(io.StringIO()):  # the ONNX exporter's progress lines
+                    _onnx(graph, example, batch, tmp, meta, name)
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):
