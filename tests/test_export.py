@@ -149,6 +149,9 @@ def test_restoration_scorers_say_why_they_are_not_exported(world, tmp_path, caps
                      str(tmp_path / "x.onnx")]) == 2
         err = capsys.readouterr().err
         assert f"the {scorer} scorer is not exported" in err and "--scorer sample" in err
+    assert main(["export", "--run", str(world / "gpt2"), "--scorer", "masked-sample", "--out",
+                 str(tmp_path / "x.onnx")]) == 2
+    assert "a shape that depends on the data" in capsys.readouterr().err
     assert main(["export", "--run", str(world / "gpt2"), "--out", str(tmp_path / "x.onnx")]) == 2  # its default
     assert "the pixel scorer is not exported" in capsys.readouterr().err
     assert not (tmp_path / "x.onnx").exists()
@@ -172,6 +175,10 @@ def test_export_never_replaces_a_file_unasked_and_names_a_bad_out(world, tmp_pat
     assert main(["export", "--run", str(world / "vq"), "--out", str(mine), "--overwrite"]) == 0
     assert onnx.load(str(mine)).graph.input[0].name == "images"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.onnx"]  # no temp file left
+    assert main(["export", "--run", str(world / "vq"), "--out", "/proc/vqfast-test/m.onnx"]) == 2  # no folder there
+    assert "cannot write there" in capsys.readouterr().err
+    assert main(["export", "--run", str(tmp_path / "no-run"), "--out", str(tmp_path / "n.onnx")]) == 2
+    assert "no run.json" in capsys.readouterr().err
 
 
 def test_the_python_path_keeps_the_fused_kernels(world, monkeypatch):

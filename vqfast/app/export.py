@@ -10,7 +10,7 @@ kernels. SGFR's fitted memory bank and its Gram matrices are constants of the gr
 The file says what it is: ONNX metadata_props, or the ``vqfast.json`` extra file of a
 ``.pt2``, hold {"run", "scorer", "input": [C, H, W], "outputs", "threshold"}.
 
-The restoration scorers are not exported: see ``NOT_EXPORTED``.
+The restoration scorers and masked-sample are not exported: ``NOT_EXPORTED`` says why.
 """
 
 import contextlib
@@ -36,6 +36,10 @@ _RESTORATION = ("{name} restores each image by sampling tokens one after another
                 "and exported, is the step it repeats: the VQ encoding and the prior's likelihoods over a grid, "
                 "which is the sample scorer of the same run (vqfast export --scorer sample)")
 NOT_EXPORTED = {name: _RESTORATION.format(name=name) for name in ("pixel", "light", "kde", "masked-restore")}
+NOT_EXPORTED["masked-sample"] = (
+    "masked-sample runs its second pass only at the tokens its first pass marks unusual, as many as each "
+    "image has: a shape that depends on the data, not a fixed graph. The sample scorer of a gpt2, pixelsnail "
+    "or performer run on the same VQ model exports")
 
 
 class ScoreGraph(torch.nn.Module):
@@ -86,8 +90,11 @@ def export(run, out, fmt: str = "onnx", scorer: Optional[str] = None, *, thresho
     graph = ScoreGraph(detector.scorer).eval()
     example = detector.preprocess(torch.rand(2, *json.loads(meta["vqfast"])["input"]))
     batch = torch.export.Dim("batch", min=1, max=4096)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp" + out.suffix)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp" + out.suffix)
+    except OSError as exc:
+        raise RunError(f"--out {out}: cannot write there ({exc.strerror})") from None
     os.close(fd)
     try:
         with torch.no_grad(), warnings.catch_warnings():
