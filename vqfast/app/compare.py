@@ -15,7 +15,7 @@ import numpy as np
 
 from vqfast import metrics
 from vqfast.app.ownership import owned, remove_own
-from vqfast.app.report import read_scores, scored_arrays, shown_name
+from vqfast.app.report import at_size, read_scores, scored_arrays, shown_name
 from vqfast.app.score import ms_per_image
 from vqfast.files import write_json
 from vqfast.methods import RunError
@@ -106,14 +106,14 @@ def _side_by_side(entries: List[Dict], path: str, title: str, out: Path) -> None
     axes[0].set_title("image", fontsize=8)
     for ax, e in zip(axes[1:], entries):
         k = next(i for i, r in enumerate(e["records"]) if r["path"] == path)
-        ax.imshow(e["maps"][k], cmap="jet")
+        ax.imshow(at_size(e["maps"][k], image.shape[-2:]), cmap="jet")  # runs of other input sizes line up
         ax.set_title(f"{e['name']}\nscore {e['records'][k]['score']:.4g}", fontsize=7)
     for ax in axes:
         if mask is not None and mask.any():
             ax.contour(mask.astype(float), levels=[0.5], colors="lime", linewidths=1)
         ax.axis("off")
     fig.suptitle(title, fontsize=8, parse_math=False)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.92))  # room for the title above the panels' own
     fig.savefig(out)
     plt.close(fig)
 

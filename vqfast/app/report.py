@@ -120,14 +120,14 @@ def scored_arrays(folder: Path, identity: Dict, records):
         raise RunError(f"{folder}: {len(gone)} scored images are no longer readable in {data['path']} "
                        f"(e.g. {shown_name(gone[0])}): restore them, or score the folder again")
     size = (transform.size, transform.size) if isinstance(transform.size, int) else tuple(transform.size)
-    maps = np.stack([_at(load_map(folder, r), size) for r in records]) if records and records[0]["map"] else None
+    maps = np.stack([at_size(load_map(folder, r), size) for r in records]) if records and records[0]["map"] else None
     masks = None
     if maps is not None and dataset.has_masks:
         masks = np.stack([dataset[by_path[r["path"]]]["mask"].numpy() for r in records])
     return dataset, by_path, maps, masks
 
 
-def _at(amap: np.ndarray, size) -> np.ndarray:
+def at_size(amap: np.ndarray, size) -> np.ndarray:
     """A map at the masks' size (H, W): TIFF and tiled maps are at the image's own."""
     if amap.shape == tuple(size):
         return amap
