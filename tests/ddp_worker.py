@@ -29,7 +29,11 @@ config = TrainConfig(epochs=50 if budget else 2, batch_size=GLOBAL_BATCH // worl
 history = Trainer(model, ProceduralDefects(16, 0, size=16, seed=1), None, config, device="cpu",
                   progress=False).fit()
 if budget:
-    print(f"rank {rank}: epochs {len(history)} steps {history[-1]['step']} stopped {history[-1]['stopped']}")
+    # one write with its newline: two ranks share the pipe, and print's separate write of
+    # the newline let their lines run together (seen once in a full run)
+    sys.stdout.write(f"rank {rank}: epochs {len(history)} steps {history[-1]['step']} stopped "
+                     f"{history[-1]['stopped']}\n")
+    sys.stdout.flush()
 elif rank == 0:
     save_model(model, sys.argv[1])
     print("losses", [r["train"]["loss"] for r in history])
