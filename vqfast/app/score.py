@@ -3,10 +3,12 @@
 The output folder holds ``score.json`` (what the records depend on: the run, the scorer
 and its settings, the data, the threshold), ``scores.jsonl`` (the records; the source of
 truth), ``scores.csv`` (the same records as a table), ``maps/`` (each image's (H, W)
-anomaly map: float32 ``.npy``, or with ``map_format="png"`` a 16-bit grayscale PNG whose
+anomaly map: float32 ``.npy``; with ``map_format="png"`` a 16-bit grayscale PNG whose
 0..65535 spans the record's ``map_range`` [low, high], so any viewer shows it and
-``load_map`` gives the values back to 1/65535 of that range) and ``val_scores.jsonl``
-(the run's held-out validation images, scored first when the threshold is ``auto``).
+``load_map`` gives the values back to 1/65535 of that range; with ``map_format="tiff"``
+float32 at the image's own resolution in MVTec's layout), ``val_scores.jsonl`` (the
+run's held-out validation images, scored first when the threshold is ``auto``) and
+``*.timings`` (each batch's scoring time, for ``summary.json``'s ms per image).
 
 Nothing is lost: each image's map is written atomically, then its record is appended,
 flushed and fsynced. A resumed run reads the records back (a torn last line, from a kill
