@@ -157,6 +157,23 @@ def correctness_omp(gen):
                 check("omp", backend, dtype, f"B={b} D={d} N={n} s={s}", run)
 
 
+def _across_rounding(logits, seeds, position, tokens, ref_tokens) -> bool:
+    """Whether each token that differs from the reference's is one a float32 prefix sum
+    could draw: every cumulative sum between the two tokens lies within V * eps32 of the
+    total (the worst-case float32 summation error, any order) of the draw's target, in
+    float64. A fixed share of mismatches would fail a 5-row case on one honest tie (seen
+    on the CPU dry run: seed 507487001) and pass a large case with real errors."""
+    x = logits.double()
+    c = (x - x.amax(1, keepdim=True)).exp().cumsum(1)
+    target = reference.counter_uniform(seeds, position).double() * c[:, -1]
+    band = x.shape[1] * torch.finfo(torch.float32).eps * c[:, -1]
+    for i in (tokens != ref_tokens).nonzero()[:, 0].tolist():
+        lo, hi = sorted((int(tokens[i]), int(ref_tokens[i])))
+        if bool(((c[i, lo:hi] - target[i]).abs() > band[i]).any()):
+            return False
+    return True
+
+
 def correctness_restore_step(gen):
     shapes = [(1, 1), (37, 513), (5, 4099), (64, 16384)] if not DRY else [(1, 1), (37, 513), (5, 4099)]
     for backend in backends("restore_step"):
@@ -173,9 +190,11 @@ def correctness_restore_step(gen):
                         tol = {torch.float64: 1e-12, torch.float32: 2e-5, torch.bfloat16: 2e-2}[dtype]
                         nll_err = float((nll.cpu().double() - rn.double()).abs().max())
                         same = float((tok.cpu() == rt).float().mean())
-                        # float32 prefix sums may cross a CDF boundary the float64 ones do not
+                        # float32 prefix sums in another order may put a draw on the other side
+                        # of a CDF boundary: allowed only where the boundary lies that close
                         ok = nll_err <= tol * (1 + float(rn.abs().max())) and (
-                            same == 1.0 if dtype == torch.float64 else same >= 0.95)
+                            same == 1.0 or dtype != torch.float64 and _across_rounding(logits, seeds, position,
+                                                                                       tok.cpu(), rt))
                         return ok, f"tokens equal {same:.3f}; nll err {nll_err:.1e}"
                     check("restore_step", backend, dtype, f"M={m} V={v} position={position}", run)
 
