@@ -191,3 +191,21 @@ def test_the_python_path_keeps_the_fused_kernels(world, monkeypatch):
     for name in ("vq", "sgfr"):
         detector = vqfast.load(world / name, threshold=None, device="cpu")
         detector.predict(torch.rand(2, 3, 64, 64))
+
+
+def test_a_run_without_validation_images_exports_without_a_threshold(world, tmp_path, capsys):
+    """SGFR's paper setting trains on every image: nothing to set "auto" by, and the
+    threshold is only the file's metadata, so the export goes on without one."""
+    run = tmp_path / "all"
+    assert main(["train", "sgfr", "--data", str(world / "train"), "--out", str(run), "--size", "64", "--set",
+                 "backbone=resnet18", "--set", "s_ref=4", "--set", "s=3", "--set", "val_fraction=0"]) == 0
+    capsys.readouterr()
+    assert main(["export", "--run", str(run), "--format", "torch", "--out", str(tmp_path / "all.pt2")]) == 0
+    assert "records no threshold" in capsys.readouterr().out
+    extra = {"vqfast.json": ""}
+    torch.export.load(str(tmp_path / "all.pt2"), extra_files=extra)
+    assert json.loads(extra["vqfast.json"])["threshold"] is None
+    assert main(["export", "--run", str(run), "--format", "torch", "--threshold", "2.5", "--out",
+                 str(tmp_path / "t.pt2")]) == 0
+    torch.export.load(str(tmp_path / "t.pt2"), extra_files=extra)
+    assert json.loads(extra["vqfast.json"])["threshold"] == 2.5

@@ -82,9 +82,14 @@ def export(run, out, fmt: str = "onnx", scorer: Optional[str] = None, *, thresho
         raise RunError(f"{out} is a folder: --out names the file to write")
     if out.exists() and not overwrite:
         raise RunError(f"{out} exists: export to another --out, or pass --overwrite to replace it")
-    name = scorer or registry.get(read_run(run)["method"]).scorers[0].name
+    record = read_run(run)
+    name = scorer or registry.get(record["method"]).scorers[0].name
     if name in NOT_EXPORTED:
         raise RunError(f"the {name} scorer is not exported: {NOT_EXPORTED[name]}")
+    if threshold == "auto" and not record.get("val_images"):  # the file's threshold is metadata, not a need
+        echo(f"{run} holds no validation images (trained on every image): the file records no threshold "
+             "(pass --threshold VALUE to record one)")
+        threshold = None
     detector = load(run, name, threshold=threshold, device="cpu")
     meta = _metadata(detector, name, run)
     graph = ScoreGraph(detector.scorer).eval()
