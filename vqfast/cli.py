@@ -145,6 +145,11 @@ def _report(args) -> int:
     return 0
 
 
+def _config_and_debug(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="a TOML or YAML file of these options (flags win)")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="the folder of images")
     p.add_argument("--format", choices=FORMATS, default="folder",
@@ -157,8 +162,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images (counted) instead of stopping")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="default: cuda when available")
-    p.add_argument("--config", metavar="FILE", help="a TOML or YAML file of these options (flags win)")
-    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    _config_and_debug(p)
 
 
 def _add_train(sub) -> argparse.ArgumentParser:
@@ -279,8 +283,7 @@ def _add_export(sub) -> argparse.ArgumentParser:
                    help="recorded in the file's metadata: auto (vqfast score's rule over the run's held-out "
                         "images), a number, or none")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    p.add_argument("--config", metavar="FILE", help="a TOML or YAML file of these options (flags win)")
-    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    _config_and_debug(p)
     p.set_defaults(func=_export)
     return p
 
@@ -300,8 +303,7 @@ def _add_report(sub) -> argparse.ArgumentParser:
     p.add_argument("--max-overlays", type=positive_int, default=48, help="overlays of the highest-scored images")
     p.add_argument("--max-images", type=positive_int, default=8,
                    help="comparison: images shown side by side (half defective where labels exist)")
-    p.add_argument("--config", metavar="FILE", help="a TOML or YAML file of these options (flags win)")
-    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    _config_and_debug(p)
     p.set_defaults(func=_report)
     return p
 

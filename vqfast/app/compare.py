@@ -35,6 +35,7 @@ def _entry(folder: Path) -> Dict:
         found = metrics.evaluate(np.array(labels), scores, *pixels)
     found["ms_per_image"] = ms_per_image(folder)
     return {"folder": folder, "name": f"{summary['scorer']} ({Path(identity['run']).name})", "records": records,
+            "record_of": {r["path"]: i for i, r in enumerate(records)},
             "dataset": dataset, "by_path": by_path, "maps": maps, "masks": masks, "metrics": found,
             "labels": labels, "scores": scores}
 
@@ -78,14 +79,11 @@ def _overlaid_curves(entries: List[Dict], out: Path) -> bool:
 def _common_images(entries: List[Dict], count: int) -> List[str]:
     """Up to ``count`` paths every folder scored: half defective, half good where labels
     exist, each half the highest-scored by the first folder."""
-    common = set(entries[0]["by_path"])
-    scored = [{r["path"]: r for r in e["records"]} for e in entries]
-    for s in scored:
-        common &= set(s)
-    first = scored[0]
-    order = sorted(common, key=lambda p: -first[p]["score"])
-    bad = [p for p in order if first[p]["label"] == 1]
-    good = [p for p in order if first[p]["label"] != 1]
+    common = set.intersection(*(set(e["record_of"]) for e in entries))
+    first = [entries[0]["records"][entries[0]["record_of"][p]] for p in sorted(common)]
+    order = sorted(first, key=lambda r: -r["score"])
+    bad = [r["path"] for r in order if r["label"] == 1]
+    good = [r["path"] for r in order if r["label"] != 1]
     take = min(len(bad), max(count - len(good), count // 2))
     return bad[:take] + good[:count - take]
 
@@ -105,7 +103,7 @@ def _side_by_side(entries: List[Dict], path: str, title: str, out: Path) -> None
     axes[0].imshow(shown, cmap="gray" if grey else None, vmin=0, vmax=1)
     axes[0].set_title("image", fontsize=8)
     for ax, e in zip(axes[1:], entries):
-        k = next(i for i, r in enumerate(e["records"]) if r["path"] == path)
+        k = e["record_of"][path]
         ax.imshow(at_size(e["maps"][k], image.shape[-2:]), cmap="jet")  # runs of other input sizes line up
         ax.set_title(f"{e['name']}\nscore {e['records'][k]['score']:.4g}", fontsize=7)
     for ax in axes:
@@ -134,7 +132,7 @@ def compare(folders: Sequence, out, *, max_images: int = 8, echo: Callable = pri
     if all(e["maps"] is not None for e in entries):
         (out / "images").mkdir(exist_ok=True)
         for k, path in enumerate(_common_images(entries, max_images)):
-            record = next(r for r in entries[0]["records"] if r["path"] == path)
+            record = entries[0]["records"][entries[0]["record_of"][path]]
             label = {None: "label unknown", 0: "normal", 1: f"defective ({record['defect']})"}[record["label"]]
             _side_by_side(entries, path, f"{shown_name(Path(path).name)}: {label}", out / "images" / f"{k:03d}.png")
             shown.append(f"images/{k:03d}.png")

@@ -59,12 +59,12 @@ class ScoreGraph(torch.nn.Module):
         return out.pred_score.float(), out.anomaly_map.float()
 
 
-def _metadata(detector: Detector, scorer_name: str, run) -> Dict[str, str]:
+def _metadata(detector: Detector, scorer_name: str, run) -> Dict:
+    """What the file says it is (written as JSON into it)."""
     t = detector.transform
     size = (t.size, t.size) if isinstance(t.size, int) else tuple(t.size)
-    return {"vqfast": json.dumps({"run": str(Path(run).resolve()), "scorer": scorer_name,
-                                  "input": [t.channels, *size], "outputs": ["score (B,)", "map (B, H, W)"],
-                                  "threshold": detector.threshold})}
+    return {"run": str(Path(run).resolve()), "scorer": scorer_name, "input": [t.channels, *size],
+            "outputs": ["score (B,)", "map (B, H, W)"], "threshold": detector.threshold}
 
 
 def export(run, out, fmt: str = "onnx", scorer: Optional[str] = None, *, threshold="auto",
@@ -92,8 +92,9 @@ def export(run, out, fmt: str = "onnx", scorer: Optional[str] = None, *, thresho
         threshold = None
     detector = load(run, name, threshold=threshold, device="cpu")
     meta = _metadata(detector, name, run)
+    text = json.dumps(meta)
     graph = ScoreGraph(detector.scorer).eval()
-    example = detector.preprocess(torch.rand(2, *json.loads(meta["vqfast"])["input"]))
+    example = detector.preprocess(torch.rand(2, *meta["input"]))
     batch = torch.export.Dim("batch", min=1, max=4096)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -106,17 +107,17 @@ def export(run, out, fmt: str = "onnx", scorer: Optional[str] = None, *, thresho
             warnings.simplefilter("ignore")  # the exporters' notes on their own internals
             if fmt == "torch":
                 program = _traced(graph, example, batch, name)
-                torch.export.save(program, tmp, extra_files={"vqfast.json": meta["vqfast"]})
+                torch.export.save(program, tmp, extra_files={"vqfast.json": text})
             else:
                 with contextlib.redirect_stdout(io.StringIO()):  # the ONNX exporter's progress lines
-                    _onnx(graph, example, batch, tmp, meta, name)
+                    _onnx(graph, example, batch, tmp, text, name)
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    echo(f"{name} of {run} exported to {out} ({fmt}): input images (B, {', '.join(map(str, json.loads(meta['vqfast'])['input']))}) "
+    echo(f"{name} of {run} exported to {out} ({fmt}): input images (B, {', '.join(map(str, meta['input']))}) "
          "float32 as vqfast.load(run).preprocess gives them; outputs score (B,), map (B, H, W)")
-    return json.loads(meta["vqfast"])
+    return meta
 
 
 def _traced(graph: ScoreGraph, example: torch.Tensor, batch, name: str):
@@ -129,7 +130,7 @@ def _traced(graph: ScoreGraph, example: torch.Tensor, batch, name: str):
         raise RunError(f"the {name} scorer is not one fixed graph, so it cannot be exported: {first}") from exc
 
 
-def _onnx(graph: ScoreGraph, example: torch.Tensor, batch, path: str, meta: Dict[str, str], name: str) -> None:
+def _onnx(graph: ScoreGraph, example: torch.Tensor, batch, path: str, text: str, name: str) -> None:
     try:
         import onnx  # optional: vqfast[export]
         import onnxscript  # noqa: F401  (optional: the exporter needs it, and says so less clearly)
@@ -141,6 +142,5 @@ def _onnx(graph: ScoreGraph, example: torch.Tensor, batch, path: str, meta: Dict
     if model.ByteSize() >= 2**31:  # protobuf's limit on one file
         raise RunError(f"the {name} graph holds {model.ByteSize() / 2**30:.1f} GiB, past ONNX's 2 GiB for one file "
                        "(an SGFR bank of many images): export it with --format torch")
-    for key, value in meta.items():
-        model.metadata_props.add(key=key, value=value)
+    model.metadata_props.add(key="vqfast", value=text)
     onnx.save(model, path)
